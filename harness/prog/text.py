@@ -1,0 +1,221 @@
+"""The canonical text form of programs: `format(parse(text)) == text` for canonical text.
+
+    # hmm-tests.c anon_read: the device reads what the CPU wrote
+    region a pages=16
+    p0 map a[0:16]
+    p0 write a[0:16] seed=1
+    p0 open d0 dmirror0
+    p0 dev_read d0 a[0:16]   # every page faulted in once: faults=1
+
+One statement per line; `#` starts a comment. Every error names the file, the line and what
+was expected there. Parsing also checks the program is meaningful (regions declared before
+use, ranges inside their region, processes and fds that exist), so everything downstream can
+trust a Program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from .ops import (
+    DEVICES, MAX_PROCESSES, MAX_REGION_PAGES, MAX_REGIONS, MAX_SEED, OP_BY_KEYWORD,
+    Blank, Comment, Fork, Located, Op, OpenDevice, PageRange, Program, Prot, Region,
+)
+
+NAME = re.compile(r"[a-z][a-z0-9_]{0,15}\Z")
+PROC = re.compile(r"p[0-9]\Z")
+RANGE = re.compile(r"([a-z][a-z0-9_]{0,15})\[(\d+):(\d+)\]\Z")
+SEED = re.compile(r"seed=(\d+)\Z")
+PAGES = re.compile(r"pages=(\d+)\Z")
+
+
+class ParseError(ValueError):
+    def __init__(self, source: str, line: int, message: str):
+        super().__init__(f"{source}:{line}: {message}")
+        self.source, self.line, self.message = source, line, message
+
+
+def _op_fields(kind: type[Op]) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(kind) if f.name != "proc"]
+
+
+def _usage(kind: type[Op]) -> str:
+    words = [f"<{f.name}>" if f.name != "seed" else "seed=<n>" for f in _op_fields(kind)]
+    return " ".join(["<proc>", kind.keyword, *words])
+
+
+# ---------------------------------------------------------------- formatting
+
+def _format_value(value) -> str:
+    if isinstance(value, Prot):
+        return value.value
+    return str(value)
+
+
+def format_op(op: Op) -> str:
+    words = [op.proc, op.keyword]
+    for f in _op_fields(type(op)):
+        value = getattr(op, f.name)
+        words.append(f"seed={value}" if f.name == "seed" else _format_value(value))
+    return " ".join(words)
+
+
+def format_statement(statement) -> str:
+    match statement:
+        case Region(name, pages, _):
+            return f"region {name} pages={pages}"
+        case Located(op, _, comment):
+            text = format_op(op)
+            return f"{text}  # {comment}" if comment is not None else text
+        case Comment(text):
+            return f"# {text}" if text else "#"
+        case Blank():
+            return ""
+    raise TypeError(f"not a statement: {statement!r}")
+
+
+def format_program(program: Program) -> str:
+    return "".join(format_statement(s) + "\n" for s in program.statements)
+
+
+# ---------------------------------------------------------------- parsing
+
+class _Scope:
+    """What exists at a point of the program: regions, live processes, fds per process."""
+
+    def __init__(self):
+        self.regions: dict[str, Region] = {}
+        self.fds: dict[str, set[str]] = {"p0": set()}
+
+
+class _LineParser:
+    def __init__(self, source: str, line: int, scope: _Scope):
+        self.source, self.line, self.scope = source, line, scope
+
+    def fail(self, message: str):
+        raise ParseError(self.source, self.line, message)
+
+    def region(self, words: list[str]) -> Region:
+        if len(words) != 3 or not PAGES.match(words[2]):
+            self.fail("expected `region <name> pages=<n>`")
+        name = words[1]
+        if not NAME.match(name):
+            self.fail(f"region name {name!r}: expected a lower-case identifier")
+        if name in self.scope.regions:
+            self.fail(f"region {name!r} is declared twice")
+        if len(self.scope.regions) >= MAX_REGIONS:
+            self.fail(f"at most {MAX_REGIONS} regions")
+        pages = int(PAGES.match(words[2]).group(1))
+        if not 1 <= pages <= MAX_REGION_PAGES:
+            self.fail(f"pages={pages}: expected 1..{MAX_REGION_PAGES}")
+        region = Region(name, pages, slot=len(self.scope.regions))
+        self.scope.regions[name] = region
+        return region
+
+    def op(self, words: list[str]) -> Op:
+        proc, keyword, args = words[0], words[1] if len(words) > 1 else "", words[2:]
+        kind = OP_BY_KEYWORD.get(keyword)
+        if kind is None:
+            self.fail(f"unknown op {keyword!r}: expected one of {', '.join(OP_BY_KEYWORD)}")
+        if proc not in self.scope.fds:
+            self.fail(f"process {proc!r} does not exist here (live: {', '.join(self.scope.fds)})")
+        fields = _op_fields(kind)
+        if len(args) != len(fields):
+            self.fail(f"expected `{_usage(kind)}`")
+        values = {f.name: self.value(f, word, proc) for f, word in zip(fields, args)}
+        op = kind(proc=proc, **values)
+        self.apply(op)
+        return op
+
+    def value(self, f: dataclasses.Field, word: str, proc: str):
+        if f.name == "seed":
+            match = SEED.match(word)
+            if not match or not 1 <= int(match.group(1)) <= MAX_SEED:
+                self.fail(f"{word!r}: expected seed=<1..{MAX_SEED}>")
+            return int(match.group(1))
+        if f.type == "PageRange":
+            return self.page_range(word)
+        if f.type == "Prot":
+            try:
+                return Prot(word)
+            except ValueError:
+                self.fail(f"{word!r}: expected a protection, one of none, r, rw")
+        if f.name == "device":
+            if word not in DEVICES:
+                self.fail(f"{word!r}: expected a device, one of {', '.join(DEVICES)}")
+            return word
+        if f.name == "child":
+            if not PROC.match(word):
+                self.fail(f"{word!r}: expected a process name p0..p9")
+            return word
+        if f.name == "fd":
+            if not NAME.match(word):
+                self.fail(f"{word!r}: expected an fd name (lower-case identifier)")
+            return word
+        raise AssertionError(f"no parser for field {f.name}")
+
+    def page_range(self, word: str) -> PageRange:
+        match = RANGE.match(word)
+        if not match:
+            self.fail(f"{word!r}: expected a page range <region>[<start>:<end>]")
+        name, start, end = match.group(1), int(match.group(2)), int(match.group(3))
+        region = self.scope.regions.get(name)
+        if region is None:
+            self.fail(f"region {name!r} is not declared above")
+        if not 0 <= start < end <= region.pages:
+            self.fail(f"{word}: expected 0 <= start < end <= {region.pages} (pages of {name})")
+        return PageRange(name, start, end)
+
+    def apply(self, op: Op):
+        """Track processes and fds so later lines can be checked against them."""
+        fds = self.scope.fds
+        if isinstance(op, Fork):
+            if op.child in fds:
+                self.fail(f"process {op.child!r} already exists")
+            if len(fds) >= MAX_PROCESSES:
+                self.fail(f"at most {MAX_PROCESSES} processes")
+            fds[op.child] = set(fds[op.proc])  # the child inherits the fd table
+        elif isinstance(op, OpenDevice):
+            if op.fd in fds[op.proc]:
+                self.fail(f"fd {op.fd!r} is already open in {op.proc}")
+            fds[op.proc].add(op.fd)
+        elif hasattr(op, "fd") and op.fd not in fds[op.proc]:
+            self.fail(f"fd {op.fd!r} is not open in {op.proc}")
+
+
+def _split_comment(line: str) -> tuple[str, str | None]:
+    code, hash_, comment = line.partition("#")
+    if not hash_:
+        return line, None
+    return code, comment[1:] if comment.startswith(" ") else comment
+
+
+def parse_program(text: str, source: str = "<program>") -> Program:
+    scope = _Scope()
+    statements = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        code, comment = _split_comment(raw)
+        words = code.split()
+        parser = _LineParser(source, number, scope)
+        if not words:
+            statements.append(Comment(comment) if comment is not None else Blank())
+        elif words[0] == "region":
+            if comment is not None:
+                parser.fail("put the comment for a region on the line above it")
+            statements.append(parser.region(words))
+        else:
+            statements.append(Located(parser.op(words), line=number, comment=comment))
+    if not any(isinstance(s, Located) for s in statements):
+        raise ParseError(source, max(1, len(statements)), "the program has no ops")
+    return Program(tuple(statements), source=source)
+
+
+def load_program(path: str | Path) -> Program:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise ParseError(str(path), 1, f"not UTF-8 text ({error.reason})") from None
+    return parse_program(text, source=str(path))
