@@ -51,6 +51,7 @@ class Ending(Enum):
     COMPLETED = "completed"   # every op ran
     CRASHED = "crashed"       # the kernel oopsed/panicked or the VM died mid-program
     HUNG = "hung"             # an op did not finish within the timeout
+    DIED = "died"             # the process running an op was killed (not a caught fault)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,722 @@
+/*
+ * The in-guest runner: /init of the initramfs that hmmfuzz boots.
+ *
+ * It mounts the pseudo file systems, says hello to the host over a virtio-serial port
+ * (kernel release and /proc/config.gz), then serves programs: for each one a fresh
+ * process tree runs the ops in order, each op in the process the program names, and the
+ * runner streams one result per op back to the host. It is C, static, and small because
+ * a C fork costs ~3 ms under TCG where a Python one costs ~75 ms.
+ *
+ * Processes of a program share one MAP_SHARED control block with the coordinator (PID 1):
+ * the coordinator posts a process's `go` semaphore with the op to run and waits on `done`.
+ * Everything about the wire format lives in wire.h, shared with the host through cffi.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <semaphore.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "test_hmm_uapi.h"
+#include "wire.h"
+
+#define PAGE_SIZE 4096UL
+#define WORDS_PER_PAGE (PAGE_SIZE / 8)
+#define VPN_MASK ((1ULL << 39) - 1)
+#define CONFIG_MAX (1 << 20)
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+struct control {
+	sem_t go[WIRE_MAX_PROCS];
+	sem_t done;
+	int32_t op_index[WIRE_MAX_PROCS]; /* -1: exit */
+	pid_t pid[WIRE_MAX_PROCS];
+	struct wire_result result;
+	struct wire_page pages[WIRE_MAX_OP_PAGES];
+	uint8_t snapshot[WIRE_MAX_OP_PAGES];
+};
+
+static int channel = -1;
+static struct control *ctl;
+static struct wire_op ops[WIRE_MAX_OPS];
+static int device_fds[WIRE_MAX_FDS]; /* per process; fork copies it like the fd table */
+
+/* ------------------------------------------------------------------ utilities */
+
+static void say(const char *fmt, ...)
+{
+	va_list ap;
+	char line[512];
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	dprintf(2, "hmmfuzz-runner: %s\n", line);
+}
+
+static void fatal(const char *fmt, ...)
+{
+	va_list ap;
+	char line[512];
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	dprintf(2, "hmmfuzz-runner: fatal: %s (errno %d)\n", line, errno);
+	sync();
+	reboot(RB_POWER_OFF);
+	for (;;)
+		pause();
+}
+
+static void write_all(const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t n = write(channel, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			fatal("write to host channel");
+		p += n;
+		len -= n;
+	}
+}
+
+static int read_all(void *buf, size_t len)
+{
+	char *p = buf;
+
+	while (len) {
+		ssize_t n = read(channel, p, len);
+
+		if (n < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		if (n == 0) {
+			/* virtio-serial reads 0 while the host side is not connected yet */
+			usleep(10000);
+			continue;
+		}
+		if (n < 0)
+			return -1;
+		p += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static void send_message(uint32_t type, const void *a, size_t alen,
+			 const void *b, size_t blen, const void *c, size_t clen)
+{
+	struct wire_frame frame = {
+		.magic = WIRE_MAGIC, .type = type, .length = alen + blen + clen,
+	};
+
+	write_all(&frame, sizeof(frame));
+	if (alen)
+		write_all(a, alen);
+	if (blen)
+		write_all(b, blen);
+	if (clen)
+		write_all(c, clen);
+}
+
+static void write_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY);
+
+	if (fd < 0)
+		return;
+	if (write(fd, text, strlen(text)) < 0)
+		say("write %s: %s", path, strerror(errno));
+	close(fd);
+}
+
+/* zlib's CRC-32, so the host can check digests with zlib.crc32 */
+static uint32_t crc_table[256];
+
+static void crc_init(void)
+{
+	for (uint32_t i = 0; i < 256; i++) {
+		uint32_t c = i;
+
+		for (int k = 0; k < 8; k++)
+			c = c & 1 ? 0xEDB88320U ^ (c >> 1) : c >> 1;
+		crc_table[i] = c;
+	}
+}
+
+static uint32_t crc32_of(const uint8_t *p, size_t len)
+{
+	uint32_t c = 0xFFFFFFFFU;
+
+	while (len--)
+		c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+	return c ^ 0xFFFFFFFFU;
+}
+
+/* The page pattern of harness/prog/content.py: word i = (seed << 48) | (vpn << 9) | i */
+static void fill_pattern(uint64_t *words, uint32_t seed, uint64_t addr)
+{
+	uint64_t base = ((uint64_t)seed << 48) | (((addr / PAGE_SIZE) & VPN_MASK) << 9);
+
+	for (unsigned long i = 0; i < WORDS_PER_PAGE; i++)
+		words[i] = base | i;
+}
+
+static void digest_page(struct wire_page *page, const uint8_t *bytes)
+{
+	page->crc = crc32_of(bytes, PAGE_SIZE);
+	memcpy(&page->first_word, bytes, sizeof(page->first_word));
+	page->has_content = 1;
+}
+
+/* ------------------------------------------------------------------ boot */
+
+static void mount_fs(const char *source, const char *target, const char *type)
+{
+	mkdir(target, 0755);
+	if (mount(source, target, type, 0, NULL) && errno != EBUSY)
+		say("mount %s on %s: %s", type, target, strerror(errno));
+}
+
+static void open_console(void)
+{
+	int fd = open("/dev/console", O_RDWR);
+
+	if (fd < 0)
+		return;
+	dup2(fd, 0);
+	dup2(fd, 1);
+	dup2(fd, 2);
+	if (fd > 2)
+		close(fd);
+}
+
+/* The virtio-serial port the host named "hmmfuzz.0" (see harness/vm/qemu.py). */
+static int open_channel(void)
+{
+	for (int attempt = 0; attempt < 500; attempt++) {
+		DIR *dir = opendir("/sys/class/virtio-ports");
+		struct dirent *entry;
+
+		while (dir && (entry = readdir(dir))) {
+			char path[300], name[WIRE_PORT_NAME_LEN] = "";
+			int fd;
+			ssize_t n;
+
+			if (entry->d_name[0] == '.')
+				continue;
+			snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", entry->d_name);
+			fd = open(path, O_RDONLY);
+			if (fd < 0)
+				continue;
+			n = read(fd, name, sizeof(name) - 1);
+			close(fd);
+			if (n > 0 && strncmp(name, "hmmfuzz.0", 9) == 0) {
+				snprintf(path, sizeof(path), "/dev/%s", entry->d_name);
+				closedir(dir);
+				fd = open(path, O_RDWR);
+				if (fd < 0)
+					fatal("open %s", path);
+				return fd;
+			}
+		}
+		if (dir)
+			closedir(dir);
+		usleep(10000);
+	}
+	fatal("no virtio-serial port named hmmfuzz.0 (CONFIG_VIRTIO_CONSOLE?)");
+	return -1;
+}
+
+static size_t read_config(uint8_t *buf, size_t cap)
+{
+	int fd = open("/proc/config.gz", O_RDONLY);
+	size_t len = 0;
+	ssize_t n;
+
+	if (fd < 0)
+		return 0; /* CONFIG_IKCONFIG_PROC is off: the host says so */
+	while (len < cap && (n = read(fd, buf + len, cap - len)) > 0)
+		len += n;
+	close(fd);
+	return len;
+}
+
+static void send_hello(void)
+{
+	static uint8_t config[CONFIG_MAX];
+	struct wire_hello hello = { .version = WIRE_VERSION };
+	struct utsname uts;
+	size_t config_len = read_config(config, sizeof(config));
+
+	uname(&uts);
+	snprintf(hello.release, sizeof(hello.release), "%s", uts.release);
+	snprintf(hello.machine, sizeof(hello.machine), "%.31s", uts.machine);
+	for (int i = 0; i < 4; i++) {
+		char path[64];
+
+		snprintf(path, sizeof(path), "/dev/hmm_dmirror%d", i);
+		if (access(path, R_OK | W_OK) == 0)
+			hello.devices |= 1U << i;
+	}
+	send_message(MSG_HELLO, &hello, sizeof(hello), config, config_len, NULL, 0);
+}
+
+static void boot(void)
+{
+	mount_fs("devtmpfs", "/dev", "devtmpfs");
+	open_console();
+	mount_fs("proc", "/proc", "proc");
+	mount_fs("sysfs", "/sys", "sysfs");
+	mount_fs("debugfs", "/sys/kernel/debug", "debugfs");
+	mount_fs("tmpfs", "/tmp", "tmpfs");
+	/* v1 programs model 4 KiB pages only: no THP unless a program asks for it */
+	write_file("/sys/kernel/mm/transparent_hugepage/enabled", "never");
+	write_file("/proc/sys/kernel/hung_task_timeout_secs", "20");
+	crc_init();
+	ctl = mmap(NULL, sizeof(*ctl), PROT_READ | PROT_WRITE,
+		   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (ctl == MAP_FAILED)
+		fatal("mmap control block");
+	channel = open_channel();
+}
+
+/* ------------------------------------------------------------------ ops */
+
+static sigjmp_buf fault_jump;
+static volatile sig_atomic_t fault_signal;
+
+static void on_fault(int sig)
+{
+	fault_signal = sig;
+	siglongjmp(fault_jump, 1);
+}
+
+static void catch_faults(void)
+{
+	struct sigaction sa = { .sa_handler = on_fault };
+
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_NODEFER;
+	sigaction(SIGSEGV, &sa, NULL);
+	sigaction(SIGBUS, &sa, NULL);
+}
+
+/* Copy one page, or return the signal the access raised. Nothing here is live across
+ * the siglongjmp, which is what makes it safe. */
+static int guarded_load(const volatile uint64_t *src, uint64_t *copy)
+{
+	if (sigsetjmp(fault_jump, 1))
+		return fault_signal;
+	for (unsigned long w = 0; w < WORDS_PER_PAGE; w++)
+		copy[w] = src[w];
+	return 0;
+}
+
+static int guarded_store(volatile uint64_t *dst, const uint64_t *pattern)
+{
+	if (sigsetjmp(fault_jump, 1))
+		return fault_signal;
+	for (unsigned long w = 0; w < WORDS_PER_PAGE; w++)
+		dst[w] = pattern[w];
+	return 0;
+}
+
+static void cpu_read(const struct wire_op *op, struct wire_result *res)
+{
+	static uint64_t copy[WORDS_PER_PAGE];
+
+	for (uint64_t i = 0; i < op->npages; i++) {
+		struct wire_page *page = &ctl->pages[i];
+
+		memset(page, 0, sizeof(*page));
+		page->signal = guarded_load((const uint64_t *)(op->addr + i * PAGE_SIZE), copy);
+		if (!page->signal)
+			digest_page(page, (const uint8_t *)copy);
+	}
+	res->npages = op->npages;
+}
+
+static void cpu_write(const struct wire_op *op, struct wire_result *res)
+{
+	static uint64_t pattern[WORDS_PER_PAGE];
+
+	for (uint64_t i = 0; i < op->npages; i++) {
+		uint64_t addr = op->addr + i * PAGE_SIZE;
+		struct wire_page *page = &ctl->pages[i];
+
+		memset(page, 0, sizeof(*page));
+		fill_pattern(pattern, op->arg, addr);
+		page->signal = guarded_store((uint64_t *)addr, pattern);
+	}
+	res->npages = op->npages;
+}
+
+static int device_ioctl(const struct wire_op *op, unsigned long request,
+			void *buffer, struct wire_result *res)
+{
+	struct hmm_dmirror_cmd cmd = {
+		.addr = op->addr, .ptr = (uintptr_t)buffer, .npages = op->npages,
+	};
+
+	if (ioctl(device_fds[op->target], request, &cmd)) {
+		res->err = errno;
+		return -1;
+	}
+	res->has_cmd = 1;
+	res->cpages = cmd.cpages;
+	res->faults = cmd.faults;
+	return 0;
+}
+
+static void device_op(const struct wire_op *op, struct wire_result *res)
+{
+	size_t len = op->npages * PAGE_SIZE;
+	uint8_t *buffer = mmap(NULL, len, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (buffer == MAP_FAILED) {
+		res->err = errno;
+		return;
+	}
+	switch (op->kind) {
+	case WOP_DEV_READ:
+	case WOP_EXCLUSIVE:
+		if (device_ioctl(op, op->kind == WOP_DEV_READ ? HMM_DMIRROR_READ
+				 : HMM_DMIRROR_EXCLUSIVE, buffer, res) == 0) {
+			for (uint64_t i = 0; i < op->npages; i++)
+				digest_page(&ctl->pages[i], buffer + i * PAGE_SIZE);
+			res->npages = op->npages;
+		}
+		break;
+	case WOP_DEV_WRITE:
+		for (uint64_t i = 0; i < op->npages; i++)
+			fill_pattern((uint64_t *)(buffer + i * PAGE_SIZE), op->arg,
+				     op->addr + i * PAGE_SIZE);
+		device_ioctl(op, HMM_DMIRROR_WRITE, buffer, res);
+		break;
+	case WOP_SNAPSHOT:
+		if (device_ioctl(op, HMM_DMIRROR_SNAPSHOT, buffer, res) == 0) {
+			memcpy(ctl->snapshot, buffer, op->npages);
+			res->nsnapshot = op->npages;
+		}
+		break;
+	case WOP_CHECK_EXCLUSIVE:
+		device_ioctl(op, HMM_DMIRROR_CHECK_EXCLUSIVE, buffer, res);
+		break;
+	}
+	munmap(buffer, len);
+}
+
+static int prot_of(uint32_t wire_prot)
+{
+	switch (wire_prot) {
+	case WPROT_R:
+		return PROT_READ;
+	case WPROT_RW:
+		return PROT_READ | PROT_WRITE;
+	default:
+		return PROT_NONE;
+	}
+}
+
+static void run_op(const struct wire_op *op, struct wire_result *res)
+{
+	size_t len = op->npages * PAGE_SIZE;
+	void *p;
+	char path[64];
+	int fd;
+
+	switch (op->kind) {
+	case WOP_MAP:
+		p = mmap((void *)op->addr, len, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+		if (p == MAP_FAILED) {
+			res->err = errno;
+		} else if ((uint64_t)p != op->addr) {
+			/* a kernel without MAP_FIXED_NOREPLACE treats it as a hint */
+			munmap(p, len);
+			res->err = EEXIST;
+		}
+		break;
+	case WOP_MUNMAP:
+		if (munmap((void *)op->addr, len))
+			res->err = errno;
+		break;
+	case WOP_MPROTECT:
+		if (mprotect((void *)op->addr, len, prot_of(op->arg)))
+			res->err = errno;
+		break;
+	case WOP_WRITE:
+		cpu_write(op, res);
+		break;
+	case WOP_READ:
+		cpu_read(op, res);
+		break;
+	case WOP_OPEN:
+		snprintf(path, sizeof(path), "/dev/hmm_dmirror%u", op->arg);
+		fd = open(path, O_RDWR | O_CLOEXEC);
+		if (fd < 0)
+			res->err = errno;
+		else
+			device_fds[op->target] = fd;
+		break;
+	default:
+		device_op(op, res);
+		break;
+	}
+}
+
+/* A program process: waits for its turn, runs one op, reports, again. */
+static void serve_process(int me)
+{
+	catch_faults();
+	for (;;) {
+		const struct wire_op *op;
+		int index;
+
+		while (sem_wait(&ctl->go[me]) && errno == EINTR)
+			;
+		index = ctl->op_index[me];
+		if (index < 0)
+			_exit(0);
+		op = &ops[index];
+		memset(&ctl->result, 0, sizeof(ctl->result));
+		ctl->result.op_index = index;
+		if (op->kind == WOP_FORK) {
+			pid_t pid = fork();
+
+			if (pid == 0) {
+				me = op->target;
+				ctl->pid[me] = getpid();
+				sem_post(&ctl->done);
+				continue;
+			}
+			if (pid < 0) {
+				ctl->result.err = errno;
+				sem_post(&ctl->done);
+			}
+			/* on success the child posts `done` once it knows its own pid */
+			continue;
+		}
+		run_op(op, &ctl->result);
+		sem_post(&ctl->done);
+	}
+}
+
+/* ------------------------------------------------------------------ coordinator */
+
+static int process_gone(pid_t pid, int *sig)
+{
+	char path[64], stat[256];
+	int fd, status;
+	ssize_t n;
+	char *state;
+
+	/* The first process is our child: waitpid tells us directly. */
+	if (waitpid(pid, &status, WNOHANG) == pid) {
+		*sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+		return 1;
+	}
+	/* Grandchildren are not ours to wait for: look at their state instead. */
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return 1;
+	n = read(fd, stat, sizeof(stat) - 1);
+	close(fd);
+	stat[n > 0 ? n : 0] = 0;
+	state = strrchr(stat, ')');
+	*sig = 0;
+	return state && (state[2] == 'Z' || state[2] == 'X');
+}
+
+static long elapsed_ms(const struct timespec *start)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (now.tv_sec - start->tv_sec) * 1000 + (now.tv_nsec - start->tv_nsec) / 1000000;
+}
+
+/* Wait for the op's `done`; returns DONE_COMPLETED, DONE_HUNG or DONE_DIED. */
+static int wait_for_op(pid_t pid, uint32_t timeout_ms, int *sig)
+{
+	struct timespec start;
+
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;) {
+		struct timespec slice;
+
+		clock_gettime(CLOCK_REALTIME, &slice);
+		slice.tv_nsec += 50 * 1000000;
+		if (slice.tv_nsec >= 1000000000) {
+			slice.tv_sec++;
+			slice.tv_nsec -= 1000000000;
+		}
+		if (sem_timedwait(&ctl->done, &slice) == 0)
+			return DONE_COMPLETED;
+		if (errno != ETIMEDOUT && errno != EINTR)
+			fatal("sem_timedwait");
+		if (process_gone(pid, sig))
+			return DONE_DIED;
+		if (elapsed_ms(&start) > timeout_ms)
+			return DONE_HUNG;
+	}
+}
+
+/* Kill every process of the program and reap them all; 0 if that worked. */
+static int end_processes(void)
+{
+	struct timespec start;
+	int status;
+
+	for (int p = 0; p < WIRE_MAX_PROCS; p++)
+		if (ctl->pid[p] > 0)
+			kill(ctl->pid[p], SIGKILL);
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (;;) {
+		pid_t pid = waitpid(-1, &status, WNOHANG);
+
+		if (pid < 0 && errno == ECHILD)
+			return 0;
+		if (pid == 0) {
+			if (elapsed_ms(&start) > 5000)
+				return -1;
+			usleep(1000);
+		}
+	}
+}
+
+static void send_done(uint32_t status, uint32_t ops_run, int32_t failed_op, int32_t detail)
+{
+	struct wire_done done = {
+		.status = status, .ops_run = ops_run, .failed_op = failed_op, .detail = detail,
+	};
+
+	send_message(MSG_DONE, &done, sizeof(done), NULL, 0, NULL, 0);
+}
+
+static void send_result(void)
+{
+	const struct wire_result *res = &ctl->result;
+
+	send_message(MSG_RESULT, res, sizeof(*res), ctl->pages,
+		     res->npages * sizeof(struct wire_page), ctl->snapshot, res->nsnapshot);
+}
+
+static int valid_op(const struct wire_op *op)
+{
+	return op->proc < WIRE_MAX_PROCS && op->npages <= WIRE_MAX_OP_PAGES &&
+	       (op->kind != WOP_FORK || op->target < WIRE_MAX_PROCS) &&
+	       (op->kind < WOP_OPEN || op->target < WIRE_MAX_FDS);
+}
+
+static void run_program(const struct wire_program *program)
+{
+	uint32_t i;
+	int status = DONE_COMPLETED, sig = 0;
+	pid_t first;
+	char marker[96];
+
+	snprintf(marker, sizeof(marker), "hmmfuzz: program %llu start\n",
+		 (unsigned long long)program->serial);
+	write_file("/dev/kmsg", marker);
+	for (i = 0; i < program->nops; i++) {
+		if (!valid_op(&ops[i])) {
+			send_done(DONE_BAD_PROGRAM, 0, i, 0);
+			return;
+		}
+	}
+	memset(ctl->pid, 0, sizeof(ctl->pid));
+	for (int p = 0; p < WIRE_MAX_PROCS; p++)
+		sem_init(&ctl->go[p], 1, 0);
+	sem_init(&ctl->done, 1, 0);
+	for (int f = 0; f < WIRE_MAX_FDS; f++)
+		device_fds[f] = -1;
+
+	first = fork();
+	if (first == 0)
+		serve_process(0);
+	if (first < 0)
+		fatal("fork");
+	ctl->pid[0] = first;
+
+	for (i = 0; i < program->nops; i++) {
+		const struct wire_op *op = &ops[i];
+
+		ctl->op_index[op->proc] = i;
+		sem_post(&ctl->go[op->proc]);
+		status = wait_for_op(ctl->pid[op->proc], program->op_timeout_ms, &sig);
+		if (status != DONE_COMPLETED)
+			break;
+		send_result();
+	}
+	if (status == DONE_HUNG)
+		write_file("/proc/sysrq-trigger", "w"); /* blocked tasks' stacks to the console */
+	if (end_processes() && status == DONE_COMPLETED)
+		status = DONE_UNKILLABLE;
+	snprintf(marker, sizeof(marker), "hmmfuzz: program %llu end\n",
+		 (unsigned long long)program->serial);
+	write_file("/dev/kmsg", marker);
+	send_done(status, i, status == DONE_COMPLETED ? -1 : (int32_t)i, sig);
+}
+
+static void serve(void)
+{
+	for (;;) {
+		struct wire_frame frame;
+		struct wire_program program;
+
+		if (read_all(&frame, sizeof(frame)))
+			fatal("read from host channel");
+		if (frame.magic != WIRE_MAGIC)
+			fatal("bad frame magic %#x", frame.magic);
+		if (frame.type == MSG_POWEROFF) {
+			sync();
+			reboot(RB_POWER_OFF);
+		}
+		if (frame.type != MSG_PROGRAM || frame.length < sizeof(program))
+			fatal("unexpected message %u", frame.type);
+		if (read_all(&program, sizeof(program)))
+			fatal("read program");
+		if (program.nops > WIRE_MAX_OPS ||
+		    frame.length != sizeof(program) + program.nops * sizeof(struct wire_op))
+			fatal("bad program length");
+		if (read_all(ops, program.nops * sizeof(struct wire_op)))
+			fatal("read ops");
+		run_program(&program);
+	}
+}
+
+int main(void)
+{
+	boot();
+	send_hello();
+	serve();
+	return 0;
+}

@@ -1,0 +1,179 @@
+"""Running programs on a real kernel: a booted guest that survives crashes of its kernel.
+
+`KernelSession.run(program)` returns the program's Trace. A panic, a lost channel or a hang
+ends the program's trace there (with the console slice kept); the guest is restarted
+before the next program, so nothing one program does leaks into the next.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.kernel import REQUIRED_OPTIONS, KernelImage, default_cache_dir, parse_config
+from harness.kernel.config import FRAGMENT, missing_options
+from harness.prog import Ending, OpResult, Program, Trace
+from harness.runner import build, wire
+
+from .qemu import ChannelLost, Machine, MachineConfig, MachineError, kvm_usable
+
+
+class MissingKernelOption(MachineError):
+    """The guest kernel lacks an option hmmfuzz cannot run without (named in the message)."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Facts of one program's run that are about the run, not the kernel's behaviour."""
+
+    died_signal: int = 0   # the process running the last op died by this signal
+    seconds: float = 0.0
+
+
+class KernelSession:
+    def __init__(self, kernel: KernelImage, workdir: Path, config: MachineConfig = MachineConfig(),
+                 op_timeout_ms: int = 20000, cache_dir: Path | None = None, log=print):
+        self.kernel, self.workdir, self.config = kernel, workdir, config
+        self.op_timeout_ms = op_timeout_ms
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.log = log
+        self.machine: Machine | None = None
+        self.hello: wire.Hello | None = None
+        self.serial = 0
+        self.restarts = 0
+        self.last_info = RunInfo()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> wire.Hello:
+        initramfs = build.initramfs(self.cache_dir)
+        accel = self._accel()
+        self.machine = Machine(self.kernel.bzimage, initramfs, self.workdir / "vm", self.config, accel)
+        self.hello = self.machine.start()
+        self._check_guest(self.hello)
+        return self.hello
+
+    def _accel(self) -> str:
+        choice = os.environ.get("HMMFUZZ_ACCEL", self.config.accel)
+        if choice != "auto":
+            return choice
+        if not kvm_usable():
+            return "tcg"
+        # /dev/kvm may belong to a hypervisor a stock guest hangs under: try it once per
+        # host boot and remember the answer.
+        marker = self.cache_dir / f"accel-{_boot_id()}"
+        if marker.exists():
+            return marker.read_text().strip()
+        probe = Machine(self.kernel.bzimage, build.initramfs(self.cache_dir),
+                        self.workdir / "kvm-probe",
+                        MachineConfig(**{**self.config.__dict__, "boot_timeout": 30.0}), "kvm")
+        try:
+            probe.start()
+            answer = "kvm"
+        except MachineError:
+            answer = "tcg"
+            self.log("KVM did not boot the guest within 30 s: using TCG")
+        finally:
+            probe.stop()
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(answer)
+        return answer
+
+    def _check_guest(self, hello: wire.Hello):
+        if not hello.config_gz:
+            raise MissingKernelOption("the guest kernel has no /proc/config.gz: set CONFIG_IKCONFIG=y "
+                                      "and CONFIG_IKCONFIG_PROC=y so hmmfuzz can check its config")
+        config_text = gzip.decompress(hello.config_gz).decode(errors="replace")
+        options = parse_config(config_text)
+        missing = [name for name in REQUIRED_OPTIONS if options.get(name, "n") == "n"]
+        if missing:
+            raise MissingKernelOption(f"the guest kernel {hello.release} lacks {', '.join(missing)}")
+        if not {0, 1} <= hello.devices:
+            raise MissingKernelOption(f"/dev/hmm_dmirror0 and 1 are missing in the guest "
+                                      f"(CONFIG_TEST_HMM, CONFIG_DEVICE_PRIVATE)")
+        weaker = missing_options(config_text, FRAGMENT.read_text())
+        if weaker:
+            self.log(f"note: the guest kernel lacks fragment options {', '.join(weaker)}; "
+                     "some oracles or ops may be unavailable")
+
+    def close(self):
+        if self.machine is not None:
+            if self.machine.alive():
+                try:
+                    self.machine.send(wire.frame(wire.C.MSG_POWEROFF))
+                except ChannelLost:
+                    pass
+            self.machine.stop()
+            self.machine = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _ensure_running(self):
+        if self.machine is None or not self.machine.alive():
+            if self.machine is not None:
+                self.machine.stop()
+                self.restarts += 1
+            self.start()
+
+    # ------------------------------------------------------------------ programs
+
+    def run(self, program: Program) -> Trace:
+        self._ensure_running()
+        self.serial += 1
+        machine = self.machine
+        console_start = machine.console_size()
+        started = time.monotonic()
+        results: dict[int, OpResult] = {}
+        ending, died = Ending.COMPLETED, 0
+        budget = len(program.ops) * self.op_timeout_ms / 1000 + 30
+        try:
+            machine.send(wire.encode_program(program, self.serial, self.op_timeout_ms))
+            while True:
+                msg_type, payload = machine.receive(budget - (time.monotonic() - started))
+                if msg_type == wire.C.MSG_RESULT:
+                    index, result = wire.decode_result(payload)
+                    results[index] = result
+                    continue
+                if msg_type != wire.C.MSG_DONE:
+                    raise wire.ProtocolError(f"unexpected message type {msg_type}")
+                done = wire.decode_done(payload)
+                if done.status == wire.C.DONE_HUNG or done.status == wire.C.DONE_UNKILLABLE:
+                    ending = Ending.HUNG
+                elif done.status == wire.C.DONE_DIED:
+                    ending, died = Ending.DIED, done.detail
+                elif done.status == wire.C.DONE_BAD_PROGRAM:
+                    raise wire.ProtocolError(f"the runner refused op {done.failed_op}")
+                break
+        except ChannelLost:
+            ending = Ending.CRASHED if not machine.alive() else Ending.HUNG
+        if ending in (Ending.CRASHED, Ending.HUNG):
+            self._settle_console(machine)
+            machine.stop()
+        self.last_info = RunInfo(died_signal=died, seconds=time.monotonic() - started)
+        ordered = tuple(results[i] for i in range(len(results)))
+        return Trace(kernel_release=self.hello.release, results=ordered, ending=ending,
+                     console=machine.console(console_start))
+
+    @staticmethod
+    def _settle_console(machine: Machine):
+        """Give a dying guest a moment to finish printing its report."""
+        deadline = time.monotonic() + 3
+        size = -1
+        while time.monotonic() < deadline and size != machine.console_size():
+            size = machine.console_size()
+            time.sleep(0.3)
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
