@@ -169,6 +169,14 @@ class Machine:
         msg_type, length = wire.parse_frame_header(self._read_exact(wire.FRAME_SIZE, deadline))
         return msg_type, self._read_exact(length, deadline)
 
+    def exits_within(self, seconds: float) -> bool:
+        """Whether QEMU is gone or goes within `seconds` (its channel closes just before)."""
+        try:
+            self.process.wait(timeout=seconds)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 

@@ -153,7 +153,7 @@ class KernelSession:
                     raise wire.ProtocolError(f"the runner refused op {done.failed_op}")
                 break
         except ChannelLost:
-            ending = Ending.CRASHED if not machine.alive() else Ending.HUNG
+            ending = Ending.CRASHED if machine.exits_within(2.0) else Ending.HUNG
         if ending in (Ending.CRASHED, Ending.HUNG):
             self._settle_console(machine)
             machine.stop()

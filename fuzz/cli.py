@@ -1,0 +1,190 @@
+"""`hmmfuzz`: the command line.
+
+Exit statuses (of `run`, and of the other commands where they apply):
+0 every op agrees with the model; 1 a divergence; 2 usage or input error; 3 kernel crash or
+hang (program and console log saved); 4 infrastructure failure (VM does not boot, a required
+CONFIG_ option is missing, a kernel cannot be built). With several programs the most severe
+status wins.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from harness.kernel import DEFAULT_VERSION, VERSIONS, KernelError, KernelImage, resolve_kernel
+from harness.prog import ParseError, Program, format_program, load_program
+from harness.runner.build import RunnerBuildError
+from harness.vm.qemu import MachineConfig, MachineError
+from harness.vm.session import KernelSession
+
+from .judge import ProgramVerdict, Status, judge
+
+
+def _log(message: str):
+    click.echo(f"hmmfuzz: {message}", err=True)
+
+
+def kernel_options(function):
+    """--kernel VERSION|PATH, --source DIR, --bzimage FILE, --accel, --workdir."""
+    options = [
+        click.option("--kernel", "kernel", default=DEFAULT_VERSION, show_default=True,
+                     help=f"Kernel version ({', '.join(VERSIONS)}), a bzImage file or a kernel tree."),
+        click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     help="Build this kernel tree (out of tree) with the project's config fragment."),
+        click.option("--bzimage", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Boot this bzImage as it is (its config is checked in the guest)."),
+        click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
+                     show_default=True, help="QEMU accelerator; auto tries KVM once, else TCG."),
+        click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+                     default=Path("hmmfuzz-work"), show_default=True,
+                     help="Where VM files, crash reports and logs go."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def obtain_kernel(kernel: str, source: Path | None, bzimage: Path | None) -> KernelImage:
+    if source is None and bzimage is None and kernel not in VERSIONS:
+        path = Path(kernel)
+        if path.is_dir():
+            source = path
+        elif path.is_file():
+            bzimage = path
+        else:
+            raise click.BadParameter(f"{kernel!r} is neither a version ({', '.join(VERSIONS)}) "
+                                     "nor an existing bzImage or kernel tree", param_hint="--kernel")
+    if source is not None or bzimage is not None:
+        return resolve_kernel(source=source, bzimage=bzimage, log=_log)
+    return resolve_kernel(kernel, log=_log)
+
+
+def infrastructure_failure(error: Exception):
+    click.echo(f"hmmfuzz: infrastructure failure: {error}", err=True)
+    sys.exit(Status.INFRASTRUCTURE)
+
+
+@click.group()
+def main():
+    """Differential fuzzer for the kernel's HMM / device-exclusive / device-private code."""
+
+
+# ---------------------------------------------------------------------- kernel
+
+@main.group()
+def kernel():
+    """Obtain kernels for the guest."""
+
+
+@kernel.command("build")
+@click.option("--version", "version", type=click.Choice(VERSIONS), default=DEFAULT_VERSION,
+              show_default=True)
+@click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--bzimage", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def kernel_build(version, source, bzimage):
+    """Build (or reuse from the cache) a kernel with the project's config fragment."""
+    try:
+        image = resolve_kernel(None if source or bzimage else version, source=source,
+                               bzimage=bzimage, log=_log)
+    except KernelError as error:
+        infrastructure_failure(error)
+    click.echo(f"{image.bzimage}  (version {image.version or 'unknown'}, {image.origin})")
+
+
+# ---------------------------------------------------------------------- vm
+
+@main.group()
+def vm():
+    """The QEMU guest."""
+
+
+@vm.command("check")
+@kernel_options
+def vm_check(kernel, source, bzimage, accel, workdir):
+    """Boot the guest, check its kernel has what hmmfuzz needs, and report."""
+    try:
+        image = obtain_kernel(kernel, source, bzimage)
+        session = KernelSession(image, workdir, MachineConfig(accel=accel), log=_log)
+        with session:
+            hello, machine = session.hello, session.machine
+            click.echo(f"kernel {hello.release} ({hello.machine}) booted in "
+                       f"{machine.boot_seconds:.2f} s with {machine.accel.upper()}; devices: "
+                       + ", ".join(f"/dev/hmm_dmirror{d}" for d in sorted(hello.devices)))
+    except (KernelError, MachineError, RunnerBuildError) as error:
+        infrastructure_failure(error)
+
+
+# ---------------------------------------------------------------------- run
+
+def collect_programs(paths: tuple[Path, ...]) -> tuple[list[Program], list[ParseError]]:
+    programs, errors = [], []
+    for path in paths:
+        files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
+        for file in files:
+            try:
+                programs.append(load_program(file))
+            except ParseError as error:
+                errors.append(error)
+    return programs, errors
+
+
+def save_crash(verdict: ProgramVerdict, workdir: Path, serial: int) -> Path:
+    """Keep the program and the console log before anything else happens to the VM."""
+    name = Path(verdict.program.source).stem
+    target = workdir / "crashes" / f"{time.strftime('%Y%m%d-%H%M%S')}-{serial:04d}-{name}"
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "program.txt").write_text(format_program(verdict.program))
+    (target / "console.log").write_text(verdict.trace.console)
+    (target / "report.txt").write_text("\n".join(verdict.lines()) + "\n")
+    return target
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@kernel_options
+def run(paths, kernel, source, bzimage, accel, workdir):
+    """Run programs (files, or directories of *.txt) on the kernel and judge them."""
+    programs, errors = collect_programs(paths)
+    for error in errors:
+        click.echo(f"input error: {error}", err=True)
+    status = Status.INPUT_ERROR if errors else Status.OK
+    if not programs:
+        sys.exit(status)
+    try:
+        image = obtain_kernel(kernel, source, bzimage)
+        session = KernelSession(image, workdir, MachineConfig(accel=accel), log=_log)
+        session.start()
+    except (KernelError, MachineError, RunnerBuildError) as error:
+        infrastructure_failure(error)
+    counts = {s: 0 for s in Status}
+    started, ops_checked = time.monotonic(), 0
+    try:
+        for serial, program in enumerate(programs, start=1):
+            trace = session.run(program)
+            verdict = judge(program, trace, session.last_info.died_signal)
+            counts[verdict.status] += 1
+            ops_checked += verdict.model.checked
+            click.echo(f"{program.source}  (kernel {trace.kernel_release}, model profile "
+                       f"{verdict.model.profile}): {verdict.status.name.lower().replace('_', ' ')}")
+            if verdict.status is Status.KERNEL_CRASH:
+                click.echo(f"  saved to {save_crash(verdict, workdir, serial)}")
+            for line in verdict.lines():
+                click.echo(line)
+            status = max(status, verdict.status)
+    except MachineError as error:
+        infrastructure_failure(error)
+    finally:
+        session.close()
+    elapsed = time.monotonic() - started
+    click.echo(f"{len(programs)} programs, {ops_checked} ops checked: {counts[Status.OK]} ok, "
+               f"{counts[Status.DIVERGENCE]} diverged, {counts[Status.KERNEL_CRASH]} crashed or hung"
+               f"; {elapsed:.1f} s ({len(programs) / elapsed:.1f} programs/s)")
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The verdict on one program run: the model's check of the kernel's trace, plus what the
+kernel said on its console and how the run ended.
+
+This is where the two rooms meet: the kernel side produced a Trace, the reference model
+judges it, and the console oracle adds what the model cannot see.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import reference
+from harness.prog import Ending, Program, Trace, format_op
+from harness.vm.console import ConsoleReport, find_reports
+
+
+class Status(IntEnum):
+    """Exit statuses of `hmmfuzz run`, most severe last."""
+
+    OK = 0
+    DIVERGENCE = 1
+    INPUT_ERROR = 2
+    KERNEL_CRASH = 3
+    INFRASTRUCTURE = 4
+
+
+@dataclass(frozen=True)
+class ProgramVerdict:
+    program: Program
+    trace: Trace
+    model: reference.Verdict
+    reports: tuple[ConsoleReport, ...] = ()
+    died_signal: int = 0
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def status(self) -> Status:
+        if self.trace.ending in (Ending.CRASHED, Ending.HUNG) or self.reports:
+            return Status.KERNEL_CRASH
+        if self.model.divergences or self.trace.ending is Ending.DIED:
+            return Status.DIVERGENCE
+        return Status.OK
+
+    @property
+    def stopped_at(self) -> int | None:
+        """Index of the op the run ended in, when it did not complete."""
+        if self.trace.ending is Ending.COMPLETED:
+            return None
+        return len(self.trace.results)
+
+    def lines(self) -> list[str]:
+        """Per-op verdicts for a person: `file:line  op  ok`, or the divergences of that op."""
+        width = max((len(format_op(op)) for op in self.program.ops), default=0)
+        divergences = {}
+        for divergence in self.model.divergences:
+            divergences.setdefault(divergence.op_index, []).append(divergence)
+        out = []
+        for index, op in enumerate(self.program.ops):
+            head = f"  {self.program.where(index)}  {format_op(op):<{width}}"
+            if index == self.stopped_at:
+                out.append(f"{head}  {self._ending_text()}")
+                break
+            if index >= len(self.trace.results):
+                break
+            found = divergences.get(index)
+            if not found:
+                out.append(f"{head}  ok")
+                continue
+            for n, divergence in enumerate(found):
+                lead = head if n == 0 else " " * len(head)
+                out.append(f"{lead}  DIVERGENCE {divergence.field}: observed {divergence.observed}, "
+                           f"allowed only {' or '.join(divergence.allowed)}")
+                if divergence.reason:
+                    out.append(f"{' ' * len(head)}    because {divergence.reason}")
+        for report in self.reports:
+            out.append(f"  kernel console: {report.title}")
+        return out
+
+    def _ending_text(self) -> str:
+        ending = self.trace.ending
+        if ending is Ending.DIED:
+            name = signal.Signals(self.died_signal).name if self.died_signal else "unknown signal"
+            return f"DIVERGENCE process died ({name}); the model expects it to run on"
+        if ending is Ending.HUNG:
+            return "KERNEL HANG: this op did not finish"
+        return "KERNEL CRASH: the guest died during this op"
+
+
+def judge(program: Program, trace: Trace, died_signal: int = 0) -> ProgramVerdict:
+    return ProgramVerdict(
+        program=program,
+        trace=trace,
+        model=reference.check(program, trace),
+        reports=tuple(find_reports(trace.console)),
+        died_signal=died_signal,
+    )
