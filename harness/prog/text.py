@@ -26,9 +26,12 @@ from .ops import (
 
 NAME = re.compile(r"[a-z][a-z0-9_]{0,15}\Z")
 PROC = re.compile(r"p[0-9]\Z")
-RANGE = re.compile(r"([a-z][a-z0-9_]{0,15})\[(\d+):(\d+)\]\Z")
-SEED = re.compile(r"seed=(\d+)\Z")
-PAGES = re.compile(r"pages=(\d+)\Z")
+# Numbers are ASCII and at most 9 digits: bigger ones are never valid here, and bounding
+# them keeps int() away from arbitrarily long digit strings a mutator may produce.
+NUMBER = r"([0-9]{1,9})"
+RANGE = re.compile(rf"([a-z][a-z0-9_]{{0,15}})\[{NUMBER}:{NUMBER}\]\Z")
+SEED = re.compile(rf"seed={NUMBER}\Z")
+PAGES = re.compile(rf"pages={NUMBER}\Z")
 
 
 class ParseError(ValueError):
@@ -68,7 +71,9 @@ def format_statement(statement) -> str:
             return f"region {name} pages={pages}"
         case Located(op, _, comment):
             text = format_op(op)
-            return f"{text}  # {comment}" if comment is not None else text
+            if comment is None:
+                return text
+            return f"{text}  # {comment}" if comment else f"{text}  #"
         case Comment(text):
             return f"# {text}" if text else "#"
         case Blank():
@@ -119,6 +124,9 @@ class _LineParser:
         kind = OP_BY_KEYWORD.get(keyword)
         if kind is None:
             self.fail(f"unknown op {keyword!r}: expected one of {', '.join(OP_BY_KEYWORD)}")
+        if not PROC.match(proc):
+            self.fail(f"{proc!r}: expected a line to start with `region` or a process name "
+                      f"(p0..p9) followed by an op")
         if proc not in self.scope.fds:
             self.fail(f"process {proc!r} does not exist here (live: {', '.join(self.scope.fds)})")
         fields = _op_fields(kind)
@@ -195,7 +203,12 @@ def _split_comment(line: str) -> tuple[str, str | None]:
 def parse_program(text: str, source: str = "<program>") -> Program:
     scope = _Scope()
     statements = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line (str.splitlines() would also split on form feeds and other
+    # separators, and line numbers would stop matching what an editor shows).
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for number, raw in enumerate(lines, start=1):
         code, comment = _split_comment(raw)
         words = code.split()
         parser = _LineParser(source, number, scope)
@@ -217,5 +230,7 @@ def load_program(path: str | Path) -> Program:
     try:
         text = path.read_text()
     except UnicodeDecodeError as error:
-        raise ParseError(str(path), 1, f"not UTF-8 text ({error.reason})") from None
+        line = path.read_bytes()[:error.start].count(b"\n") + 1
+        raise ParseError(str(path), line, f"not UTF-8 text ({error.reason} at byte "
+                                          f"{error.start})") from None
     return parse_program(text, source=str(path))
