@@ -89,9 +89,15 @@ def describe_missing(config_text: str, fragment_text: str) -> list[str]:
     ]
 
 
+# Bump when the build recipe changes in a way that changes the kernel (make arguments,
+# config steps), so that cached builds made with the old recipe are not reused.
+RECIPE_REVISION = "2"
+
+
 def fragment_digest(fragment_text: str) -> str:
-    """sha256 of the fragment: part of every cache key, so editing it forces a rebuild."""
-    return hashlib.sha256(fragment_text.encode()).hexdigest()
+    """sha256 of the fragment (and the recipe revision): part of every cache key, so editing
+    either forces a rebuild."""
+    return hashlib.sha256(f"recipe {RECIPE_REVISION}\n{fragment_text}".encode()).hexdigest()
 
 
 def config_version(config_text: str) -> str | None:

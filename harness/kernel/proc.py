@@ -38,15 +38,15 @@ def run(cmd: Sequence[str | os.PathLike], *, cwd: Path | None = None, what: str,
 
 
 def run_logged(cmd: Sequence[str | os.PathLike], *, cwd: Path | None = None, log_file: Path,
-               what: str, shell: bool = False) -> None:
+               what: str) -> None:
     """Run a long command with its output appended to log_file (builds print megabytes);
     on failure raise KernelError quoting the log's tail."""
-    argv = " ".join(map(str, cmd)) if shell else [str(c) for c in cmd]
+    argv = [str(c) for c in cmd]
     with open(log_file, "a") as out:
-        out.write(f"\n$ {argv if shell else ' '.join(argv)}\n")
+        out.write(f"\n$ {' '.join(argv)}\n")
         out.flush()
         code = subprocess.run(argv, cwd=cwd, env=host_env(), stdout=out,
-                              stderr=subprocess.STDOUT, shell=shell).returncode
+                              stderr=subprocess.STDOUT).returncode
     if code != 0:
         raise KernelError(f"{what} failed (exit {code}); last lines of {log_file}:\n"
                           f"{tail(log_file.read_text(errors='replace'))}")

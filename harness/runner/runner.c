@@ -686,6 +686,28 @@ static void run_program(const struct wire_program *program)
 	send_done(status, i, status == DONE_COMPLETED ? -1 : (int32_t)i, sig);
 }
 
+/*
+ * Make the kernel misbehave on purpose through LKDTM, so the console oracle can be tested
+ * on the real thing. A child does it: most crash types take the writing process down.
+ */
+static void provoke(uint32_t length)
+{
+	char type[64] = "";
+	pid_t pid;
+	int status;
+
+	if (length >= sizeof(type) || read_all(type, length))
+		fatal("bad provoke message");
+	pid = fork();
+	if (pid == 0) {
+		write_file("/sys/kernel/debug/provoke-crash/DIRECT", type);
+		_exit(0);
+	}
+	while (pid > 0 && waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	send_done(DONE_COMPLETED, 0, -1, 0);
+}
+
 static void serve(void)
 {
 	for (;;) {
@@ -699,6 +721,10 @@ static void serve(void)
 		if (frame.type == MSG_POWEROFF) {
 			sync();
 			reboot(RB_POWER_OFF);
+		}
+		if (frame.type == MSG_PROVOKE) {
+			provoke(frame.length);
+			continue;
 		}
 		if (frame.type != MSG_PROGRAM || frame.length < sizeof(program))
 			fatal("unexpected message %u", frame.type);

@@ -24,7 +24,8 @@ enum wire_msg {
 	MSG_PROGRAM = 2,  /* host -> guest: wire_program, then nops x wire_op */
 	MSG_RESULT = 3,   /* guest -> host: wire_result, then npages x wire_page, then nsnapshot bytes */
 	MSG_DONE = 4,     /* guest -> host: wire_done */
-	MSG_POWEROFF = 5  /* host -> guest: no payload */
+	MSG_POWEROFF = 5, /* host -> guest: no payload */
+	MSG_PROVOKE = 6   /* host -> guest: an LKDTM crash type (text); answered by MSG_DONE */
 };
 
 struct wire_frame {

@@ -126,6 +126,17 @@ class KernelSession:
     # ------------------------------------------------------------------ programs
 
     def run(self, program: Program) -> Trace:
+        budget = len(program.ops) * self.op_timeout_ms / 1000 + 30
+        request = wire.encode_program(program, self.serial + 1, self.op_timeout_ms)
+        return self._exchange(request, budget)
+
+    def provoke(self, crash_type: str, timeout: float = 60) -> Trace:
+        """Make the guest kernel misbehave through LKDTM (e.g. "WARNING", "BUG",
+        "SOFTLOCKUP"), to test the console oracle on real reports."""
+        return self._exchange(wire.frame(wire.C.MSG_PROVOKE, crash_type.encode()), timeout)
+
+    def _exchange(self, request: bytes, budget: float) -> Trace:
+        """Send one request and collect results until DONE, or until the guest is lost."""
         self._ensure_running()
         self.serial += 1
         machine = self.machine
@@ -133,9 +144,8 @@ class KernelSession:
         started = time.monotonic()
         results: dict[int, OpResult] = {}
         ending, died = Ending.COMPLETED, 0
-        budget = len(program.ops) * self.op_timeout_ms / 1000 + 30
         try:
-            machine.send(wire.encode_program(program, self.serial, self.op_timeout_ms))
+            machine.send(request)
             while True:
                 msg_type, payload = machine.receive(budget - (time.monotonic() - started))
                 if msg_type == wire.C.MSG_RESULT:
@@ -145,7 +155,7 @@ class KernelSession:
                 if msg_type != wire.C.MSG_DONE:
                     raise wire.ProtocolError(f"unexpected message type {msg_type}")
                 done = wire.decode_done(payload)
-                if done.status == wire.C.DONE_HUNG or done.status == wire.C.DONE_UNKILLABLE:
+                if done.status in (wire.C.DONE_HUNG, wire.C.DONE_UNKILLABLE):
                     ending = Ending.HUNG
                 elif done.status == wire.C.DONE_DIED:
                     ending, died = Ending.DIED, done.detail
