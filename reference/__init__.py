@@ -1,0 +1,15 @@
+"""The reference model: the allowed behaviour of the v1 ops on 4 KiB anonymous pages.
+
+    verdict = check(program, trace)
+    verdict.ok, verdict.divergences, verdict.describe(i)
+
+The model holds the user-visible state (processes, VMAs, page table entries, folios, dmirror
+mirror tables), computes for every op the set of outcomes the kernel may report, and compares
+each observed field exactly (see check.py). Each rule names the kernel function it follows.
+"""
+
+from .check import Divergence, Verdict, check, expected
+from .expect import Expect
+from .profile import Profile, profile_for
+
+__all__ = ["Divergence", "Expect", "Profile", "Verdict", "check", "expected", "profile_for"]

@@ -103,8 +103,9 @@ def build_tree(src: Path, out: Path, fragment: Path, log_file: Path,
     configure(src, out, fragment, log_file)
     config = out / ".config"
     check_config(config.read_text(), fragment.read_text(), log)
-    log(f"building bzImage with {jobs()} jobs in {out} (log: {log_file}); "
-        "a first build takes about 10 minutes on 2 cores")
+    first = not (out / "vmlinux").exists()
+    log(f"building bzImage with {jobs()} jobs in {out} (log: {log_file})"
+        + ("; a first build takes about 10 minutes on 2 cores" if first else ""))
     run_logged(_make(src, out, f"-j{jobs()}", "bzImage"), log_file=log_file,
                what="the kernel build")
     bzimage = out / "arch/x86/boot/bzImage"

@@ -36,8 +36,9 @@ class OpResult:
 
     errno 0 means success. `cpages`/`faults` are the dmirror command's outputs; the driver
     copies them back only when the ioctl succeeds, so they are None otherwise and for
-    non-device ops. `pages` holds per-page outcomes for read/write/dev_read/dev_write/
-    exclusive; `snapshot` the protection bytes of SNAPSHOT.
+    non-device ops. `pages` holds per-page outcomes for read/write (one per page, a fault
+    does not stop the op) and for a successful dev_read/exclusive (the bytes the device
+    returned); a failed ioctl reports only its errno. `snapshot` holds SNAPSHOT's bytes.
     """
 
     errno: int = 0

@@ -15,6 +15,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <semaphore.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -297,6 +298,9 @@ static void boot(void)
 	/* v1 programs model 4 KiB pages only: no THP unless a program asks for it */
 	write_file("/sys/kernel/mm/transparent_hugepage/enabled", "never");
 	write_file("/proc/sys/kernel/hung_task_timeout_secs", "20");
+	/* No background compaction: it would move pages and invalidate device mirrors
+	 * between ops, which the model would (rightly) not expect. */
+	write_file("/proc/sys/vm/compaction_proactiveness", "0");
 	crc_init();
 	ctl = mmap(NULL, sizeof(*ctl), PROT_READ | PROT_WRITE,
 		   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -660,8 +664,17 @@ static void run_program(const struct wire_program *program)
 		device_fds[f] = -1;
 
 	first = fork();
-	if (first == 0)
+	if (first == 0) {
+		/* All program processes on one CPU (children inherit it): per-CPU LRU batches
+		 * then drain where the next op runs, so whether a write fault reuses or copies
+		 * a page (wp_can_reuse_anon_folio) does not depend on scheduling. */
+		cpu_set_t cpu0;
+
+		CPU_ZERO(&cpu0);
+		CPU_SET(0, &cpu0);
+		sched_setaffinity(0, sizeof(cpu0), &cpu0);
 		serve_process(0);
+	}
 	if (first < 0)
 		fatal("fork");
 	ctl->pid[0] = first;

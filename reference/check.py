@@ -1,0 +1,186 @@
+"""Checking a kernel trace against the model, SibylFS style.
+
+The model keeps a set of possible states (almost always one). For each op it computes every
+allowed outcome from every state, keeps the states whose outcome matches the observation
+exactly, and moves on. When nothing matches it records one Divergence per differing field of
+the closest allowed outcome ("observed X, allowed only Y", with the model's reason) and
+continues from the state(s) that follow that outcome, so later independent bugs are still
+reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.prog import OpResult, Program, Trace, errno_name, format_op
+
+from .expect import Expect
+from .places import Places
+from .profile import profile_for
+from .semantics import step
+from .state import World
+from .uapi import prot_name
+
+MAX_STATES = 32          # more possible states than this and the model keeps the first ones
+MAX_PER_FIELD = 16       # per-page divergences reported for one op's pages/snapshot field
+
+
+@dataclass(frozen=True)
+class Divergence:
+    op_index: int
+    where: str           # program.where(i): file:line
+    op: str              # format_op
+    field: str           # "errno", "cpages", "faults", "pages[3]", "snapshot[5]", ...
+    allowed: tuple[str, ...]
+    observed: str
+    reason: str
+
+    def __str__(self) -> str:
+        allowed = " or ".join(self.allowed)
+        return (f"{self.where}: {self.op}: {self.field}: observed {self.observed}, "
+                f"allowed only {allowed} ({self.reason})")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    divergences: tuple[Divergence, ...]
+    checked: int
+    profile: str
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.divergences
+
+    def at(self, op_index: int) -> tuple[Divergence, ...]:
+        return tuple(d for d in self.divergences if d.op_index == op_index)
+
+    def describe(self, op_index: int) -> str:
+        """`ok`, `unchecked`, or the divergences of one op, one per line."""
+        if op_index >= self.checked:
+            return "unchecked"
+        found = self.at(op_index)
+        return "\n".join(str(d) for d in found) if found else "ok"
+
+    def __str__(self) -> str:
+        head = (f"{self.checked} ops checked ({self.profile} profile): "
+                f"{len(self.divergences)} divergence(s)")
+        return "\n".join([head, *map(str, self.divergences), *self.notes])
+
+
+# ------------------------------------------------------------------ comparing
+
+Mismatch = tuple[str, tuple[str, ...], str, str]  # field, allowed, observed, reason
+
+
+def _number(value) -> str:
+    return "not reported" if value is None else str(value)
+
+
+def mismatches(expect: Expect, seen: OpResult) -> list[Mismatch]:
+    """Every field of `seen` outside what `expect` allows, rendered for a person."""
+    found: list[Mismatch] = []
+    for name, render in (("errno", errno_name), ("cpages", _number), ("faults", _number)):
+        allowed, value = getattr(expect, name), getattr(seen, name)
+        if value not in allowed:
+            found.append((name, tuple(map(render, allowed)), render(value),
+                          expect.why.get(name, "")))
+    if seen.pages != expect.pages:
+        found += _sequence("pages", expect.pages, seen.pages, str,
+                           expect.page_why, expect.why.get("pages", ""))
+    if seen.snapshot != expect.snapshot:
+        if seen.snapshot is None or expect.snapshot is None:
+            found.append(("snapshot", (_bytes(expect.snapshot),), _bytes(seen.snapshot),
+                          expect.why.get("snapshot", "")))
+        else:
+            found += _sequence("snapshot", expect.snapshot, seen.snapshot, prot_name, (),
+                               expect.why.get("snapshot", ""))
+    return found
+
+
+def _sequence(name, allowed, seen, render, reasons, reason) -> list[Mismatch]:
+    if len(allowed) != len(seen):
+        return [(name, (f"{len(allowed)} entries",), f"{len(seen)} entries",
+                 reason or f"the op reports {len(allowed)} entries")]
+    found = []
+    for i, (want, got) in enumerate(zip(allowed, seen)):
+        if want != got:
+            found.append((f"{name}[{i}]", (render(want),), render(got),
+                           reasons[i] if i < len(reasons) else reason))
+    if len(found) > MAX_PER_FIELD:
+        rest = len(found) - MAX_PER_FIELD
+        first_rest = found[MAX_PER_FIELD][0]
+        found = found[:MAX_PER_FIELD] + [(f"{first_rest}, ...", ("the model's values",),
+                                          f"{rest} more differing entries", reason)]
+    return found
+
+
+def _closest(scored: list[tuple[list[Mismatch], World]], best: int) -> list[Mismatch]:
+    """The mismatches of the closest allowed outcome; where several outcomes are equally
+    close, each field lists every value they allow."""
+    ties = [found for found, _ in scored if len(found) == best]
+    merged = []
+    for field, allowed, observed, reason in ties[0]:
+        values = list(allowed)
+        for other in ties[1:]:
+            for other_field, other_allowed, _, _ in other:
+                if other_field == field:
+                    values += [v for v in other_allowed if v not in values]
+        merged.append((field, tuple(values), observed, reason))
+    return merged
+
+
+def _bytes(data: bytes | None) -> str:
+    return "not reported" if data is None else f"{len(data)} bytes"
+
+
+# ------------------------------------------------------------------ the loop
+
+def _dedup(worlds: list[World], notes: list[str], index: int) -> list[World]:
+    if len(worlds) <= 1:
+        return worlds
+    unique = list({id(w): w for w in worlds}.values())
+    if len(unique) > 1:
+        unique = list({w.signature(): w for w in unique}.values())
+    if len(unique) > MAX_STATES:
+        notes.append(f"op {index}: {len(unique)} possible states, only {MAX_STATES} kept")
+        unique = unique[:MAX_STATES]
+    return unique
+
+
+def check(program: Program, trace: Trace) -> Verdict:
+    """Check every op that has a result (a crash or hang leaves the rest unchecked)."""
+    places = Places(program)
+    profile = profile_for(trace.kernel_release)
+    ops = program.ops
+    count = min(len(ops), len(trace.results))
+    states = [World.initial(profile)]
+    divergences: list[Divergence] = []
+    notes: list[str] = []
+    for index in range(count):
+        seen = trace.results[index]
+        outcomes = [o for world in states for o in step(world, ops[index], places)]
+        scored = [(mismatches(expect, seen), world) for expect, world in outcomes]
+        best = min(len(found) for found, _ in scored)
+        if best:
+            divergences += [Divergence(index, program.where(index), format_op(ops[index]),
+                                       field, allowed, observed, reason)
+                            for field, allowed, observed, reason in _closest(scored, best)]
+        states = _dedup([world for found, world in scored if len(found) == best], notes, index)
+    if len(trace.results) > len(ops):
+        notes.append(f"the trace has {len(trace.results)} results for {len(ops)} ops; "
+                     "the extra ones were not checked")
+    return Verdict(tuple(divergences), count, profile.name, tuple(notes))
+
+
+def expected(program: Program, kernel_release: str = "7.2.0") -> list[tuple[Expect, ...]]:
+    """What the model allows for each op, without a kernel to compare with."""
+    places = Places(program)
+    states = [World.initial(profile_for(kernel_release))]
+    allowed: list[tuple[Expect, ...]] = []
+    notes: list[str] = []
+    for index, op in enumerate(program.ops):
+        outcomes = [o for world in states for o in step(world, op, places)]
+        allowed.append(tuple(dict.fromkeys(expect for expect, _ in outcomes)))
+        states = _dedup([world for _, world in outcomes], notes, index)
+    return allowed

@@ -1,0 +1,69 @@
+"""What the model allows one op to report: an OpResult-shaped set of allowed values.
+
+Scalar fields hold a tuple of allowed values (one value unless the model states a choice,
+with its reason); `pages` and `snapshot` are exact within one Expect (an op with several
+allowed outcomes returns several Expects, see check.py). `why` says, per field, why the
+model allows only that, citing the kernel function; `page_why` does so per page.
+"""
+
+from __future__ import annotations
+
+import errno as errno_codes
+import signal
+from dataclasses import dataclass, field
+
+from harness.prog import Content, OpResult, Page, digest
+
+SIGSEGV = int(signal.SIGSEGV)
+
+
+@dataclass(frozen=True)
+class Expect:
+    errno: tuple[int, ...] = (0,)
+    cpages: tuple[int | None, ...] = (None,)
+    faults: tuple[int | None, ...] = (None,)
+    pages: tuple[Page, ...] = ()
+    snapshot: bytes | None = None
+    why: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    page_why: tuple[str, ...] = field(default=(), compare=False, hash=False)
+
+    def as_result(self) -> OpResult:
+        """The first allowed outcome, as the runner would report it."""
+        return OpResult(errno=self.errno[0], cpages=self.cpages[0], faults=self.faults[0],
+                        pages=self.pages, snapshot=self.snapshot)
+
+    def __str__(self) -> str:
+        return str(self.as_result())
+
+
+NOT_COPIED = ("a failed ioctl reports nothing else: dmirror_fops_unlocked_ioctl returns "
+              "before copy_to_user of the command")
+
+
+def fail(err: int, why: str) -> Expect:
+    """A failed ioctl or syscall: the driver does not copy the command back
+    (dmirror_fops_unlocked_ioctl returns before copy_to_user), so no cpages/faults/pages."""
+    return Expect(errno=(err,), why={"errno": why, "cpages": NOT_COPIED, "faults": NOT_COPIED,
+                                     "pages": NOT_COPIED, "snapshot": NOT_COPIED})
+
+
+NOT_DEVICE = "only dmirror ioctls report cpages and faults"
+
+
+def done(why: str, **fields) -> Expect:
+    return Expect(why={"errno": why, "cpages": NOT_DEVICE, "faults": NOT_DEVICE}, **fields)
+
+
+def read_page(content: Content) -> Page:
+    crc, first_word = digest(content)
+    return Page(crc=crc, first_word=first_word)
+
+
+WRITTEN = Page()
+SEGV = Page(signal=SIGSEGV)
+
+EBUSY = errno_codes.EBUSY
+EFAULT = errno_codes.EFAULT
+EPERM = errno_codes.EPERM
+EEXIST = errno_codes.EEXIST
+ENOMEM = errno_codes.ENOMEM

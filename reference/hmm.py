@@ -1,0 +1,292 @@
+"""The dmirror ioctls (lib/test_hmm.c) and the hmm_range_fault() walk under them (mm/hmm.c).
+
+Every device op acts on the mm the fd mirrors (the opener's), whichever process issues it.
+"""
+
+from __future__ import annotations
+
+from harness.prog import Content
+
+from . import uapi
+from .expect import EBUSY, EFAULT, EPERM, Expect, fail, read_page
+from .mm import invalidate, read_fault, write_fault
+from .places import Places
+from .state import Dmirror, Entry, Kind, Pte, Tag, World
+
+Outcome = tuple[Expect, World]
+
+
+def _mirror(world: World, proc: str, fd: str) -> tuple[int, Dmirror]:
+    mirror_id = world.fds[(proc, fd)]
+    return mirror_id, world.mirrors[mirror_id]
+
+
+# ------------------------------------------------------------------ hmm_range_fault
+
+def hmm_range_fault(world: World, mirror: Dmirror, start: int, end: int, write: bool,
+                    places: Places) -> tuple[int, str]:
+    """hmm_range_fault with HMM_PFN_REQ_FAULT (| HMM_PFN_REQ_WRITE): fault in every page of
+    [start, end) that is not valid (or not writable for a write), in address order, and stop
+    at the first page that cannot be made valid: (errno, why)."""
+    mm_id = mirror.mm
+    mm = world.mms[mm_id]
+    vpn = start
+    while vpn < end:
+        vma = mm.vma_at(vpn)
+        if vma is None:
+            return EFAULT, (f"hmm_vma_walk_hole: {places.name(vpn)} has no VMA and a fault is "
+                            "required -> -EFAULT")
+        if not vma.prot.readable:
+            return EFAULT, (f"hmm_vma_walk_test: {places.name(vpn)} is in a VMA without "
+                            "VM_READ and a fault is required -> -EFAULT")
+        stop = min(end, vma.end)
+        for page in range(vpn, stop):
+            pte = mm.ptes.get(page)
+            if pte is not None and pte.kind is not Kind.EXCLUSIVE and \
+                    (pte.writable or not write):
+                continue  # hmm_pte_need_fault: valid (and writable if asked)
+            if write and not vma.prot.writable:
+                return EPERM, (f"hmm_vma_fault: {places.name(page)} needs a write fault in a "
+                               "VMA without VM_WRITE -> -EPERM")
+            if write:
+                write_fault(world, mm_id, mm, vma, page)
+            else:
+                read_fault(world, mm_id, mm, vma, page)
+        vpn = stop
+    return 0, ""
+
+
+def dmirror_fault(world: World, mirror: Dmirror, start: int, end: int, write: bool,
+                  places: Places) -> tuple[int, str]:
+    """dmirror_fault: per chunk of ARRAY_SIZE(pfns) pages (32; 64 before 7.x, see
+    profile.py), hmm_range_fault then dmirror_do_fault stores one entry per page, tagged
+    WRITE iff the CPU PTE is writable (HMM_PFN_WRITE). A failing chunk stores nothing, but
+    the chunks before it stay mirrored and the CPU faults it already took stay done."""
+    ptes = world.mms[mirror.mm].ptes
+    size = world.profile.fault_chunk
+    for chunk in range(start, end, size):
+        chunk_end = min(chunk + size, end)
+        err, why = hmm_range_fault(world, mirror, chunk, chunk_end, write, places)
+        if err:
+            return err, why
+        for vpn in range(chunk, chunk_end):
+            pte = ptes[vpn]
+            mirror.table[vpn] = Entry(pte.folio, Tag.WRITE if pte.writable else Tag.READ)
+    return 0, ""
+
+
+# ------------------------------------------------------------------ READ
+
+def dev_read(world: World, op, places: Places) -> list[Outcome]:
+    """HMM_DMIRROR_READ. Deterministic unless an entry in the range may or may not have been
+    erased (Entry.maybe_gone); then each possible first erased entry is its own outcome."""
+    mirror_id, mirror = _mirror(world, op.proc, op.fd)
+    start, end = places.vpns(op.range)
+    uncertain = []
+    for vpn in range(start, end):
+        entry = mirror.table.get(vpn)
+        if entry is None:
+            break
+        if entry.maybe_gone:
+            uncertain.append(vpn)
+    if not uncertain:
+        return [(_dev_read(world, mirror, start, end, places), world)]
+    outcomes = []
+    for first_gone in range(len(uncertain) + 1):
+        branch = world.clone()
+        table = branch.mirrors[mirror_id].table
+        for vpn in uncertain[:first_gone]:
+            table[vpn] = Entry(table[vpn].folio, table[vpn].tag)
+        if first_gone < len(uncertain):
+            del table[uncertain[first_gone]]
+        outcomes.append((_dev_read(branch, branch.mirrors[mirror_id], start, end, places),
+                         branch))
+    return outcomes
+
+
+def _dev_read(world: World, mirror: Dmirror, start: int, end: int, places: Places) -> Expect:
+    """dmirror_read: copy mirrored pages from `start` until the first missing entry, fault
+    the rest of the range in (faults++), and copy again from there."""
+    pages, page_why = [], []
+    faults, first_missing = 0, None
+    pos = start
+    while True:
+        missing = None
+        for vpn in range(pos, end):  # dmirror_do_read
+            entry = mirror.table.get(vpn)
+            if entry is None:
+                missing = vpn
+                break
+            content = world.content(entry.folio)
+            pages.append(read_page(content))
+            page_why.append(f"dmirror_do_read copies the mirrored page, which holds {content}")
+        if missing is None:
+            break
+        if first_missing is None:
+            first_missing = missing
+        err, why = dmirror_fault(world, mirror, missing, end, False, places)
+        if err:
+            return fail(err, why)
+        faults += 1
+        pos = missing
+    return Expect(
+        cpages=(end - start,), faults=(faults,), pages=tuple(pages), page_why=tuple(page_why),
+        why={"errno": "hmm_range_fault can make every page of the range valid: all of it is "
+                      "mapped and readable",
+             "faults": _faults_why("dmirror_read", faults, first_missing, places),
+             "cpages": "dmirror_read: every page of the range is copied on success",
+             "pages": "dmirror_read copies every page of the range"})
+
+
+def _faults_why(fn: str, faults: int, first_missing: int | None, places: Places) -> str:
+    if not faults:
+        return (f"{fn}: every page of the range is in the mirror (nothing invalidated it since "
+                "it was mirrored), so no dmirror_fault")
+    return (f"{fn}: {places.name(first_missing)} is not (suitably) in the mirror -> one "
+            "dmirror_fault for the rest of the range")
+
+
+# ------------------------------------------------------------------ WRITE
+
+def dev_write(world: World, op, places: Places) -> list[Outcome]:
+    """HMM_DMIRROR_WRITE: like READ, but an entry counts only if it is WRITE-tagged
+    (dmirror_do_write), faults are write faults, and the device stores pattern(seed, vpn).
+    A failing fault leaves the pages written before it written. The runner reports no pages."""
+    _, mirror = _mirror(world, op.proc, op.fd)
+    start, end = places.vpns(op.range)
+    table = mirror.table
+    faults, first_missing = 0, None
+    pos = start
+    while True:
+        missing = None
+        for vpn in range(pos, end):
+            entry = table.get(vpn)
+            if entry is None or entry.tag is not Tag.WRITE:
+                missing = vpn
+                break
+            world.set_content(entry.folio, Content(op.seed, vpn))
+        if missing is None:
+            break
+        if first_missing is None:
+            first_missing = missing
+        err, why = dmirror_fault(world, mirror, missing, end, True, places)
+        if err:
+            return [(fail(err, why), world)]
+        faults += 1
+        pos = missing
+    return [(Expect(cpages=(end - start,), faults=(faults,),
+                    why={"errno": "hmm_range_fault can make every page of the range valid and "
+                                  "writable: all of it is mapped with VM_WRITE",
+                         "faults": _faults_why("dmirror_write", faults, first_missing, places),
+                         "cpages": "dmirror_write: every page of the range is written",
+                         "pages": "the runner reports no pages for a device write"}),
+             world)]
+
+
+# ------------------------------------------------------------------ SNAPSHOT
+
+def snapshot(world: World, op, places: Places) -> list[Outcome]:
+    """HMM_DMIRROR_SNAPSHOT: hmm_range_fault without fault flags never faults and never
+    fails; dmirror_mkentry turns each result into a byte."""
+    _, mirror = _mirror(world, op.proc, op.fd)
+    start, end = places.vpns(op.range)
+    mm = world.mms[mirror.mm]
+    data = bytes(_snapshot_byte(mm.vma_at(vpn), mm.ptes.get(vpn)) for vpn in range(start, end))
+    return [(Expect(cpages=(end - start,), faults=(0,), snapshot=data, why={
+        "errno": "dmirror_snapshot: hmm_range_fault without fault flags does not fail",
+        "pages": "a snapshot reports protection bytes, not pages",
+        "snapshot": "dmirror_mkentry of hmm_range_fault without HMM_PFN_REQ_FAULT",
+        "faults": "dmirror_snapshot never counts faults",
+        "cpages": "dmirror_snapshot: cpages += n for every chunk"}), world)]
+
+
+def _snapshot_byte(vma, pte: Pte | None) -> int:
+    if vma is None or not vma.prot.readable:
+        # hmm_vma_walk_hole without a VMA / hmm_vma_walk_test on a VMA without VM_READ:
+        # HMM_PFN_ERROR when no fault is required.
+        return uapi.PROT_ERROR
+    if pte is None or pte.kind is Kind.EXCLUSIVE:
+        # pte_none, or a non-present entry that need not be faulted (hmm_vma_handle_pte):
+        # no HMM_PFN_VALID.
+        return uapi.PROT_NONE
+    if pte.kind is Kind.ZERO:
+        return uapi.PROT_ZERO | uapi.PROT_READ
+    return uapi.PROT_WRITE if pte.writable else uapi.PROT_READ
+
+
+# ------------------------------------------------------------------ EXCLUSIVE
+
+def exclusive(world: World, op, places: Places) -> list[Outcome]:
+    """HMM_DMIRROR_EXCLUSIVE: dmirror_exclusive calls make_device_exclusive (mm/rmap.c) on each
+    page, then dmirror_atomic_map stores an ATOMIC entry; after the loop the range is read
+    back from the mirror. A failing page stops the loop; earlier pages stay exclusive.
+    Older kernels work in batches (profile.exclusive_batch)."""
+    _, mirror = _mirror(world, op.proc, op.fd)
+    start, end = places.vpns(op.range)
+    batch = world.profile.exclusive_batch
+    for first in range(start, end, batch or 1):
+        last = min(first + (batch or 1), end)
+        got, err, why = _make_exclusive(world, mirror, first, last, places)
+        if got == last:
+            for vpn in range(first, last):
+                mirror.table[vpn] = Entry(world.mms[mirror.mm].ptes[vpn].folio, Tag.ATOMIC)
+            continue
+        if batch:
+            # make_device_exclusive_range made only part of the batch exclusive (or failed):
+            # dmirror_exclusive maps none of it and returns -EBUSY.
+            return [(fail(EBUSY, f"dmirror_exclusive: make_device_exclusive_range could not "
+                                 f"take the whole batch ({why}) -> -EBUSY"), world)]
+        return [(fail(err, why), world)]
+    contents = [world.content(mirror.table[vpn].folio) for vpn in range(start, end)]
+    return [(Expect(
+        cpages=(end - start,), faults=(0,), pages=tuple(read_page(c) for c in contents),
+        page_why=tuple(f"dmirror_do_read of the atomic entry: the page holds {c}"
+                       for c in contents),
+        why={"errno": "make_device_exclusive succeeds on every page: all of it is mapped with "
+                      "VM_WRITE",
+             "faults": "dmirror_exclusive never counts faults",
+             "cpages": "dmirror_exclusive reads back every page",
+             "pages": "dmirror_exclusive reads back every page"}), world)]
+
+
+def _make_exclusive(world: World, mirror: Dmirror, start: int, end: int,
+                    places: Places) -> tuple[int, int, str]:
+    """get_user_pages_remote(FOLL_WRITE) faults the pages in writable, in order, up to the
+    first it cannot (no VMA, or no VM_WRITE: check_vma_flags -> -EFAULT); each page it got
+    is then made device-exclusive: MMU_NOTIFY_EXCLUSIVE (owner NULL, so every dmirror of the
+    mm drops it), and the PTE becomes a (writable) device-exclusive entry.
+    Returns (first page not made exclusive, errno, why)."""
+    mm_id = mirror.mm
+    mm = world.mms[mm_id]
+    got, err, why = end, 0, ""
+    for vpn in range(start, end):
+        vma = mm.vma_at(vpn)
+        if vma is None or not vma.prot.writable:
+            got, err = vpn, EFAULT
+            why = (f"get_user_pages_remote finds no VMA at {places.name(vpn)} -> -EFAULT"
+                   if vma is None else
+                   f"check_vma_flags refuses FOLL_WRITE on {places.name(vpn)}'s VMA without "
+                   "VM_WRITE -> -EFAULT")
+            break
+        write_fault(world, mm_id, mm, vma, vpn)
+    for vpn in range(start, got):
+        invalidate(world, mm_id, vpn, vpn + 1)
+        mm.ptes[vpn] = Pte(Kind.EXCLUSIVE, mm.ptes[vpn].folio, True)
+    return got, err, f"make_device_exclusive: {why}" if why else ""
+
+
+def check_exclusive(world: World, op, places: Places) -> list[Outcome]:
+    """HMM_DMIRROR_CHECK_EXCLUSIVE: dmirror_check_atomic looks only at this fd's table."""
+    _, mirror = _mirror(world, op.proc, op.fd)
+    start, end = places.vpns(op.range)
+    for vpn in range(start, end):
+        entry = mirror.table.get(vpn)
+        if entry is not None and entry.tag is Tag.ATOMIC:
+            return [(fail(EPERM, f"dmirror_check_atomic: {places.name(vpn)} still has an "
+                                 "ATOMIC entry (no CPU access or invalidation revoked it) "
+                                 "-> -EPERM"), world)]
+    why = ("dmirror_check_atomic: no ATOMIC entry in the range (none was made, or a CPU "
+           "fault or an invalidation erased it)")
+    return [(Expect(cpages=(0,), faults=(0,), why={
+        "errno": why, "cpages": "CHECK_EXCLUSIVE leaves cpages at 0",
+        "faults": "CHECK_EXCLUSIVE leaves faults at 0"}), world)]

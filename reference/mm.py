@@ -1,0 +1,203 @@
+"""The CPU side: page faults, COW, device-exclusive restore, and MMU-notifier invalidation.
+
+Each function changes the World the way the named kernel function changes the page tables,
+and calls `invalidate` wherever that function fires an MMU notifier, because that is what
+the dmirror observes (dmirror_interval_invalidate erases its entries in the range; it
+ignores only MMU_NOTIFY_MIGRATE events it caused itself, which v1 ops never raise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from harness.prog import ZERO
+
+from . import vma as vmas
+from .state import ZERO_PTE, Dmirror, Kind, Mm, Pte, Tag, Vma, World
+
+
+def invalidate(world: World, mm_id: int, start: int, end: int) -> None:
+    """An MMU notifier invalidation of [start, end) on mm `mm_id`: every dmirror bound to
+    that mm erases its entries there (dmirror_interval_invalidate -> dmirror_do_update)."""
+    for mirror in world.mirrors_of(mm_id):
+        _erase(mirror, start, end)
+
+
+def _erase(mirror: Dmirror, start: int, end: int) -> None:
+    table = mirror.table
+    if not table:
+        return
+    if end - start <= len(table):
+        for vpn in range(start, end):
+            table.pop(vpn, None)
+    else:
+        for vpn in [v for v in table if start <= v < end]:
+            del table[vpn]
+
+
+def restore_exclusive(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
+    """A CPU (or hmm/GUP) fault on a device-exclusive entry: do_swap_page ->
+    remove_device_exclusive_entry fires MMU_NOTIFY_CLEAR on the page, then
+    restore_exclusive_pte maps the folio again, writable only if the VMA has VM_WRITE and
+    the page is still PageAnonExclusive (can_change_pte_writable)."""
+    pte = mm.ptes[vpn]
+    invalidate(world, mm_id, vpn, vpn + 1)
+    mm.ptes[vpn] = _restored(world, vma, pte)
+
+
+def _restored(world: World, vma: Vma, pte: Pte) -> Pte:
+    if world.profile.exclusive_entry_permission:
+        # 6.1/6.12 restore_exclusive_pte: maybe_mkwrite() only for a writable entry.
+        writable = vma.prot.writable and pte.writable
+    else:
+        writable = vma.prot.writable and world.folios[pte.folio].exclusive
+    return Pte(Kind.PRESENT, pte.folio, writable)
+
+
+def read_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
+    """handle_mm_fault without FAULT_FLAG_WRITE on a readable VMA."""
+    pte = mm.ptes.get(vpn)
+    if pte is None:
+        # do_anonymous_page: "Use the zero-page for reads"; no anon_vma is needed.
+        mm.ptes[vpn] = ZERO_PTE
+    elif pte.kind is Kind.EXCLUSIVE:
+        restore_exclusive(world, mm_id, mm, vma, vpn)
+
+
+def write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
+    """handle_mm_fault with FAULT_FLAG_WRITE on a VMA with VM_WRITE; afterwards the page is
+    mapped writable by an exclusive anonymous folio."""
+    pte = mm.ptes.get(vpn)
+    if pte is None:
+        # do_anonymous_page: vmf_anon_prepare, then a zeroed folio mapped writable.
+        vmas.anon_prepare(world, mm, vpn)
+        mm.ptes[vpn] = Pte(Kind.PRESENT, world.new_folio(ZERO), True)
+        return
+    if pte.kind is Kind.EXCLUSIVE:
+        restore_exclusive(world, mm_id, mm, vma, vpn)
+        pte = mm.ptes[vpn]
+        if pte.writable:
+            return
+    if pte.writable:
+        return
+    if pte.kind is Kind.ZERO:
+        # do_wp_page: the zero page is not a normal page -> wp_page_copy (MMU_NOTIFY_CLEAR
+        # on the page) into a newly allocated zeroed folio.
+        vmas.anon_prepare(world, mm, vpn)
+        invalidate(world, mm_id, vpn, vpn + 1)
+        mm.ptes[vpn] = Pte(Kind.PRESENT, world.new_folio(ZERO), True)
+        return
+    _write_protected_anon(world, mm_id, mm, vpn, pte)
+
+
+def _write_protected_anon(world: World, mm_id: int, mm: Mm, vpn: int, pte: Pte) -> None:
+    """do_wp_page on a read-only PTE of an anonymous folio."""
+    folio = world.folios[pte.folio]
+    if folio.exclusive:
+        # PageAnonExclusive: "we must reuse the page without further checks" (wp_page_reuse,
+        # no MMU notifier: permissions only grow).
+        mm.ptes[vpn] = replace(pte, writable=True)
+        return
+    if folio.mapcount > 1:
+        # Still mapped by another process: wp_page_copy (MMU_NOTIFY_CLEAR on the page).
+        invalidate(world, mm_id, vpn, vpn + 1)
+        world.unmap_folio(pte.folio)
+        mm.ptes[vpn] = Pte(Kind.PRESENT, world.new_folio(folio.content), True)
+        return
+    # Mapped once but not exclusive (the other side of a fork already copied or unmapped it):
+    # wp_can_reuse_anon_folio reuses it only if folio_ref_count() == 1 after lru_add_drain(),
+    # which drains only this CPU's LRU batch; a folio still sitting in another CPU's batch has
+    # an extra reference and is copied by wp_page_copy, which fires the MMU notifier. Both are
+    # allowed. The content and the PTE are the same either way (a copy is indistinguishable
+    # from the original for every v1 observation), so the model keeps the folio and marks the
+    # read entries of the dmirrors on this mm as possibly erased.
+    for mirror in world.mirrors_of(mm_id):
+        entry = mirror.table.get(vpn)
+        if entry is not None and entry.tag is Tag.READ:
+            mirror.table[vpn] = replace(entry, maybe_gone=True)
+    world.folios[pte.folio] = replace(folio, exclusive=True)
+    mm.ptes[vpn] = replace(pte, writable=True)
+
+
+def zap(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
+    """Unmap [start, end): unmap_vmas zaps the PTEs (dropping folio mappings, device-exclusive
+    entries included) under one MMU_NOTIFY_UNMAP invalidation of the range."""
+    ptes = mm.ptes
+    if end - start <= len(ptes):
+        vpns = [v for v in range(start, end) if v in ptes]
+    else:
+        vpns = [v for v in ptes if start <= v < end]
+    for vpn in vpns:
+        pte = ptes.pop(vpn)
+        if pte.kind is not Kind.ZERO:
+            world.unmap_folio(pte.folio)
+    invalidate(world, mm_id, start, end)
+
+
+def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
+    """change_protection over [start, end) after the VMA got its new flags.
+
+    change_pud_range fires MMU_NOTIFY_PROTECTION_VMA over the range once page tables exist
+    there (mm/mprotect.c, 7.2; older kernels did it per PMD in change_pmd_range): without page
+    tables no entry can be mirrored, so the model simply invalidates the range. Present PTEs
+    take the new protection; when the VMA becomes writable, PTEs of PageAnonExclusive folios
+    become writable at once (MM_CP_TRY_CHANGE_WRITABLE, can_change_private_pte_writable), the
+    zero page and shared folios stay read-only. Device-exclusive entries are left alone in
+    7.2; older kernels make writable ones readable (profile.exclusive_entry_permission).
+    """
+    ptes = mm.ptes
+    writable = mm.vma_at(start).prot.writable
+    entry_permission = world.profile.exclusive_entry_permission
+    for vpn in range(start, end) if end - start <= len(ptes) else sorted(ptes):
+        if not start <= vpn < end:
+            continue
+        pte = ptes.get(vpn)
+        if pte is None or pte.kind is Kind.ZERO:
+            continue
+        if pte.kind is Kind.PRESENT:
+            ptes[vpn] = replace(pte, writable=writable and world.folios[pte.folio].exclusive)
+        elif entry_permission and pte.writable:
+            ptes[vpn] = replace(pte, writable=False)  # make_readable_device_exclusive_entry
+    invalidate(world, mm_id, start, end)
+
+
+def fork(world: World, parent_id: int, child_id: int) -> None:
+    """dup_mmap + copy_page_range for every VMA of the parent."""
+    parent = world.mms[parent_id]
+    child_vmas = vmas.fork_vmas(world, parent)
+    child_ptes: dict[int, Pte] = {}
+    for vma in parent.vmas:
+        if vma.anon is None:
+            # vma_needs_copy is false: no page table is copied (the child faults the zero page
+            # in again) and no MMU notifier fires for this VMA.
+            continue
+        # is_cow_mapping: MMU_NOTIFY_PROTECTION_PAGE over the whole parent VMA.
+        invalidate(world, parent_id, vma.start, vma.end)
+        for vpn in _vpns_in(parent, vma.start, vma.end):
+            child_ptes[vpn] = _copy_pte(world, parent, vma, vpn)
+    world.mms[child_id] = Mm(child_vmas, child_ptes)
+
+
+def _copy_pte(world: World, parent: Mm, vma: Vma, vpn: int) -> Pte:
+    pte = parent.ptes[vpn]
+    if pte.kind is Kind.ZERO:
+        return pte  # the zero page is copied as is (copy_present_ptes: not a normal page)
+    if pte.kind is Kind.EXCLUSIVE:
+        # copy_nonpresent_pte: "Make device exclusive entries present by restoring the
+        # original entry then copying as for a present pte" (try_restore_exclusive_pte; no
+        # notifier of its own, the fork's range notifier above covers it).
+        pte = _restored(world, vma, pte)
+    # __copy_present_ptes: write-protect the PTE in both processes;
+    # folio_try_dup_anon_rmap_pte clears PageAnonExclusive.
+    folio = world.folios[pte.folio]
+    world.folios[pte.folio] = replace(folio, mapcount=folio.mapcount + 1, exclusive=False)
+    shared = replace(pte, writable=False)
+    parent.ptes[vpn] = shared
+    return shared
+
+
+def _vpns_in(mm: Mm, start: int, end: int) -> list[int]:
+    ptes = mm.ptes
+    if end - start <= len(ptes):
+        return [v for v in range(start, end) if v in ptes]
+    return sorted(v for v in ptes if start <= v < end)

@@ -1,0 +1,60 @@
+"""Named semantics profiles: legitimate differences between kernel versions.
+
+The model states the newest kernel's semantics (7.2). Each switch below names a difference
+read in the sources of an older kernel; nothing else differs between the profiles. Sources
+read: Debian linux-source 7.2.13, 6.12.117 and 6.1.192. Kernels in between are judged by the
+newest profile read at or below their version (6.13..7.1 -> "6.12"), which is a guess for
+them until their sources are read.
+
+Differences read but not switched, because no v1 observation shows them: 6.x fires the
+mprotect notifier per PMD (change_pmd_range), 7.2 per PUD (change_pud_range), over the same
+populated range; 6.1 can_change_pte_writable also wants pte_dirty, which every exclusive
+anonymous PTE of a v1 program is; 6.x device-exclusive entries drop the folio's rmap.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # dmirror_fault() walks the range in chunks of ARRAY_SIZE(pfns): 32 in 7.2, 64 in 6.1 and
+    # 6.12 (lib/test_hmm.c). A failing chunk stores no mirror entries, earlier chunks do.
+    fault_chunk: int
+    # 0: dmirror_exclusive() calls make_device_exclusive() per page and returns its error
+    # (7.2). N: it calls make_device_exclusive_range() on N-page batches and returns -EBUSY
+    # unless every page of a batch was made exclusive and mapped (6.1, 6.12).
+    exclusive_batch: int
+    # Device-exclusive entries carry the write permission (make_writable_device_exclusive_
+    # entry); change_pte_range() makes them readable and restore_exclusive_pte() maps the
+    # page writable only if the entry was writable (6.1, 6.12). In 7.2 the entry has no
+    # permission and restore_exclusive_pte() checks VM_WRITE and PageAnonExclusive.
+    exclusive_entry_permission: bool
+    # is_mergeable_anon_vma(): 7.2 lets a VMA without anon_vma merge with one that has one
+    # (case 1, dup_anon_vma); 6.1/6.12 refuse, because the target's empty anon_vma_chain is
+    # not singular and the two anon_vmas then differ.
+    merge_into_vma_without_anon: bool
+    # 6.1 mmap_region() checks `next` first and then merges `prev` only if prev's anon_vma
+    # is compatible with next's (can_vma_merge_after(prev, ..., next->anon_vma)).
+    mmap_checks_prev_against_next: bool
+
+
+NEWEST = Profile("newest", 32, 0, False, True, False)
+V6_12 = Profile("6.12", 64, 64, True, False, False)
+V6_1 = Profile("6.1", 64, 64, True, False, True)
+
+
+def profile_for(kernel_release: str) -> Profile:
+    """The profile for a kernel release such as "7.2.13", "6.12.117" or "6.1.192"."""
+    match = re.match(r"(\d+)\.(\d+)", kernel_release)
+    if not match:
+        return NEWEST
+    version = (int(match.group(1)), int(match.group(2)))
+    if version >= (7, 2):
+        return NEWEST
+    if version >= (6, 12):
+        return V6_12
+    return V6_1

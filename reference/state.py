@@ -1,0 +1,202 @@
+"""The user-visible state the model keeps: processes, address spaces, folios, device mirrors.
+
+Everything a later op can observe is here, and nothing else. Page numbers are absolute
+virtual page numbers (vpn = address >> 12), so the same number names the same page in every
+process. Values stored in the dicts are immutable; a World is cloned by copying its dicts,
+which keeps the rare branching of the state set (see check.py) cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from harness.prog import ZERO, Content, Prot
+
+from .profile import NEWEST, Profile
+
+ZERO_FOLIO = 0  # folio id of the shared zero page; never in World.folios
+
+
+# ------------------------------------------------------------------ page table entries
+
+class Kind(Enum):
+    ZERO = "zero"            # the shared zero page, mapped read-only by a read fault
+    PRESENT = "present"      # an anonymous folio
+    EXCLUSIVE = "exclusive"  # a device-exclusive entry (make_device_exclusive) for a folio
+
+
+@dataclass(frozen=True)
+class Pte:
+    """A populated page table entry; a missing dict key is pte_none. For a device-exclusive
+    entry `writable` is the entry's own write permission (kept only by older kernels, see
+    profile.py)."""
+
+    kind: Kind
+    folio: int = ZERO_FOLIO
+    writable: bool = False
+
+
+ZERO_PTE = Pte(Kind.ZERO)
+
+
+@dataclass(frozen=True)
+class Folio:
+    """An order-0 anonymous folio.
+
+    `mapcount` counts PTEs mapping it (a device-exclusive entry still counts: it keeps the
+    rmap). `exclusive` is PageAnonExclusive: set while only one process can map it, cleared by
+    fork (folio_try_dup_anon_rmap_pte), set again when a write fault reuses it.
+    """
+
+    content: Content
+    mapcount: int = 1
+    exclusive: bool = True
+
+
+# ------------------------------------------------------------------ VMAs
+
+@dataclass(frozen=True)
+class Vma:
+    """An anonymous private VMA over [start, end) (vpns).
+
+    Only what decides observable behaviour is kept: the protection, VM_ACCOUNT (it takes part
+    in VMA merging and anon_vma sharing), the anon_vma identity (fork copies page tables only
+    for VMAs that have one: vma_needs_copy) and whether that anon_vma came from a fork, i.e. the
+    anon_vma_chain is not singular (vma_is_fork_child), which forbids some merges.
+    """
+
+    start: int
+    end: int
+    prot: Prot
+    account: bool = True
+    anon: int | None = None
+    fork_child: bool = False
+
+    def __contains__(self, vpn: int) -> bool:
+        return self.start <= vpn < self.end
+
+
+# ------------------------------------------------------------------ device mirror
+
+class Tag(Enum):
+    """The tag of a dmirror page table entry (DPT_XA_TAG_* in lib/test_hmm.c)."""
+
+    READ = "read"        # untagged pointer: readable by the device
+    WRITE = "write"      # DPT_XA_TAG_WRITE: the CPU PTE was writable when it was mirrored
+    ATOMIC = "atomic"    # DPT_XA_TAG_ATOMIC: stored by dmirror_atomic_map after EXCLUSIVE
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One mirror entry. `maybe_gone`: the kernel may have erased it (see mm.write_fault:
+    reuse or copy of a folio mapped once but not exclusive); only READ entries carry it."""
+
+    folio: int
+    tag: Tag
+    maybe_gone: bool = False
+
+
+@dataclass
+class Mm:
+    vmas: list[Vma] = field(default_factory=list)
+    ptes: dict[int, Pte] = field(default_factory=dict)
+
+    def clone(self) -> "Mm":
+        return Mm(list(self.vmas), dict(self.ptes))
+
+    def vma_at(self, vpn: int) -> Vma | None:
+        for vma in self.vmas:
+            if vma.start <= vpn < vma.end:
+                return vma
+            if vma.start > vpn:
+                return None
+        return None
+
+
+@dataclass
+class Dmirror:
+    """An open /dev/hmm_dmirrorN file: its device, the mm of the process that opened it
+    (dmirror_fops_open: current->mm) and its mirror table (the `pt` xarray)."""
+
+    device: str
+    mm: int
+    table: dict[int, Entry] = field(default_factory=dict)
+
+    def clone(self) -> "Dmirror":
+        return Dmirror(self.device, self.mm, dict(self.table))
+
+
+@dataclass
+class World:
+    procs: dict[str, int]                 # process -> mm id
+    fds: dict[tuple[str, str], int]       # (process, fd name) -> dmirror id
+    mms: dict[int, Mm]
+    folios: dict[int, Folio]
+    mirrors: dict[int, Dmirror]
+    next_id: int = 1                      # folio, anon_vma, mm and dmirror ids
+    profile: Profile = NEWEST             # the kernel version's semantics (profile.py)
+
+    @classmethod
+    def initial(cls, profile: Profile = NEWEST) -> "World":
+        return cls(procs={"p0": 1}, fds={}, mms={1: Mm()}, folios={}, mirrors={}, next_id=2,
+                   profile=profile)
+
+    def clone(self) -> "World":
+        return World(
+            procs=dict(self.procs),
+            fds=dict(self.fds),
+            mms={k: mm.clone() for k, mm in self.mms.items()},
+            folios=dict(self.folios),
+            mirrors={k: d.clone() for k, d in self.mirrors.items()},
+            next_id=self.next_id,
+            profile=self.profile,
+        )
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+    # -------------------------------------------------------------- folios
+
+    def content(self, folio: int) -> Content:
+        return ZERO if folio == ZERO_FOLIO else self.folios[folio].content
+
+    def new_folio(self, content: Content) -> int:
+        fid = self.new_id()
+        self.folios[fid] = Folio(content)
+        return fid
+
+    def set_content(self, folio: int, content: Content) -> None:
+        self.folios[folio] = replace(self.folios[folio], content=content)
+
+    def unmap_folio(self, folio: int) -> None:
+        """One PTE stopped mapping the folio; the last one frees it."""
+        if folio == ZERO_FOLIO:
+            return
+        f = self.folios[folio]
+        if f.mapcount <= 1:
+            del self.folios[folio]
+        else:
+            self.folios[folio] = replace(f, mapcount=f.mapcount - 1)
+
+    # -------------------------------------------------------------- mirrors
+
+    def mirrors_of(self, mm: int) -> list[Dmirror]:
+        return [d for d in self.mirrors.values() if d.mm == mm]
+
+    def signature(self) -> tuple:
+        """A hashable summary used to drop duplicate states from a state set."""
+        return (
+            tuple(sorted(self.procs.items())),
+            tuple(sorted(self.fds.items())),
+            tuple((k, tuple(mm.vmas), tuple(sorted(mm.ptes.items(), key=_key0)))
+                  for k, mm in sorted(self.mms.items())),
+            tuple(sorted(self.folios.items(), key=_key0)),
+            tuple((k, d.device, d.mm, tuple(sorted(d.table.items(), key=_key0)))
+                  for k, d in sorted(self.mirrors.items())),
+        )
+
+
+def _key0(item):
+    return item[0]

@@ -1,0 +1,14 @@
+"""SNAPSHOT protection bytes of the HMM test device (enum HMM_DMIRROR_PROT_* in
+lib/test_hmm_uapi.h), as harness.prog.device reads them from the kernel's header. The model
+uses only the names below; dmirror_mkentry() in lib/test_hmm.c builds one byte per page."""
+
+from harness.prog.device import (
+    PROT_ERROR, PROT_NONE, PROT_READ, PROT_WRITE, PROT_ZERO, describe_snapshot,
+)
+
+__all__ = ["PROT_ERROR", "PROT_NONE", "PROT_READ", "PROT_WRITE", "PROT_ZERO", "prot_name"]
+
+
+def prot_name(byte: int) -> str:
+    """`0x11 (ZERO|READ)`: a snapshot byte as a person reads it."""
+    return f"{byte:#04x} ({describe_snapshot(byte)})"

@@ -1,0 +1,216 @@
+"""VMA bookkeeping: mmap, munmap, mprotect, fork and anon_vma assignment.
+
+Why the model cares about VMA boundaries at all: fork copies page tables (and fires the MMU
+notifier over the parent's range) only for VMAs that have an anon_vma (vma_needs_copy,
+copy_page_range in mm/memory.c), and which pages share a VMA with an anon_vma depends on the
+merges done by mmap and mprotect (mm/vma.c) and on the anon_vma sharing done by
+anon_vma_prepare (find_mergeable_anon_vma). Everything here follows those functions.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import replace
+
+from harness.prog import Prot
+
+from .profile import Profile
+from .state import Mm, Vma, World
+
+
+def overlaps(mm: Mm, start: int, end: int) -> list[Vma]:
+    return [v for v in mm.vmas if v.start < end and start < v.end]
+
+
+def _index(mm: Mm, vpn: int) -> int | None:
+    for i, vma in enumerate(mm.vmas):
+        if vma.start <= vpn < vma.end:
+            return i
+    return None
+
+
+def _same_flags(vma: Vma, prot: Prot, account: bool) -> bool:
+    # is_mergeable_vma: all flags but VMA_IGNORE_MERGE_FLAGS (soft-dirty, maybe-guard) must
+    # match; for our anonymous private VMAs that leaves the protection and VM_ACCOUNT.
+    return vma.prot is prot and vma.account == account
+
+
+def _anon_mergeable(target: Vma, source_anon: int | None, source: Vma | None,
+                    profile: Profile) -> bool:
+    """is_mergeable_anon_vma (mm/vma.c)."""
+    if target.anon is None and source_anon is not None:
+        if not profile.merge_into_vma_without_anon:
+            return False
+        return not (source is not None and source.fork_child)   # case 1: dup from source
+    if target.anon is not None and source_anon is None:
+        return not target.fork_child                             # case 2: use target's
+    return target.anon == source_anon                            # case 3: already shared
+
+
+def _merged_anon(first: Vma, *others: Vma) -> tuple[int | None, bool]:
+    """The anon_vma a merge result carries: the target's, else the one dup_anon_vma copies."""
+    for vma in (first, *others):
+        if vma.anon is not None:
+            return vma.anon, vma.fork_child
+    return None, False
+
+
+# ------------------------------------------------------------------ mmap
+
+def map_new(mm: Mm, start: int, end: int, profile: Profile) -> None:
+    """mmap(MAP_PRIVATE|MAP_ANONYMOUS, PROT_READ|PROT_WRITE) of a free range.
+
+    The new VMA is accountable (VM_ACCOUNT) and has no anon_vma; __mmap_region tries
+    vma_merge_new_range with the neighbours first.
+    """
+    vmas = mm.vmas
+    i = next((k for k, v in enumerate(vmas) if v.start >= end), len(vmas))
+    prev = vmas[i - 1] if i > 0 and vmas[i - 1].end == start else None
+    nxt = vmas[i] if i < len(vmas) and vmas[i].start == end else None
+    right = nxt is not None and _same_flags(nxt, Prot.RW, True) and \
+        _anon_mergeable(nxt, None, None, profile)
+    if profile.mmap_checks_prev_against_next:
+        # 6.1 mmap_region: prev must be compatible with the anon_vma of the next VMA it
+        # would absorb; no separate prev/next compatibility check follows.
+        left = prev is not None and _same_flags(prev, Prot.RW, True) and \
+            _anon_mergeable(prev, nxt.anon if right else None, nxt if right else None,
+                            profile)
+    else:
+        left = prev is not None and _same_flags(prev, Prot.RW, True) and \
+            _anon_mergeable(prev, None, None, profile)
+        right = right and \
+            (not left or prev.anon is None or nxt.anon is None or prev.anon == nxt.anon)
+    if left and right:
+        anon, child = _merged_anon(prev, nxt)
+        vmas[i - 1:i + 1] = [replace(prev, end=nxt.end, anon=anon, fork_child=child)]
+    elif left:
+        vmas[i - 1] = replace(prev, end=end)
+    elif right:
+        vmas[i] = replace(nxt, start=start)
+    else:
+        vmas.insert(i, Vma(start, end, Prot.RW))
+
+
+# ------------------------------------------------------------------ munmap
+
+def unmap(mm: Mm, start: int, end: int) -> None:
+    """Split VMAs at the range's edges and drop what lies inside; munmap never merges."""
+    kept = []
+    for v in mm.vmas:
+        if v.end <= start or v.start >= end:
+            kept.append(v)
+            continue
+        if v.start < start:
+            kept.append(replace(v, end=start))
+        if v.end > end:
+            kept.append(replace(v, start=end))
+    mm.vmas[:] = kept
+
+
+# ------------------------------------------------------------------ mprotect
+
+def mprotect(mm: Mm, start: int, end: int, prot: Prot,
+             profile: Profile) -> tuple[int, list[tuple[int, int]]]:
+    """do_mprotect_pkey: (errno, the ranges whose protection changed).
+
+    The VMAs are changed one after another from `start`; the first hole stops the loop with
+    -ENOMEM after the earlier pieces were already changed, and a range that does not begin
+    inside a VMA fails before changing anything. A piece whose flags already match is left
+    alone (mprotect_fixup: vma_flags_same_pair), so it fires no MMU notifier either.
+    """
+    first = next((v for v in mm.vmas if v.end > start), None)
+    if first is None or first.start >= end or first.start > start:
+        return errno.ENOMEM, []
+    changed = []
+    addr = start
+    while addr < end:
+        i = _index(mm, addr)
+        if i is None:
+            return errno.ENOMEM, changed
+        vma = mm.vmas[i]
+        piece_end = min(end, vma.end)
+        if vma.prot is not prot:
+            _fixup(mm, i, addr, piece_end, prot, profile)
+            changed.append((addr, piece_end))
+        addr = piece_end
+    return 0, changed
+
+
+def _fixup(mm: Mm, i: int, start: int, end: int, prot: Prot, profile: Profile) -> None:
+    """mprotect_fixup for [start, end) inside mm.vmas[i]."""
+    middle = mm.vmas[i]
+    if prot.writable:
+        # A private mapping turning writable is charged and gets VM_ACCOUNT.
+        account = True
+    else:
+        # "...except in the anonymous case where no anon_vma has yet to be assigned":
+        # VM_ACCOUNT is dropped only while the VMA has no anon_vma.
+        account = middle.account and middle.anon is not None
+    if not _merge_existing(mm, i, start, end, prot, account, profile):
+        pieces = []
+        if middle.start < start:
+            pieces.append(replace(middle, end=start))
+        pieces.append(replace(middle, start=start, end=end, prot=prot, account=account))
+        if end < middle.end:
+            pieces.append(replace(middle, start=end))
+        mm.vmas[i:i + 1] = pieces
+
+
+def _merge_existing(mm: Mm, i: int, start: int, end: int, prot: Prot, account: bool,
+                    profile: Profile) -> bool:
+    """vma_merge_existing_range: merge the changed piece into an identical neighbour."""
+    vmas = mm.vmas
+    middle = vmas[i]
+    left_side, right_side = start == middle.start, end == middle.end
+    prev = vmas[i - 1] if i > 0 and vmas[i - 1].end == middle.start else None
+    nxt = vmas[i + 1] if i + 1 < len(vmas) and vmas[i + 1].start == middle.end else None
+    left = left_side and prev is not None and _same_flags(prev, prot, account) and \
+        _anon_mergeable(prev, middle.anon, middle, profile)
+    right = right_side and nxt is not None and _same_flags(nxt, prot, account) and \
+        _anon_mergeable(nxt, middle.anon, middle, profile) and \
+        (not left or prev.anon is None or nxt.anon is None or prev.anon == nxt.anon)
+    if left and right:
+        anon, child = _merged_anon(prev, nxt, middle)
+        vmas[i - 1:i + 2] = [replace(prev, end=nxt.end, anon=anon, fork_child=child)]
+    elif left:
+        anon, child = _merged_anon(prev, middle)
+        grown = replace(prev, end=end, anon=anon, fork_child=child)
+        vmas[i - 1:i + 1] = [grown] if right_side else [grown, replace(middle, start=end)]
+    elif right:
+        anon, child = _merged_anon(nxt, middle)
+        grown = replace(nxt, start=start, anon=anon, fork_child=child)
+        vmas[i:i + 2] = [grown] if left_side else [replace(middle, end=start), grown]
+    else:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------ anon_vma
+
+def anon_prepare(world: World, mm: Mm, vpn: int) -> None:
+    """anon_vma_prepare for the VMA holding `vpn`: reuse a compatible neighbour's anon_vma
+    (find_mergeable_anon_vma: next first, then prev; same flags but for the access bits,
+    adjacent, and a singular anon_vma_chain), else allocate a new one."""
+    i = _index(mm, vpn)
+    vma = mm.vmas[i]
+    if vma.anon is not None:
+        return
+    vmas = mm.vmas
+    anon = None
+    for j in (i + 1, i - 1):
+        if not 0 <= j < len(vmas):
+            continue
+        other = vmas[j]
+        adjacent = other.start == vma.end if j > i else other.end == vma.start
+        if adjacent and other.account == vma.account and other.anon is not None \
+                and not other.fork_child:
+            anon = other.anon
+            break
+    vmas[i] = replace(vma, anon=anon if anon is not None else world.new_id(), fork_child=False)
+
+
+def fork_vmas(world: World, parent: Mm) -> list[Vma]:
+    """dup_mmap: the child's VMAs; anon_vma_fork gives each one with a parent anon_vma a new
+    anon_vma whose chain also links the parent's (so the child's VMA is a fork child)."""
+    return [replace(v, anon=world.new_id(), fork_child=True) if v.anon is not None else v
+            for v in parent.vmas]
