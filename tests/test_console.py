@@ -53,7 +53,12 @@ ONLY_72 = {
 ONLY_61 = {
     # 6.1 is built without preemption: a plain loop in the kernel is a soft lockup.
     "LOOP": (Kind.SOFT_LOCKUP, "BUG: soft lockup in lkdtm_LOOP"),
+    # No hard-lockup detector under TCG; this time the loop ran on CPU 1, so CPU 0 kept time
+    # and saw the RCU stall (with an NMI backtrace of CPU 1).
+    "HARDLOCKUP": (Kind.RCU_STALL, "INFO: rcu detected stall in lkdtm_HARDLOCKUP"),
 }
+# A few on 6.12 (the kernel between the two): the same titles again.
+ON_612 = ["WARNING", "WARNING_MESSAGE", "CORRUPT_LIST_ADD", "REFCOUNT_INC_OVERFLOW", "BUG", "EXCEPTION"]
 SYNTHETIC = {
     "7.2-BAD_PAGE_STATE": (Kind.BAD_PAGE_STATE,
                            "BUG: Bad page state (nonzero mapcount) in zap_page_range_single_batched"),
@@ -68,6 +73,7 @@ SYNTHETIC = {
 }
 CASES = [("7.2", name, *expected) for name, expected in {**LKDTM, **ONLY_72}.items()] + \
         [("6.1", name, *expected) for name, expected in {**LKDTM, **ONLY_61}.items()] + \
+        [("6.12", name, *LKDTM[name]) for name in ON_612] + \
         [("synthetic", name, *expected) for name, expected in SYNTHETIC.items()]
 
 
@@ -99,7 +105,7 @@ def test_a_clean_boot_is_not_a_finding(version):
 
 
 @pytest.mark.parametrize("name", ["HARDLOCKUP", "LOOP"])
-def test_lockups_7_2_cannot_see_under_tcg_leave_no_report(name):
+def test_lkdtm_types_7_2_stays_silent_on_under_tcg_give_no_report(name):
     # HARDLOCKUP: no hard-lockup detector is configured (the perf NMI watchdog needs a PMU,
     # which TCG does not emulate), and the CPU that stops taking interrupts does the
     # timekeeping, so not even an RCU stall is noticed. LOOP: 7.2 is preemptible.
@@ -222,6 +228,25 @@ def test_a_page_dump_alone_is_a_finding_unless_it_only_informs():
     assert (report.kind, report.title) == (Kind.PAGE_DUMP, "page dumped because: still mapped when deleted")
     assert report.text.startswith("page: refcount:1")
     assert find_reports(dump.format("isolation failed")) == []
+
+
+def test_other_bugs_are_titled_by_what_they_say_and_the_caller_of_the_primitive():
+    frames = ("[    1.1] CPU: 0 UID: 0 PID: 46 Comm: init Not tainted 7.2.13 #4 PREEMPTLAZY\n"
+              "[    1.2] Call Trace:\n[    1.3]  <TASK>\n[    1.4]  dump_stack_lvl+0x65/0x9c\n{}"
+              "[    1.9]  </TASK>\n")
+    atomic = "[    1.0] BUG: scheduling while atomic: init/46/0x00000002\n" + frames.format(
+        "[    1.5]  __schedule_bug+0x5a/0x70\n[    1.6]  __schedule+0x3fe/0x439\n"
+        "[    1.7]  schedule+0x2e/0x47\n[    1.8]  dmirror_fault+0x22/0x24\n")
+    sleeping = ("[    2.0] BUG: sleeping function called from invalid context at mm/memory.c:6123\n"
+                "[    2.0] in_atomic(): 1, irqs_disabled(): 0, non_block: 0, pid: 46, name: init\n") + \
+        frames.format("[    1.5]  __might_resched+0x5a/0x70\n[    1.6]  __might_fault+0x3f/0x49\n"
+                      "[    1.7]  _copy_to_user+0x2e/0x47\n[    1.8]  dmirror_do_read+0x22/0x24\n")
+    counter = "[    3.0] BUG: non-zero pgtables_bytes on freeing mm: -4096\n[    3.1] unrelated\n"
+    reports = find_reports(atomic + sleeping + counter)
+    assert [(r.kind, r.title, r.corrupted) for r in reports] == [
+        (Kind.OTHER_BUG, "BUG: scheduling while atomic in dmirror_fault", False),
+        (Kind.OTHER_BUG, "BUG: sleeping function called from invalid context in dmirror_do_read", False),
+        (Kind.OTHER_BUG, "BUG: non-zero pgtables_bytes on freeing mm", False)]
 
 
 # ---------------------------------------------------------------------------- formats and stability

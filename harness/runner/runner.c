@@ -189,6 +189,7 @@ static void fill_pattern(uint64_t *words, uint32_t seed, uint64_t addr)
 
 static void digest_page(struct wire_page *page, const uint8_t *bytes)
 {
+	memset(page, 0, sizeof(*page));
 	page->crc = crc32_of(bytes, PAGE_SIZE);
 	memcpy(&page->first_word, bytes, sizeof(page->first_word));
 	page->has_content = 1;
@@ -357,10 +358,14 @@ static void cpu_read(const struct wire_op *op, struct wire_result *res)
 	for (uint64_t i = 0; i < op->npages; i++) {
 		struct wire_page *page = &ctl->pages[i];
 
-		memset(page, 0, sizeof(*page));
-		page->signal = guarded_load((const uint64_t *)(op->addr + i * PAGE_SIZE), copy);
-		if (!page->signal)
+		int signal = guarded_load((const uint64_t *)(op->addr + i * PAGE_SIZE), copy);
+
+		if (signal) {
+			memset(page, 0, sizeof(*page));
+			page->signal = signal;
+		} else {
 			digest_page(page, (const uint8_t *)copy);
+		}
 	}
 	res->npages = op->npages;
 }

@@ -29,7 +29,13 @@ How a console becomes reports:
   per kind, the generic checker that found the problem (`refcount_warn_saturate`, the
   list_debug validators, page_table_check, the page allocator's free path, the
   scheduler's wait functions for a hung task, spinlock slow paths for a lockup) are
-  skipped. LKDTM's `lkdtm_<TYPE>` functions are the guilty ones in LKDTM tests.
+  skipped, and so are library helpers (kfree, memcpy, copy_to_user, KCOV's hook, ...),
+  whose caller is blamed. LKDTM's `lkdtm_<TYPE>` functions are the guilty ones in LKDTM
+  tests. A report cut before any function was printed is titled by its file, if it has one.
+- A stall (soft or hard lockup, RCU stall) catches a looping CPU anywhere in its loop, so
+  its top frame changes from one report to the next; its guilty function is read from the
+  bottom of the stack instead: the first function above the syscall, fault or kthread
+  entry (and dispatchers such as the ioctl switch) that does real work.
 - Incidents: repeats of the same title are one report (with a count); a soft lockup,
   a hard lockup and an RCU stall in the same function are one incident, titled by the most
   specific of them whatever order they came in (their timers race).
@@ -124,7 +130,8 @@ _CONSEQUENCES = (
     (re.compile(r"^hung_task: blocked tasks"), {"hung task"}),
     (re.compile(r"^Hard LOCKUP"), {"hard lockup"}),
     (re.compile(r"^RCU Stall"), {"RCU stall"}),
-    (re.compile(r"^(?:\S+: )?panic_on_warn set"), {"WARNING", "list corruption", "page table check"}),
+    (re.compile(r"^(?:\S+: )?panic_on_warn set"),
+     {"WARNING", "list corruption", "page table check"}),
 )
 
 
@@ -159,6 +166,7 @@ _STACK_GUARD = re.compile(r"^BUG: (?P<stack>\w+) stack guard page was hit")
 _BAD_PAGE_STATE = re.compile(r"^BUG: Bad page state in process")
 _BAD_PAGE_MAP = re.compile(r"^BUG: Bad page map in process")
 _BAD_RSS = re.compile(r"^BUG: Bad rss-counter state")
+_MM_COUNTER = re.compile(r"^BUG: non-zero (?:pgtables_bytes|nr_ptes|nr_pmds|nr_puds) on freeing mm")
 _SUPPRESSED = re.compile(r"^BUG: .*: \d+ messages suppressed")
 _SOFT_LOCKUP = re.compile(r"^(?:watchdog: )?BUG: soft lockup - CPU#\d+ stuck for \d+s!")
 _HARD_LOCKUP = re.compile(r"^(?:[\w ]+: )?(?:CPU\d+: )?Watchdog detected hard LOCKUP on cpu \d+")
@@ -179,13 +187,14 @@ def _header(line: str) -> _Header | None:
         if match:
             return _warning_header(match.group("file"), match.group("func"))
         text = _WARN_OTHER.match(line).group("text")
-        return _Header(Kind.WARNING, f"WARNING: {_sanitize(text)}", needs_end=True,
+        return _Header(Kind.WARNING, f"WARNING: {_sanitize(_phrase(text))}", needs_end=True,
                        warning=True)
     match = _KERNEL_BUG.match(line)
     if match:
         file = match.group("file")
         if file.endswith("page_table_check.c"):
-            return _Header(Kind.PAGE_TABLE_CHECK, "BUG: page table check", file=file, needs_end=True)
+            return _Header(Kind.PAGE_TABLE_CHECK, "BUG: page table check", file=file,
+                           needs_end=True)
         if file.endswith("list_debug.c"):
             return _Header(Kind.LIST_CORRUPTION, "list corruption", file=file, needs_end=True)
         return _Header(Kind.BUG, "kernel BUG", file=file, needs_end=True)
@@ -204,6 +213,8 @@ def _header(line: str) -> _Header | None:
     if _BAD_RSS.match(line):
         return _Header(Kind.BAD_RSS_COUNTER, "BUG: Bad rss-counter state", detail=line,
                        single_line=True)
+    if _MM_COUNTER.match(line):   # check_mm(): page-table counters left at exit, no trace
+        return _Header(Kind.OTHER_BUG, f"BUG: {_sanitize(line[5:])}", detail=line, single_line=True)
     if _SOFT_LOCKUP.match(line):
         return _Header(Kind.SOFT_LOCKUP, "BUG: soft lockup")
     if _HARD_LOCKUP.match(line):
@@ -222,7 +233,7 @@ def _header(line: str) -> _Header | None:
         return _Header(Kind.PANIC, f"kernel panic: {_sanitize(message)}", func=func, detail=message,
                        fatal=True)
     if _DOUBLE_FAULT.match(line):
-        return _Header(Kind.DOUBLE_FAULT, "PANIC: double fault", fatal=True, oops_header=True, needs_end=True)
+        return _Header(Kind.DOUBLE_FAULT, "PANIC: double fault", fatal=True, oops_header=True)
     match = _OOPS.match(line)
     if match:
         what = match.group("what").strip()
@@ -230,20 +241,27 @@ def _header(line: str) -> _Header | None:
             return _Header(Kind.GENERAL_PROTECTION, "general protection fault", fatal=True,
                            oops_header=True)
         if what == "invalid opcode":
-            return _Header(Kind.INVALID_OPCODE, "invalid opcode", fatal=True, oops_header=True, needs_end=True)
+            return _Header(Kind.INVALID_OPCODE, "invalid opcode", fatal=True, oops_header=True)
         if what == "stack guard page":
             return _Header(Kind.STACK_GUARD, "BUG: stack guard page was hit", fatal=True,
                            oops_header=True)
         if what == "double fault":
-            return _Header(Kind.DOUBLE_FAULT, "PANIC: double fault", fatal=True, oops_header=True, needs_end=True)
-        return _Header(Kind.OOPS, f"Oops: {_sanitize(what)}" if what != "Oops" else "Oops",
-                       fatal=True, oops_header=True, needs_end=True)
+            return _Header(Kind.DOUBLE_FAULT, "PANIC: double fault", fatal=True, oops_header=True)
+        return _Header(Kind.OOPS, f"Oops: {_sanitize(_phrase(what))}" if what != "Oops" else "Oops",
+                       fatal=True, oops_header=True)
     if _SUPPRESSED.match(line):
         return None
     match = _OTHER_BUG.match(line)
     if match:
-        return _Header(Kind.OTHER_BUG, f"BUG: {_sanitize(match.group('text'))}")
+        return _Header(Kind.OTHER_BUG, f"BUG: {_sanitize(_phrase(match.group('text')))}",
+                       detail=match.group("text"))
     return None
+
+
+def _phrase(text: str) -> str:
+    """What a free-form report line says, without the particulars that follow it:
+    `scheduling while atomic: init/46/0x00000002` -> `scheduling while atomic`."""
+    return re.split(r": | at | - |, | in process | \(", text, maxsplit=1)[0]
 
 
 def _warning_header(file: str | None, func: str | None) -> _Header:
@@ -288,7 +306,8 @@ _REPORTING = re.compile(
     r"kernelmode_fixup_or_oops|(?:__)?bad_area\w*|do_user_addr_fault|do_kern_addr_fault|"
     r"handle_page_fault|spurious_kernel_fault|fixup_exception|handle_stack_overflow|"
     r"_printk|printk\w*|vprintk\w*|console_\w+|__pfx_\w+|__sanitizer_\w+|write_comp_data|"
-    r"check_kcov_mode|"
+    r"check_kcov_mode|__schedule_bug|__might_resched|__might_sleep|__might_fault|__cant_\w+|"
+    r"check_preemption_disabled|debug_smp_processor_id|"
     r"nmi_cpu_backtrace\w*|nmi_trigger_cpumask_backtrace|arch_trigger_cpumask_backtrace|"
     r"trigger_\w*backtrace|default_do_nmi|nmi_handle|__nmi_handle|"
     r"watchdog_timer_fn|watchdog_overflow_callback|__hrtimer_run_queues|hrtimer_run_queues|"
@@ -302,7 +321,7 @@ _REPORTING = re.compile(
 _HELPERS = re.compile(
     r"^(?:kfree\w*|kvfree\w*|vfree|kmem_cache_\w+|(?:__)?kmalloc\w*|kmalloc\w*|(?:__)?kzalloc\w*|"
     r"krealloc\w*|vmalloc\w*|__vmalloc\w*|(?:__)?slab_\w+|___slab_\w+|slab_\w+|"
-    r"(?:__)?mem(?:cpy|move|set|cmp)\w*|mem(?:cpy|move|set|cmp)\w*|str(?:n?cpy|scpy|n?cmp|n?len|n?cat)|"
+    r"(?:__)?mem(?:cpy|move|set|cmp)\w*|str(?:n?cpy|scpy|n?cmp|n?len|n?cat)|"
     r"(?:__)?copy_(?:to|from)_user\w*|_copy_(?:to|from)_user|copy_user_\w+|rep_movs_\w+|"
     r"clear_page\w*|copy_page\w*)$")
 
@@ -323,7 +342,7 @@ _KIND_SKIP = {
     Kind.BAD_PAGE_MAP: re.compile(r"^(?:print_bad_pte|print_bad_page_map|(?:__)?vm_normal_\w+|"
                                   r"_vm_normal_page)$"),
     Kind.HUNG_TASK: re.compile(
-        r"^(?:__schedule|schedule\w*|io_schedule\w*|(?:__)?mutex_lock\w*|mutex_lock\w*|(?:__)?down\w*|"
+        r"^(?:__schedule|schedule\w*|io_schedule\w*|(?:__)?mutex_lock\w*|(?:__)?down\w*|"
         r"down\w*|rwsem_down\w*|(?:__)?percpu_down\w*|percpu_rwsem\w*|rt_mutex\w*|__rt_mutex\w*|"
         r"(?:__|do_)?wait_for_\w+|__wait\w*|wait_on_\w+|wait_\w+|folio_wait\w*|__folio_lock\w*|"
         r"(?:__)?lock_page\w*|__switch_to\w*|context_switch|synchronize_\w+|__synchronize\w*|"
@@ -335,6 +354,9 @@ _LOCK_SPIN = re.compile(r"^(?:native_queued_spin_lock\w*|queued_spin_lock\w*|_ra
                         r"__const_udelay|native_safe_halt|default_idle\w*)$")
 for _stall in (Kind.SOFT_LOCKUP, Kind.HARD_LOCKUP, Kind.RCU_STALL):
     _KIND_SKIP[_stall] = _LOCK_SPIN
+# `scheduling while atomic`, `sleeping function called from invalid context`: the caller of
+# the sleeping primitive is the culprit.
+_KIND_SKIP[Kind.OTHER_BUG] = _KIND_SKIP[Kind.HUNG_TASK]
 
 
 def _skipped(kind: Kind, function: str) -> bool:
@@ -504,10 +526,12 @@ def _cut(lines: list[str]) -> list[_Open]:
             reports[-1].extra_lines.append(i)
             continue
         if header:
-            floor = (reports[-1].head + 1) if reports else 0
+            floor = 0
+            if reports:
+                floor = reports[-1].end if reports[-1].closed else reports[-1].head + 1
             start = _prefix_start(lines, i, floor)
             if current and not current.closed:
-                current.end = min(current.end, start)
+                current.end = min(current.end, max(start, current.head + 1))
                 close(current, "" if _finished(current) else "interrupted by another report")
             current = _Open(header, start, i, i + 1, oopsed=header.oops_header)
             reports.append(current)
@@ -612,8 +636,8 @@ def _title(lines: list[str], report: _Open, guilty: str | None, detail: str) -> 
     header = report.header
     kind, phrase = header.kind, header.phrase
     text = "\n".join(lines[report.start:report.end])
-    if kind is Kind.LIST_CORRUPTION or (kind in (Kind.WARNING, Kind.BUG) and "corruption" in detail
-                                        and re.match(r"^list_(?:add|del)", detail)):
+    if kind is Kind.LIST_CORRUPTION or (kind in (Kind.WARNING, Kind.BUG)
+                                        and re.match(r"list_(?:add|del) ", detail)):
         kind = Kind.LIST_CORRUPTION
         found = re.search(r"\b(list_(?:add|del)) (?:corruption|double add)", text)
         phrase = f"{found.group(1)} corruption" if found else "list corruption"
@@ -651,7 +675,7 @@ def _merge(reports: list[ConsoleReport]) -> list[ConsoleReport]:
     # is the most specific kind's whichever came first.
     stalls: dict[str | None, list[int]] = {}
     for index, report in enumerate(reports):
-        if report.kind in _STALL_PRIORITY:
+        if report.kind in _STALL_PRIORITY and report.guilty_function:
             stalls.setdefault(report.guilty_function, []).append(index)
     drop = set()
     merged = list(reports)
@@ -676,9 +700,9 @@ def _merge(reports: list[ConsoleReport]) -> list[ConsoleReport]:
         if report.title in seen:
             index = seen[report.title]
             kept = out[index]
-            out[index] = replace(kept, count=kept.count + report.count,
-                                 fatal=kept.fatal or report.fatal,
-                                 corrupted=kept.corrupted and report.corrupted)
+            shown = report if kept.corrupted and not report.corrupted else kept
+            out[index] = replace(shown, line=kept.line, count=kept.count + report.count,
+                                 fatal=kept.fatal or report.fatal)
             continue
         seen[report.title] = len(out)
         out.append(report)
@@ -718,7 +742,8 @@ def _lone_page_dumps(lines: list[str], covered: set[int]) -> list[ConsoleReport]
             if _DUMP_START.match(lines[j]):
                 start = j
                 break
-        found.append(ConsoleReport(kind=Kind.PAGE_DUMP, title=f"page dumped because: {_sanitize(reason)}",
+        found.append(ConsoleReport(kind=Kind.PAGE_DUMP,
+                                   title=f"page dumped because: {_sanitize(reason)}",
                                    guilty_function=None, text="\n".join(lines[start:i + 1]),
                                    detail=reason, line=start))
     return found
