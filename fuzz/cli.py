@@ -186,5 +186,97 @@ def run(paths, kernel, source, bzimage, accel, workdir):
     sys.exit(status)
 
 
+# ---------------------------------------------------------------------- random
+
+@main.command("random")
+@click.option("--count", default=100, show_default=True, help="Programs to generate and run.")
+@click.option("--seed", default=0, show_default=True, help="Generator seed (same seed, same programs).")
+@kernel_options
+def random_programs(count, seed, kernel, source, bzimage, accel, workdir):
+    """Unguided random programs: run each on the kernel, judge it, keep every finding."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hypothesis_seed
+
+    from .findings import FindingStore
+    from .strategies import programs
+
+    try:
+        image = obtain_kernel(kernel, source, bzimage)
+        session = KernelSession(image, workdir, MachineConfig(accel=accel), log=_log)
+        session.start()
+    except (KernelError, MachineError, RunnerBuildError) as error:
+        infrastructure_failure(error)
+    store = FindingStore(workdir / "findings")
+    counts = {s: 0 for s in Status}
+    started = time.monotonic()
+
+    @hypothesis_seed(seed)
+    @settings(max_examples=count, database=None, deadline=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(programs(comments=False))
+    def one(program):
+        verdict = judge(program, session.run(program), session.last_info.died_signal)
+        counts[verdict.status] += 1
+        recorded = store.record(verdict)
+        if recorded and recorded.new:
+            click.echo(f"new finding: {recorded.signature}  ({recorded.directory})")
+
+    with session:
+        try:
+            one()
+        except MachineError as error:
+            infrastructure_failure(error)
+    elapsed = time.monotonic() - started
+    total = sum(counts.values())
+    click.echo(f"{total} programs in {elapsed:.0f} s ({total / elapsed:.1f}/s): {counts[Status.OK]} ok, "
+               f"{counts[Status.DIVERGENCE]} diverged, {counts[Status.KERNEL_CRASH]} crashed or hung; "
+               f"{len(store.all())} distinct findings in {store.root}")
+    sys.exit(max((s for s in Status if counts[s]), default=Status.OK))
+
+
+# ---------------------------------------------------------------------- minimize
+
+@main.command()
+@click.argument("program_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where the minimized program goes (default: <file>.min.txt).")
+@kernel_options
+def minimize(program_file, output, kernel, source, bzimage, accel, workdir):
+    """Reduce a failing program while the same failure (signature) reproduces."""
+    from .minimize import minimize as reduce, signature
+
+    try:
+        program = load_program(program_file)
+    except ParseError as error:
+        click.echo(f"input error: {error}", err=True)
+        sys.exit(Status.INPUT_ERROR)
+    try:
+        image = obtain_kernel(kernel, source, bzimage)
+        session = KernelSession(image, workdir, MachineConfig(accel=accel), log=_log)
+        session.start()
+    except (KernelError, MachineError, RunnerBuildError) as error:
+        infrastructure_failure(error)
+    with session:
+        def verdict_of(candidate: Program) -> ProgramVerdict:
+            return judge(candidate, session.run(candidate), session.last_info.died_signal)
+
+        wanted = signature(verdict_of(program))
+        if wanted is None:
+            click.echo(f"{program_file}: every op agrees with the model; nothing to minimize")
+            sys.exit(Status.OK)
+        click.echo(f"reproduced: {wanted}")
+        result = reduce(program, lambda candidate: signature(verdict_of(candidate)) == wanted)
+        final = verdict_of(result.program)
+    output = output or program_file.with_suffix(".min.txt")
+    output.write_text(f"# minimized: {wanted}\n# {result.ops_before} ops -> "
+                      f"{len(result.program.ops)} ops in {result.executions} executions\n"
+                      + format_program(result.program))
+    click.echo(f"{result.ops_before} ops -> {len(result.program.ops)} ops in "
+               f"{result.executions} executions; written to {output}")
+    for line in final.lines():
+        click.echo(line)
+    sys.exit(final.status)
+
+
 if __name__ == "__main__":
     main()
