@@ -186,6 +186,38 @@ def run(paths, kernel, source, bzimage, accel, workdir):
     sys.exit(status)
 
 
+# ---------------------------------------------------------------------- fuzz
+
+@main.command()
+@click.option("--time", "seconds", default=3600, show_default=True, help="Campaign length, seconds.")
+@click.option("--jobs", default=1, show_default=True, help="Workers, each with its own VM.")
+@click.option("--seeds", "seed_dirs", multiple=True, type=click.Path(exists=True, file_okay=False,
+              path_type=Path), default=[Path("corpus")], show_default=True,
+              help="Seed program directories (read only).")
+@kernel_options
+def fuzz(seconds, jobs, seed_dirs, kernel, source, bzimage, accel, workdir):
+    """A coverage-guided campaign (Atheris/libFuzzer over the model's coverage).
+
+    Resumes from WORKDIR; Ctrl-C stops cleanly. Findings go to WORKDIR/findings, one
+    directory per signature, each confirmed on a fresh VM; WORKDIR/report.md at the end."""
+    from .campaign import Campaign
+    from .report import write_report
+
+    try:
+        image = obtain_kernel(kernel, source, bzimage)
+        with KernelSession(image, workdir / "vms" / "check", MachineConfig(accel=accel), log=_log):
+            pass  # boot once: a kernel that cannot run programs fails here, with its reason
+    except (KernelError, MachineError, RunnerBuildError) as error:
+        infrastructure_failure(error)
+    campaign = Campaign(image, workdir, list(seed_dirs), jobs, seconds, accel, echo=click.echo)
+    samples = campaign.run()
+    report = write_report(workdir)
+    last = samples[-1]
+    click.echo(f"campaign over: {last.execs} executions, {last.findings} confirmed findings, "
+               f"report in {report}")
+    sys.exit(Status.DIVERGENCE if last.findings else Status.OK)
+
+
 # ---------------------------------------------------------------------- random
 
 @main.command("random")

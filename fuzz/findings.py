@@ -32,7 +32,14 @@ class FindingStore:
     def __init__(self, root: Path):
         self.root = root
 
-    def record(self, verdict: ProgramVerdict) -> Recorded | None:
+    def lookup(self, wanted: str) -> dict | None:
+        meta_path = self.root / _slug(wanted) / "finding.json"
+        return json.loads(meta_path.read_text()) if meta_path.exists() else None
+
+    def record(self, verdict: ProgramVerdict, reproduction: dict | None = None) -> Recorded | None:
+        """Count a hit of the verdict's signature; the first hit keeps the program, report
+        and console. `reproduction` ({"runs": n, "reproduced": k} on a fresh VM) decides
+        whether the finding is confirmed."""
         wanted = signature(verdict)
         if wanted is None:
             return None
@@ -47,6 +54,9 @@ class FindingStore:
             (directory / "console.log").write_text(verdict.trace.console)
             meta = {"signature": wanted, "kernel": verdict.trace.kernel_release, "hits": 0,
                     "first_seen": now}
+            if reproduction is not None:
+                meta["reproduction"] = reproduction
+                meta["confirmed"] = reproduction["reproduced"] > 0
         else:
             meta = json.loads(meta_path.read_text())
         meta["hits"] += 1

@@ -25,6 +25,14 @@ class MissingKernelOption(MachineError):
     """The guest kernel lacks an option hmmfuzz cannot run without (named in the message)."""
 
 
+class RunnerFailure(MachineError):
+    """The in-guest runner gave up (it prints why and powers the guest off): a harness
+    problem, never a kernel finding."""
+
+
+RUNNER_FATAL = "hmmfuzz-runner: fatal: "
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """Facts of one program's run that are about the run, not the kernel's behaviour."""
@@ -167,6 +175,10 @@ class KernelSession:
         if ending in (Ending.CRASHED, Ending.HUNG):
             self._settle_console(machine)
             machine.stop()
+            console = machine.console(console_start)
+            if RUNNER_FATAL in console:
+                reason = console.split(RUNNER_FATAL, 1)[1].splitlines()[0]
+                raise RunnerFailure(f"the guest runner failed: {reason} (console: {machine.console_path})")
         self.last_info = RunInfo(died_signal=died, seconds=time.monotonic() - started)
         ordered = tuple(results[i] for i in range(len(results)))
         return Trace(kernel_release=self.hello.release, results=ordered, ending=ending,

@@ -1,0 +1,232 @@
+"""Program-level generation and mutation for coverage-guided campaigns.
+
+libFuzzer hands us bytes and a seed; we hand back canonical program text, so every corpus
+file stays a readable program whatever libFuzzer names it. Choices come from a Chooser:
+`random.Random` for mutations, libFuzzer's FuzzedDataProvider when arbitrary bytes must be
+decoded into a program. Every candidate is validated through the text form; invalid ones
+are retried, so mutants stay valid.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+
+from harness.prog import ParseError, Program, format_program, parse_program
+from harness.prog.ops import (
+    DEVICES, MAX_PROCESSES, MAX_SEED, CheckExclusive, CpuRead, CpuWrite, DevRead, DevWrite,
+    Exclusive, Fork, Located, Map, Mprotect, Munmap, Op, OpenDevice, PageRange, Prot, Region,
+    Snapshot,
+)
+
+MAX_OPS = 64
+# The ops the reference model knows; campaigns draw from these.
+RANGE_OPS = (Map, Munmap, Mprotect, CpuWrite, CpuRead)
+DEVICE_OPS = (DevRead, DevWrite, Snapshot, Exclusive, CheckExclusive)
+SEEDS_OF_INTEREST = (1, 2, 3, MAX_SEED)
+
+
+class Chooser:
+    """Where choices come from: a Random, or (subclass) libFuzzer's data provider."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+
+    def integer(self, low: int, high: int) -> int:
+        return self.rng.randint(low, high)
+
+    def pick(self, items):
+        items = list(items)
+        return items[self.integer(0, len(items) - 1)]
+
+    def chance(self, percent: int) -> bool:
+        return self.integer(0, 99) < percent
+
+
+class BytesChooser(Chooser):
+    """Decodes arbitrary bytes into choices (atheris.FuzzedDataProvider)."""
+
+    def __init__(self, provider):
+        self.provider = provider
+
+    def integer(self, low: int, high: int) -> int:
+        return self.provider.ConsumeIntInRange(low, high)
+
+
+@dataclass
+class Scope:
+    """Who exists after a prefix of ops: live processes and the fds each one holds."""
+
+    regions: dict[str, Region]
+    fds: dict[str, set[str]] = field(default_factory=lambda: {"p0": set()})
+
+    @classmethod
+    def after(cls, regions: dict[str, Region], ops) -> "Scope":
+        scope = cls(regions)
+        for op in ops:
+            if isinstance(op, Fork):
+                scope.fds[op.child] = set(scope.fds[op.proc])
+            elif isinstance(op, OpenDevice):
+                scope.fds[op.proc].add(op.fd)
+        return scope
+
+
+def _page_range(chooser: Chooser, region: Region) -> PageRange:
+    """Mostly short ranges near the start (where ops collide), sometimes the whole region."""
+    if chooser.chance(20):
+        return PageRange(region.name, 0, region.pages)
+    start = chooser.integer(0, min(region.pages - 1, 7) if chooser.chance(70) else region.pages - 1)
+    end = chooser.integer(start + 1, min(region.pages, start + (4 if chooser.chance(70) else 64)))
+    return PageRange(region.name, start, end)
+
+
+def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
+    proc = chooser.pick(sorted(scope.fds))
+    fds = sorted(scope.fds[proc])
+    kinds = [OpenDevice]
+    if scope.regions:  # a program may declare no region at all: then no range ops
+        kinds += list(RANGE_OPS) + (list(DEVICE_OPS) if fds else [])
+    if len(scope.fds) < MAX_PROCESSES:
+        kinds.append(Fork)
+    kind = chooser.pick(kinds)
+    if kind is Fork:
+        taken = set(scope.fds) | {op.child for op in all_ops if isinstance(op, Fork)}
+        return Fork(proc, child=next(f"p{i}" for i in range(10) if f"p{i}" not in taken))
+    if kind is OpenDevice:
+        taken = {op.fd for op in all_ops if isinstance(op, OpenDevice)}
+        name = next(f"d{i}" for i in range(64) if f"d{i}" not in taken)
+        return OpenDevice(proc, fd=name, device=chooser.pick(DEVICES))
+    region = chooser.pick(sorted(scope.regions.values(), key=lambda r: r.slot))
+    page_range = _page_range(chooser, region)
+    if kind is Mprotect:
+        return Mprotect(proc, page_range, chooser.pick(list(Prot)))
+    if kind is CpuWrite:
+        return CpuWrite(proc, page_range, chooser.pick(SEEDS_OF_INTEREST))
+    if kind in (Map, Munmap, CpuRead):
+        return kind(proc, page_range)
+    fd = chooser.pick(fds)
+    if kind is DevWrite:
+        return DevWrite(proc, fd, page_range, seed=chooser.pick(SEEDS_OF_INTEREST))
+    return kind(proc, fd, page_range)
+
+
+def valid(regions: tuple[Region, ...], ops: list[Op], source: str = "<mutant>") -> Program | None:
+    if not ops or len(ops) > MAX_OPS:
+        return None
+    program = Program(regions + tuple(Located(op) for op in ops), source=source)
+    try:
+        return parse_program(format_program(program), source)
+    except ParseError:
+        return None
+
+
+def _regions(program: Program) -> tuple[Region, ...]:
+    return tuple(s for s in program.statements if isinstance(s, Region))
+
+
+def generate(chooser: Chooser, max_ops: int = 24) -> Program:
+    """A fresh program: a region or two, mapped, then random ops."""
+    regions = tuple(Region(name, chooser.pick((1, 4, 16, 64, 512)), slot)
+                    for slot, name in enumerate("ab"[:chooser.integer(1, 2)]))
+    ops: list[Op] = [Map("p0", PageRange(r.name, 0, r.pages)) for r in regions]
+    ops.append(OpenDevice("p0", "d0", chooser.pick(DEVICES)))
+    for _ in range(chooser.integer(1, max_ops)):
+        scope = Scope.after({r.name: r for r in regions}, ops)
+        candidate = ops + [random_op(chooser, scope, ops)]
+        if valid(regions, candidate):
+            ops = candidate
+    return valid(regions, ops, "<generated>")
+
+
+# ---------------------------------------------------------------------- mutations
+
+def _insert(chooser, regions, ops, other):
+    at = chooser.integer(0, len(ops))
+    scope = Scope.after({r.name: r for r in regions}, ops[:at])
+    return ops[:at] + [random_op(chooser, scope, ops)] + ops[at:]
+
+
+def _delete(chooser, regions, ops, other):
+    at = chooser.integer(0, len(ops) - 1)
+    return ops[:at] + ops[at + 1:]
+
+
+def _duplicate(chooser, regions, ops, other):
+    op = chooser.pick(ops)
+    at = chooser.integer(0, len(ops))
+    return ops[:at] + [op] + ops[at:]
+
+
+def _boundary(chooser, regions, ops, other):
+    """Move a range or a seed toward the values where code paths change."""
+    at = chooser.integer(0, len(ops) - 1)
+    op = ops[at]
+    if hasattr(op, "range") and chooser.chance(80):
+        r, pages = op.range, {x.name: x for x in regions}[op.range.region].pages
+        start, end = chooser.pick([(0, r.end), (r.start, pages), (r.start, r.start + 1),
+                                   (max(0, r.start - 1), r.end), (r.start, min(pages, r.end + 1)),
+                                   (r.end - 1, r.end), (0, pages)])
+        op = replace(op, range=PageRange(r.region, start, max(end, start + 1)))
+    elif hasattr(op, "seed"):
+        op = replace(op, seed=chooser.pick(SEEDS_OF_INTEREST))
+    elif isinstance(op, Mprotect):
+        op = replace(op, prot=chooser.pick(list(Prot)))
+    return ops[:at] + [op] + ops[at + 1:]
+
+
+def _retarget(chooser, regions, ops, other):
+    """Hand an op to another process, or point its range at another region."""
+    at = chooser.integer(0, len(ops) - 1)
+    op = ops[at]
+    scope = Scope.after({r.name: r for r in regions}, ops[:at])
+    if chooser.chance(50) and not isinstance(op, Fork):
+        op = replace(op, proc=chooser.pick(sorted(scope.fds)))
+    elif hasattr(op, "range") and regions:
+        region = chooser.pick(regions)
+        start = min(op.range.start, region.pages - 1)
+        op = replace(op, range=PageRange(region.name, start, min(region.pages, start + op.range.npages)))
+    return ops[:at] + [op] + ops[at + 1:]
+
+
+def _splice(chooser, regions, ops, other):
+    """A prefix of this program, then a suffix of another over the same region names."""
+    names = {r.name for r in regions}
+    tail = [op for op in other.ops if not hasattr(op, "range") or op.range.region in names]
+    if not tail:
+        return ops
+    return ops[:chooser.integer(0, len(ops))] + tail[chooser.integer(0, len(tail) - 1):]
+
+
+MUTATIONS = (_insert, _insert, _delete, _duplicate, _boundary, _boundary, _retarget, _splice)
+
+
+def mutate(program: Program, chooser: Chooser, other: Program | None = None,
+           attempts: int = 16) -> Program:
+    regions, ops = _regions(program), list(program.ops)
+    for _ in range(attempts):
+        mutation = chooser.pick(MUTATIONS if other is not None else MUTATIONS[:-1])
+        candidate = valid(regions, mutation(chooser, regions, ops, other or program))
+        if candidate is not None and candidate.ops != program.ops:
+            return candidate
+    return program
+
+
+def decode(data: bytes, provider_factory=None) -> Program:
+    """Canonical program text parses as is; anything else is decoded into a program."""
+    try:
+        return parse_program(data.decode(), "<input>")
+    except (UnicodeDecodeError, ParseError):
+        pass
+    if provider_factory is not None:
+        return generate(BytesChooser(provider_factory(data)))
+    return generate(Chooser(random.Random(data)))
+
+
+def encode(program: Program, max_size: int) -> bytes:
+    """The program's text, dropping trailing ops until it fits libFuzzer's size limit."""
+    ops = list(program.ops)
+    while True:
+        text = format_program(program.with_ops(ops)).encode()
+        if len(text) <= max_size or len(ops) <= 1:
+            return text[:max_size]
+        ops.pop()

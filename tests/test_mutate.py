@@ -1,0 +1,48 @@
+"""Campaign mutations keep programs valid and canonical, and any bytes decode to a program."""
+
+from __future__ import annotations
+
+import random
+
+import atheris
+from hypothesis import given, settings, strategies as st
+
+from fuzz.mutate import Chooser, decode, encode, generate, mutate
+from harness.prog import format_program, load_program, parse_program
+
+from conftest import CORPUS
+
+SEEDS = [load_program(path) for path in sorted(CORPUS.glob("*.txt"))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(SEEDS) - 1), st.integers(0, len(SEEDS) - 1), st.integers())
+def test_a_mutant_is_a_valid_canonical_program(first, second, seed):
+    chooser = Chooser(random.Random(seed))
+    program = SEEDS[first]
+    for _ in range(5):
+        program = mutate(program, chooser, other=SEEDS[second])
+        text = format_program(program)
+        assert format_program(parse_program(text)) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_arbitrary_bytes_decode_into_a_valid_program(data):
+    program = decode(data, atheris.FuzzedDataProvider)
+    assert program.ops
+    text = format_program(program)
+    assert parse_program(text).ops == program.ops
+
+
+def test_a_program_without_regions_can_still_be_mutated():
+    bare = parse_program("p0 fork p1\n")
+    mutant = mutate(bare, Chooser(random.Random(1)))
+    assert mutant.ops != bare.ops
+
+
+def test_encoding_respects_libfuzzers_size_limit():
+    big = generate(Chooser(random.Random(7)), max_ops=60)
+    data = encode(big, 300)
+    assert len(data) <= 300
+    assert parse_program(data.decode()).ops == big.ops[:len(parse_program(data.decode()).ops)]
