@@ -7,8 +7,10 @@ CI runs with no standard input.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -109,7 +111,7 @@ class Machine:
         started = time.monotonic()
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                         stdout=open(self.workdir / "qemu.out", "wb"),
-                                        stderr=subprocess.STDOUT)
+                                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         try:
             self._connect(started + 10)
             msg_type, payload = self.receive(started + self.config.boot_timeout - time.monotonic())
@@ -195,6 +197,15 @@ class Machine:
     def _qemu_output(self) -> str:
         path = self.workdir / "qemu.out"
         return path.read_text(errors="replace").strip() if path.exists() else ""
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    """QEMU must not outlive the process that drives it (libFuzzer exits with exit(),
+    which skips Python's cleanup)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def kvm_usable() -> bool:
