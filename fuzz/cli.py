@@ -266,6 +266,82 @@ def random_programs(count, seed, kernel, source, bzimage, accel, workdir):
     sys.exit(max((s for s in Status if counts[s]), default=Status.OK))
 
 
+# ---------------------------------------------------------------------- replay, triage
+
+def _booted(kernel, source=None, bzimage=None, accel="auto", workdir=Path("hmmfuzz-work")):
+    try:
+        image = obtain_kernel(kernel, source, bzimage)
+        session = KernelSession(image, workdir, MachineConfig(accel=accel), log=_log)
+        session.start()
+        return session
+    except (KernelError, MachineError, RunnerBuildError) as error:
+        infrastructure_failure(error)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@kernel_options
+def replay(paths, kernel, source, bzimage, accel, workdir):
+    """Replay a corpus: every program agrees with the model, or diverges exactly as its
+    `# hmmfuzz-expect: <series> <signature>` line says (exit 1 otherwise)."""
+    from .replay import corpus_files, replay as replay_one
+
+    files = corpus_files(paths)
+    session = _booted(kernel, source, bzimage, accel, workdir)
+    failed = 0
+    with session:
+        for path in files:
+            try:
+                replayed = replay_one(session, path)
+            except ParseError as error:
+                click.echo(f"input error: {error}", err=True)
+                failed += 1
+                continue
+            failed += not replayed.passed
+            mark = "PASS" if replayed.passed else "FAIL"
+            click.echo(f"{mark} {path} on {session.hello.release}: {replayed.explain()}")
+    click.echo(f"{len(files) - failed} passed, {failed} failed")
+    sys.exit(Status.DIVERGENCE if failed else Status.OK)
+
+
+@main.command()
+@click.argument("finding", type=click.Path(exists=True, path_type=Path))
+@click.option("--kernels", default="6.1,6.12,7.2", show_default=True,
+              help="Comma-separated kernel versions or bzImage paths.")
+@click.option("--runs", default=3, show_default=True, help="Runs per kernel (fresh VM each kernel).")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("hmmfuzz-work"))
+def triage(finding, kernels, runs, accel, workdir):
+    """Which kernels reproduce a finding (a finding directory or a program file)."""
+    from .minimize import signature
+
+    path = finding / "program.txt" if finding.is_dir() else finding
+    program = load_program(path)
+    rows = []
+    for kernel in kernels.split(","):
+        session = _booted(kernel, accel=accel, workdir=workdir / "triage" / kernel.replace("/", "_"))
+        with session:
+            verdicts = [judge(program, session.run(program), session.last_info.died_signal)
+                        for _ in range(runs)]
+            release = session.hello.release
+        signatures = [signature(v) for v in verdicts]
+        failing = [s for s in signatures if s]
+        first = next((v for v in verdicts if v.status is not Status.OK), verdicts[0])
+        verdict = failing[0] if failing else "every op agrees with the model"
+        rows.append((kernel, release, f"{len(failing)}/{runs}", verdict, first))
+    click.echo(f"{path}\n")
+    click.echo("| kernel | release | reproduced | model verdict |")
+    click.echo("| --- | --- | --- | --- |")
+    for kernel, release, rate, verdict, _ in rows:
+        click.echo(f"| {kernel} | {release} | {rate} | {verdict} |")
+    for kernel, _, _, _, first in rows:
+        if first.status is not Status.OK:
+            click.echo(f"\n{kernel}:")
+            for line in first.lines():
+                click.echo(line)
+    sys.exit(Status.DIVERGENCE if any(r[2][0] != "0" for r in rows) else Status.OK)
+
+
 # ---------------------------------------------------------------------- minimize
 
 @main.command()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "corpus"
 TEST_KERNEL = os.environ.get("HMMFUZZ_TEST_KERNEL", "7.2")

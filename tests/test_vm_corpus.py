@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fuzz.judge import Status, judge
+from fuzz.replay import replay
 from harness.kernel import resolve_kernel
-from harness.prog import load_program
 from harness.vm.session import KernelSession
 
 from conftest import CORPUS
@@ -25,7 +24,6 @@ def session(request, tmp_path_factory):
 
 @pytest.mark.parametrize("path", PROGRAMS, ids=[p.stem for p in PROGRAMS])
 def test_every_op_agrees_with_the_model(session, path):
-    program = load_program(path)
-    verdict = judge(program, session.run(program), session.last_info.died_signal)
-    assert verdict.model.checked == len(program.ops)
-    assert verdict.status is Status.OK, "\n".join(verdict.lines())
+    replayed = replay(session, path)
+    assert replayed.verdict.model.checked == len(replayed.program.ops)
+    assert replayed.passed, replayed.explain()

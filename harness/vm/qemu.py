@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +44,8 @@ class MachineConfig:
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
 
-def qemu_command(bzimage: Path, initramfs: Path, workdir: Path, config: MachineConfig,
-                 accel: str) -> list[str]:
+def qemu_command(bzimage: Path, initramfs: Path, workdir: Path, socket_path: Path,
+                 config: MachineConfig, accel: str) -> list[str]:
     half = config.memory_mb // 2
     accel_args = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
         ["-accel", "tcg,thread=multi", "-cpu", "max"]
@@ -62,7 +63,7 @@ def qemu_command(bzimage: Path, initramfs: Path, workdir: Path, config: MachineC
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-serial", f"file:{workdir / 'console.log'}",
         "-device", "virtio-serial-pci",
-        "-chardev", f"socket,id=ctl,path={workdir / 'runner.sock'},server=on,wait=off",
+        "-chardev", f"socket,id=ctl,path={socket_path},server=on,wait=off",
         "-device", f"virtserialport,chardev=ctl,name={PORT_NAME}",
         "-kernel", str(bzimage), "-initrd", str(initramfs),
         "-append", append,
@@ -77,6 +78,8 @@ class Machine:
                  config: MachineConfig = MachineConfig(), accel: str = "tcg"):
         self.bzimage, self.initramfs, self.config, self.accel = bzimage, initramfs, config, accel
         self.workdir = workdir
+        # A unix socket path must fit in 108 bytes; workdirs can be deeper than that.
+        self.socket_path = Path(tempfile.mkdtemp(prefix="hmmfuzz-")) / "runner.sock"
         self.process: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
         self.boot_seconds: float | None = None
@@ -104,9 +107,11 @@ class Machine:
         if shutil.which(QEMU) is None:
             raise MachineError(f"{QEMU} not found: install the Debian package qemu-system-x86")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for stale in ("console.log", "runner.sock"):
-            (self.workdir / stale).unlink(missing_ok=True)
-        command = qemu_command(self.bzimage, self.initramfs, self.workdir, self.config, self.accel)
+        (self.workdir / "console.log").unlink(missing_ok=True)
+        self.socket_path.parent.mkdir(exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        command = qemu_command(self.bzimage, self.initramfs, self.workdir, self.socket_path,
+                               self.config, self.accel)
         (self.workdir / "qemu.cmdline").write_text(" ".join(command) + "\n")
         started = time.monotonic()
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
@@ -126,7 +131,7 @@ class Machine:
         return wire.decode_hello(payload)
 
     def _connect(self, deadline: float):
-        path = str(self.workdir / "runner.sock")
+        path = str(self.socket_path)
         while True:
             if self.process.poll() is not None:
                 raise ChannelLost(f"qemu exited with status {self.process.returncode}")
@@ -190,6 +195,7 @@ class Machine:
             self.process.kill()
             self.process.wait()
         self._buffer = b""
+        shutil.rmtree(self.socket_path.parent, ignore_errors=True)
 
     def _tail(self, lines: int = 30) -> str:
         return "\n".join(self.console().splitlines()[-lines:]) or "(empty)"
