@@ -118,7 +118,8 @@ class KernelSession:
             self.machine = None
 
     def __enter__(self):
-        self.start()
+        if self.machine is None:
+            self.start()
         return self
 
     def __exit__(self, *exc):
