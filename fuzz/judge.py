@@ -74,6 +74,8 @@ class ProgramVerdict:
                            f"allowed only {' or '.join(divergence.allowed)}")
                 if divergence.reason:
                     out.append(f"{' ' * len(head)}    because {divergence.reason}")
+        if self.stopped_at is not None and self.stopped_at >= len(self.program.ops):
+            out.append(f"  after the last op: {self._ending_text()}")
         for report in self.reports:
             out.append(f"  kernel console: {report.title}")
         return out

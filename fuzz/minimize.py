@@ -23,10 +23,13 @@ def signature(verdict: ProgramVerdict) -> str | None:
     divergence, the op kind, the field kind and what the model allowed. None when ok."""
     if verdict.reports:
         return f"crash: {verdict.reports[0].title}"
-    if verdict.trace.ending.value in ("crashed", "hung"):
-        return f"{verdict.trace.ending.value} in {verdict.program.ops[verdict.stopped_at].keyword}"
-    if verdict.trace.ending.value == "died":
-        return f"process died in {verdict.program.ops[verdict.stopped_at].keyword}"
+    if verdict.trace.ending.value in ("crashed", "hung", "died"):
+        # The run can end after the last op reported (e.g. processes that cannot be reaped).
+        stopped = verdict.stopped_at
+        where = (verdict.program.ops[stopped].keyword if stopped < len(verdict.program.ops)
+                 else "program teardown")
+        what = "process died" if verdict.trace.ending.value == "died" else verdict.trace.ending.value
+        return f"{what} in {where}"
     if not verdict.model.divergences:
         return None
     first = verdict.model.divergences[0]

@@ -5,6 +5,9 @@ Every device op acts on the mm the fd mirrors (the opener's), whichever process 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+
 from harness.prog import Content
 
 from . import uapi
@@ -77,31 +80,59 @@ def dmirror_fault(world: World, mirror: Dmirror, start: int, end: int, write: bo
 
 # ------------------------------------------------------------------ READ
 
+def settle(world: World, mirror_id: int, start: int, end: int,
+           stops: Callable[[Entry | None], bool]) -> list[World]:
+    """The states an op that scans this mirror's entries over [start, end) in address order,
+    stopping at the first entry for which `stops` holds (None: no entry), can be in, given
+    the entries that may or may not have been erased (Entry.maybe_gone, see
+    mm._write_protected_anon). An uncertain entry matters only if being there or not changes
+    whether the scan stops; for each such entry before the first certain stop, one state
+    has it resolved the stopping way and the earlier ones the passing way, and one more
+    state has them all passing. Without such entries: [world] itself, uncopied."""
+    table = world.mirrors[mirror_id].table
+    deciding = []
+    for vpn in range(start, end):
+        entry = table.get(vpn)
+        stop = stops(entry)
+        if entry is not None and entry.maybe_gone and stops(None) != stop:
+            deciding.append((vpn, stop))
+        elif stop:
+            break
+    if not deciding:
+        return [world]
+    worlds = []
+    for stop_at in range(len(deciding) + 1):
+        branch = world.clone()
+        table = branch.mirrors[mirror_id].table
+        for n, (vpn, kept_stops) in enumerate(deciding[:stop_at + 1]):
+            stop_here = n == stop_at
+            if kept_stops == stop_here:
+                table[vpn] = replace(table[vpn], maybe_gone=False)
+            else:
+                del table[vpn]
+        worlds.append(branch)
+    return worlds
+
+
 def dev_read(world: World, op, places: Places) -> list[Outcome]:
     """HMM_DMIRROR_READ. Deterministic unless an entry in the range may or may not have been
     erased (Entry.maybe_gone); then each possible first erased entry is its own outcome."""
-    mirror_id, mirror = _mirror(world, op.proc, op.fd)
+    mirror_id, _ = _mirror(world, op.proc, op.fd)
     start, end = places.vpns(op.range)
-    uncertain = []
-    for vpn in range(start, end):
-        entry = mirror.table.get(vpn)
-        if entry is None:
-            break
-        if entry.maybe_gone:
-            uncertain.append(vpn)
-    if not uncertain:
-        return [(_dev_read(world, mirror, start, end, places), world)]
-    outcomes = []
-    for first_gone in range(len(uncertain) + 1):
-        branch = world.clone()
-        table = branch.mirrors[mirror_id].table
-        for vpn in uncertain[:first_gone]:
-            table[vpn] = Entry(table[vpn].folio, table[vpn].tag)
-        if first_gone < len(uncertain):
-            del table[uncertain[first_gone]]
-        outcomes.append((_dev_read(branch, branch.mirrors[mirror_id], start, end, places),
-                         branch))
-    return outcomes
+    return [(_dev_read(w, w.mirrors[mirror_id], start, end, places), w)
+            for w in settle(world, mirror_id, start, end, _missing)]
+
+
+def _missing(entry: Entry | None) -> bool:
+    return entry is None
+
+
+def _not_writable(entry: Entry | None) -> bool:
+    return entry is None or entry.tag is not Tag.WRITE
+
+
+def _atomic(entry: Entry | None) -> bool:
+    return entry is not None and entry.tag is Tag.ATOMIC
 
 
 def _dev_read(world: World, mirror: Dmirror, start: int, end: int, places: Places) -> Expect:
@@ -151,9 +182,16 @@ def _faults_why(fn: str, faults: int, first_missing: int | None, places: Places)
 def dev_write(world: World, op, places: Places) -> list[Outcome]:
     """HMM_DMIRROR_WRITE: like READ, but an entry counts only if it is WRITE-tagged
     (dmirror_do_write), faults are write faults, and the device stores pattern(seed, vpn).
-    A failing fault leaves the pages written before it written. The runner reports no pages."""
-    _, mirror = _mirror(world, op.proc, op.fd)
+    A failing fault leaves the pages written before it written. The runner reports no pages.
+    Uncertain WRITE entries branch as in dev_read (settle)."""
+    mirror_id, _ = _mirror(world, op.proc, op.fd)
     start, end = places.vpns(op.range)
+    return [(_dev_write(w, w.mirrors[mirror_id], op.seed, start, end, places), w)
+            for w in settle(world, mirror_id, start, end, _not_writable)]
+
+
+def _dev_write(world: World, mirror: Dmirror, seed: int, start: int, end: int,
+               places: Places) -> Expect:
     table = mirror.table
     faults, first_missing = 0, None
     pos = start
@@ -164,23 +202,22 @@ def dev_write(world: World, op, places: Places) -> list[Outcome]:
             if entry is None or entry.tag is not Tag.WRITE:
                 missing = vpn
                 break
-            world.set_content(entry.folio, Content(op.seed, vpn))
+            world.set_content(entry.folio, Content(seed, vpn))
         if missing is None:
             break
         if first_missing is None:
             first_missing = missing
         err, why = dmirror_fault(world, mirror, missing, end, True, places)
         if err:
-            return [(fail(err, why), world)]
+            return fail(err, why)
         faults += 1
         pos = missing
-    return [(Expect(cpages=(end - start,), faults=(faults,),
-                    why={"errno": "hmm_range_fault can make every page of the range valid and "
-                                  "writable: all of it is mapped with VM_WRITE",
-                         "faults": _faults_why("dmirror_write", faults, first_missing, places),
-                         "cpages": "dmirror_write: every page of the range is written",
-                         "pages": "the runner reports no pages for a device write"}),
-             world)]
+    return Expect(cpages=(end - start,), faults=(faults,),
+                  why={"errno": "hmm_range_fault can make every page of the range valid and "
+                                "writable: all of it is mapped with VM_WRITE",
+                       "faults": _faults_why("dmirror_write", faults, first_missing, places),
+                       "cpages": "dmirror_write: every page of the range is written",
+                       "pages": "the runner reports no pages for a device write"})
 
 
 # ------------------------------------------------------------------ SNAPSHOT
@@ -276,17 +313,24 @@ def _make_exclusive(world: World, mirror: Dmirror, start: int, end: int,
 
 
 def check_exclusive(world: World, op, places: Places) -> list[Outcome]:
-    """HMM_DMIRROR_CHECK_EXCLUSIVE: dmirror_check_atomic looks only at this fd's table."""
-    _, mirror = _mirror(world, op.proc, op.fd)
+    """HMM_DMIRROR_CHECK_EXCLUSIVE: dmirror_check_atomic looks only at this fd's table.
+    Uncertain ATOMIC entries branch as in dev_read (settle)."""
+    mirror_id, _ = _mirror(world, op.proc, op.fd)
     start, end = places.vpns(op.range)
+    return [(_check_exclusive(w, w.mirrors[mirror_id], start, end, places), w)
+            for w in settle(world, mirror_id, start, end, _atomic)]
+
+
+def _check_exclusive(world: World, mirror: Dmirror, start: int, end: int,
+                     places: Places) -> Expect:
     for vpn in range(start, end):
         entry = mirror.table.get(vpn)
         if entry is not None and entry.tag is Tag.ATOMIC:
-            return [(fail(EPERM, f"dmirror_check_atomic: {places.name(vpn)} still has an "
-                                 "ATOMIC entry (no CPU access or invalidation revoked it) "
-                                 "-> -EPERM"), world)]
+            return fail(EPERM, f"dmirror_check_atomic: {places.name(vpn)} still has an "
+                               "ATOMIC entry (no CPU access or invalidation revoked it) "
+                               "-> -EPERM")
     why = ("dmirror_check_atomic: no ATOMIC entry in the range (none was made, or a CPU "
            "fault or an invalidation erased it)")
-    return [(Expect(cpages=(0,), faults=(0,), why={
+    return Expect(cpages=(0,), faults=(0,), why={
         "errno": why, "cpages": "CHECK_EXCLUSIVE leaves cpages at 0",
-        "faults": "CHECK_EXCLUSIVE leaves faults at 0"}), world)]
+        "faults": "CHECK_EXCLUSIVE leaves faults at 0"})

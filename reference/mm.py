@@ -13,7 +13,7 @@ from dataclasses import replace
 from harness.prog import ZERO
 
 from . import vma as vmas
-from .state import ZERO_PTE, Dmirror, Kind, Mm, Pte, Tag, Vma, World
+from .state import ZERO_PTE, Dmirror, Kind, Mm, Pte, Vma, World
 
 
 def invalidate(world: World, mm_id: int, start: int, end: int) -> None:
@@ -59,6 +59,37 @@ def _restored(world: World, vma: Vma, pte: Pte) -> Pte:
     else:
         writable = vma.prot.writable and world.folios[pte.folio].exclusive
     return Pte(Kind.PRESENT, pte.folio, writable)
+
+
+PMD_PAGES = 512  # pages mapped by one PMD entry (HPAGE_PMD_SIZE, 2 MiB)
+
+
+def split_pmd(world: World, mm_id: int, vma: Vma, vpn: int) -> None:
+    """A VMA boundary moves to `vpn` inside `vma` (its range before the change):
+    vma_adjust_trans_huge -> split_huge_pmd_if_needed(vma, address) (mm/huge_memory.c).
+
+    When the address is not PMD-aligned and the VMA covers the whole aligned 2 MiB around it
+    (range_in_vma), split_huge_pmd_address() asks mm_find_pmd(), which returns the PMD slot
+    whenever the PUD entry is present, huge or not; __split_huge_pmd() then fires
+    MMU_NOTIFY_CLEAR over [address & HPAGE_PMD_MASK, +HPAGE_PMD_SIZE) before it looks at
+    the PMD. With only 4 KiB pages nothing is split, but every dmirror entry of that 2 MiB
+    (and, by the dmirror_do_update quirk, of the page after it) is erased. Same code in
+    6.1, 6.12 and 7.2 with CONFIG_TRANSPARENT_HUGEPAGE=y (the project's config); unlike
+    split_huge_pmd() it does not check pmd_is_huge() first (docs/findings.md #2).
+    Observed: region d[512:1024] is one VMA, d[540] is mirrored writable, munmap d[537:538]
+    -> the next dev_write of d[540] faults once.
+
+    mm_find_pmd() returns NULL when the 1 GiB range has no PMD table; the model does not
+    track page tables, because then no page of that range has a PTE and so no dmirror entry
+    (hmm_range_fault stores only valid pages and every zap erases them) -- the page past the
+    2 MiB included, as no region reaches the end of its 1 GiB slot.
+    """
+    offset = vpn % PMD_PAGES
+    if not offset:
+        return
+    base = vpn - offset
+    if vma.start <= base and base + PMD_PAGES <= vma.end:
+        invalidate(world, mm_id, base, base + PMD_PAGES)
 
 
 def read_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
@@ -113,22 +144,30 @@ def _write_protected_anon(world: World, mm_id: int, mm: Mm, vpn: int, pte: Pte) 
         return
     # Mapped once but not exclusive (the other side of a fork already copied or unmapped it):
     # wp_can_reuse_anon_folio reuses it only if folio_ref_count() == 1 after lru_add_drain(),
-    # which drains only this CPU's LRU batch; a folio still sitting in another CPU's batch has
-    # an extra reference and is copied by wp_page_copy, which fires the MMU notifier. Both are
-    # allowed. The content and the PTE are the same either way (a copy is indistinguishable
-    # from the original for every v1 observation), so the model keeps the folio and marks the
-    # read entries of the dmirrors on this mm as possibly erased.
+    # which drains only this CPU's LRU batch; a folio still sitting in another CPU's batch, or
+    # held for a moment by anyone else (isolation by compaction or reclaim), has an extra
+    # reference and is copied by wp_page_copy, which fires MMU_NOTIFY_CLEAR over the page.
+    # Both are allowed. The content and the PTE are the same either way (a copy is
+    # indistinguishable from the original for every v1 observation), so the model keeps the
+    # folio and marks the entries the notifier would erase as possibly erased: the page's
+    # own and, by the dmirror_do_update quirk (docs/findings.md #1), the next page's, of any
+    # tag. The ops that look at them branch (hmm.settle). The two marks are resolved
+    # independently, which also allows the next page's entry to go while this one stays: a
+    # slight over-approximation, kept because tracking the pair costs more than it is worth.
     for mirror in world.mirrors_of(mm_id):
-        entry = mirror.table.get(vpn)
-        if entry is not None and entry.tag is Tag.READ:
-            mirror.table[vpn] = replace(entry, maybe_gone=True)
+        for page in (vpn, vpn + 1):
+            entry = mirror.table.get(page)
+            if entry is not None:
+                mirror.table[page] = replace(entry, maybe_gone=True)
     world.folios[pte.folio] = replace(folio, exclusive=True)
     mm.ptes[vpn] = replace(pte, writable=True)
 
 
 def zap(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
-    """Unmap [start, end): unmap_vmas zaps the PTEs (dropping folio mappings, device-exclusive
-    entries included) under one MMU_NOTIFY_UNMAP invalidation of the range."""
+    """Unmap [start, end), which overlaps at least one VMA (do_vmi_munmap returns before
+    anything when vma_find() finds none): unmap_vmas zaps the PTEs (dropping folio mappings,
+    device-exclusive entries included) under one MMU_NOTIFY_UNMAP invalidation of the whole
+    range asked for (unmap_desc.vma_start/vma_end), holes included."""
     ptes = mm.ptes
     if end - start <= len(ptes):
         vpns = [v for v in range(start, end) if v in ptes]
@@ -144,9 +183,10 @@ def zap(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
 def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
     """change_protection over [start, end) after the VMA got its new flags.
 
-    change_pud_range fires MMU_NOTIFY_PROTECTION_VMA over the range once page tables exist
-    there (mm/mprotect.c, 7.2; older kernels did it per PMD in change_pmd_range): without page
-    tables no entry can be mirrored, so the model simply invalidates the range. Present PTEs
+    change_pud_range fires MMU_NOTIFY_PROTECTION_VMA over [addr, end) from the first PUD entry
+    that is not none (mm/mprotect.c, 7.2; older kernels from the first populated PMD in
+    change_pmd_range): without page tables no entry can be mirrored, the page past the range
+    included (see split_pmd), so the model simply invalidates the range. Present PTEs
     take the new protection; when the VMA becomes writable, PTEs of PageAnonExclusive folios
     become writable at once (MM_CP_TRY_CHANGE_WRITABLE, can_change_private_pte_writable), the
     zero page and shared folios stay read-only. Device-exclusive entries are left alone in

@@ -35,8 +35,12 @@ def _munmap(world: World, op: Munmap, places: Places) -> list[Outcome]:
     mm_id = world.procs[op.proc]
     mm = world.mms[mm_id]
     start, end = places.vpns(op.range)
+    if not vmas.overlaps(mm, start, end):
+        # do_vmi_munmap: vma_find() finds no VMA in the range -> return 0, nothing happens.
+        return [(done("do_vmi_munmap: an aligned range always succeeds"), world)]
+    for vma, vpn in vmas.unmap(mm, start, end):
+        cpu.split_pmd(world, mm_id, vma, vpn)
     cpu.zap(world, mm_id, mm, start, end)
-    vmas.unmap(mm, start, end)
     return [(done("do_vmi_munmap: an aligned range always succeeds"), world)]
 
 
@@ -44,7 +48,9 @@ def _mprotect(world: World, op: Mprotect, places: Places) -> list[Outcome]:
     mm_id = world.procs[op.proc]
     mm = world.mms[mm_id]
     start, end = places.vpns(op.range)
-    err, changed = vmas.mprotect(mm, start, end, op.prot, world.profile)
+    err, changed, splits = vmas.mprotect(mm, start, end, op.prot, world.profile)
+    for vma, vpn in splits:
+        cpu.split_pmd(world, mm_id, vma, vpn)
     for piece_start, piece_end in changed:
         cpu.change_protection(world, mm_id, mm, piece_start, piece_end)
     if err:

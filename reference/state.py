@@ -89,8 +89,9 @@ class Tag(Enum):
 
 @dataclass(frozen=True)
 class Entry:
-    """One mirror entry. `maybe_gone`: the kernel may have erased it (see mm.write_fault:
-    reuse or copy of a folio mapped once but not exclusive); only READ entries carry it."""
+    """One mirror entry. `maybe_gone`: the kernel may have erased it (see
+    mm._write_protected_anon: reuse or copy of a folio mapped once but not exclusive); the
+    ops that read the table resolve it (hmm.settle)."""
 
     folio: int
     tag: Tag

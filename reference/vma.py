@@ -17,6 +17,11 @@ from harness.prog import Prot
 from .profile import Profile
 from .state import Mm, Vma, World
 
+# A VMA boundary moving to a vpn inside a VMA (given as it was before): a __split_vma, or a
+# merge that shrinks the VMA (commit_merge with __adjust_middle_start/__adjust_next_start).
+# Each is a vma_adjust_trans_huge() call that may fire the MMU notifier (mm.split_pmd).
+Split = tuple[Vma, int]
+
 
 def overlaps(mm: Mm, start: int, end: int) -> list[Vma]:
     return [v for v in mm.vmas if v.start < end and start < v.end]
@@ -93,25 +98,33 @@ def map_new(mm: Mm, start: int, end: int, profile: Profile) -> None:
 
 # ------------------------------------------------------------------ munmap
 
-def unmap(mm: Mm, start: int, end: int) -> None:
-    """Split VMAs at the range's edges and drop what lies inside; munmap never merges."""
-    kept = []
+def unmap(mm: Mm, start: int, end: int) -> list[Split]:
+    """Split VMAs at the range's edges and drop what lies inside; munmap never merges.
+
+    Returns the boundary moves (vms_gather_munmap_vmas: __split_vma at `start` of the first
+    VMA, then at `end` of the last one as it is after the first split), each with the VMA as
+    it was when vma_adjust_trans_huge() looked at it.
+    """
+    kept, splits = [], []
     for v in mm.vmas:
         if v.end <= start or v.start >= end:
             kept.append(v)
             continue
         if v.start < start:
+            splits.append((v, start))
             kept.append(replace(v, end=start))
         if v.end > end:
+            splits.append((replace(v, start=max(v.start, start)), end))
             kept.append(replace(v, start=end))
     mm.vmas[:] = kept
+    return splits
 
 
 # ------------------------------------------------------------------ mprotect
 
 def mprotect(mm: Mm, start: int, end: int, prot: Prot,
-             profile: Profile) -> tuple[int, list[tuple[int, int]]]:
-    """do_mprotect_pkey: (errno, the ranges whose protection changed).
+             profile: Profile) -> tuple[int, list[tuple[int, int]], list[Split]]:
+    """do_mprotect_pkey: (errno, the ranges whose protection changed, the boundary moves).
 
     The VMAs are changed one after another from `start`; the first hole stops the loop with
     -ENOMEM after the earlier pieces were already changed, and a range that does not begin
@@ -120,24 +133,27 @@ def mprotect(mm: Mm, start: int, end: int, prot: Prot,
     """
     first = next((v for v in mm.vmas if v.end > start), None)
     if first is None or first.start >= end or first.start > start:
-        return errno.ENOMEM, []
-    changed = []
+        return errno.ENOMEM, [], []
+    changed: list[tuple[int, int]] = []
+    splits: list[Split] = []
     addr = start
     while addr < end:
         i = _index(mm, addr)
         if i is None:
-            return errno.ENOMEM, changed
+            return errno.ENOMEM, changed, splits
         vma = mm.vmas[i]
         piece_end = min(end, vma.end)
         if vma.prot is not prot:
-            _fixup(mm, i, addr, piece_end, prot, profile)
+            splits += _fixup(mm, i, addr, piece_end, prot, profile)
             changed.append((addr, piece_end))
         addr = piece_end
-    return 0, changed
+    return 0, changed, splits
 
 
-def _fixup(mm: Mm, i: int, start: int, end: int, prot: Prot, profile: Profile) -> None:
-    """mprotect_fixup for [start, end) inside mm.vmas[i]."""
+def _fixup(mm: Mm, i: int, start: int, end: int, prot: Prot, profile: Profile) -> list[Split]:
+    """mprotect_fixup for [start, end) inside mm.vmas[i]: vma_modify tries a merge first,
+    else splits at `start` (the whole VMA) and then at `end` (the VMA left of the first
+    split), like munmap."""
     middle = mm.vmas[i]
     if prot.writable:
         # A private mapping turning writable is charged and gets VM_ACCOUNT.
@@ -146,19 +162,31 @@ def _fixup(mm: Mm, i: int, start: int, end: int, prot: Prot, profile: Profile) -
         # "...except in the anonymous case where no anon_vma has yet to be assigned":
         # VM_ACCOUNT is dropped only while the VMA has no anon_vma.
         account = middle.account and middle.anon is not None
-    if not _merge_existing(mm, i, start, end, prot, account, profile):
-        pieces = []
-        if middle.start < start:
-            pieces.append(replace(middle, end=start))
-        pieces.append(replace(middle, start=start, end=end, prot=prot, account=account))
-        if end < middle.end:
-            pieces.append(replace(middle, start=end))
-        mm.vmas[i:i + 1] = pieces
+    moved = _merge_existing(mm, i, start, end, prot, account, profile)
+    if moved is not None:
+        return moved
+    pieces, splits = [], []
+    if middle.start < start:
+        pieces.append(replace(middle, end=start))
+        splits.append((middle, start))
+    pieces.append(replace(middle, start=start, end=end, prot=prot, account=account))
+    if end < middle.end:
+        pieces.append(replace(middle, start=end))
+        splits.append((replace(middle, start=start), end))
+    mm.vmas[i:i + 1] = pieces
+    return splits
 
 
 def _merge_existing(mm: Mm, i: int, start: int, end: int, prot: Prot, account: bool,
-                    profile: Profile) -> bool:
-    """vma_merge_existing_range: merge the changed piece into an identical neighbour."""
+                    profile: Profile) -> list[Split] | None:
+    """vma_merge_existing_range: merge the changed piece into an identical neighbour.
+    None if no merge; else the boundary moves inside the old middle VMA: commit_merge calls
+    vma_adjust_trans_huge(vma, start, end, next) so that split_huge_pmd_if_needed() looks at
+    the old middle at `end` when prev grows over part of it (__adjust_middle_start; 6.x:
+    adjust_next > 0) and at `start` when next grows over part of it (__adjust_next_start:
+    vma is middle, its new end is `start`). Its other calls look at addresses the VMA they
+    are given does not cover around them (its own unaligned start, or past its end), so they
+    never fire; a merge that removes middle moves no boundary inside a VMA."""
     vmas = mm.vmas
     middle = vmas[i]
     left_side, right_side = start == middle.start, end == middle.end
@@ -172,17 +200,18 @@ def _merge_existing(mm: Mm, i: int, start: int, end: int, prot: Prot, account: b
     if left and right:
         anon, child = _merged_anon(prev, nxt, middle)
         vmas[i - 1:i + 2] = [replace(prev, end=nxt.end, anon=anon, fork_child=child)]
-    elif left:
+        return []
+    if left:
         anon, child = _merged_anon(prev, middle)
         grown = replace(prev, end=end, anon=anon, fork_child=child)
         vmas[i - 1:i + 1] = [grown] if right_side else [grown, replace(middle, start=end)]
-    elif right:
+        return [] if right_side else [(middle, end)]
+    if right:
         anon, child = _merged_anon(nxt, middle)
         grown = replace(nxt, start=start, anon=anon, fork_child=child)
         vmas[i:i + 2] = [grown] if left_side else [replace(middle, end=start), grown]
-    else:
-        return False
-    return True
+        return [] if left_side else [(middle, start)]
+    return None
 
 
 # ------------------------------------------------------------------ anon_vma

@@ -38,3 +38,12 @@ def test_a_wrong_observation_is_a_divergence_naming_field_observed_and_allowed()
     assert verdict.status is Status.DIVERGENCE
     text = "\n".join(verdict.lines())
     assert "crashy.txt:3" in text and "DIVERGENCE" in text and "allowed only" in text
+
+
+def test_a_hang_after_every_op_reported_is_titled_by_the_teardown():
+    from fuzz.minimize import signature
+
+    trace = Trace("7.2.13", (OpResult(), OpResult(pages=())), Ending.HUNG)
+    verdict = judge(PROGRAM, trace)
+    assert signature(verdict) == "hung in program teardown"
+    assert any("after the last op: KERNEL HANG" in line for line in verdict.lines())

@@ -161,6 +161,36 @@ def test_reuse_or_copy_of_a_folio_mapped_once_after_fork_is_an_allowed_choice():
     assert sorted(verdict.divergences[0].allowed) == ["0", "1"]
 
 
+def test_a_copy_after_fork_may_also_erase_the_next_pages_entry():
+    # wp_page_copy fires MMU_NOTIFY_CLEAR over [a[0], a[1]); dmirror_do_update's inclusive
+    # last index (docs/findings.md #1) erases the entry of a[1] as well, whatever its tag,
+    # so a[1]'s WRITE entry is as uncertain as a[0]'s READ entry. 6.1.192, 6.12.117 and
+    # 7.2.13 all reused the folio here (faults 0, 0, check_exclusive 0).
+    prog = program("""
+        region a pages=4
+        p0 map a[0:4]
+        p0 write a[0:1] seed=1
+        p0 fork p1
+        p1 write a[0:1] seed=2
+        p0 open d dmirror0
+        p0 dev_write d a[1:2] seed=3
+        p0 dev_read d a[0:1]
+        p0 write a[0:1] seed=4
+        p0 dev_write d a[1:2] seed=5
+        p0 dev_read d a[0:1]
+        p0 check_exclusive d a[0:2]
+    """)
+    head = [ok(), wrote(1), ok(), wrote(1), ok(), dev(1, 1),
+            dev(1, 1, [pattern(prog, 1, "a", 0)]), wrote(1)]
+    now = [pattern(prog, 4, "a", 0)]
+    for release in ("7.2.13", "6.12.117", "6.1.192"):
+        assert check(prog, trace(*head, dev(1, 0), dev(1, 0, now), dev(0, 0),
+                                 release=release)).ok
+    assert_accepts(prog, *head, dev(1, 1), dev(1, 1, now), dev(0, 0))     # copied
+    verdict = check(prog, trace(*head, dev(1, 2), dev(1, 0, now), dev(0, 0)))
+    assert sorted(verdict.divergences[0].allowed) == ["0", "1"]
+
+
 def test_mprotect_back_to_rw_makes_exclusive_pages_writable_without_a_fault():
     # change_pte_range with MM_CP_TRY_CHANGE_WRITABLE: PageAnonExclusive folios become
     # writable at once; the zero page stays read-only.
