@@ -345,14 +345,18 @@ def triage(finding, kernels, runs, accel, workdir):
 # ---------------------------------------------------------------------- minimize
 
 @main.command()
-@click.argument("program_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("finding", type=click.Path(exists=True, path_type=Path))
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where the minimized program goes (default: <file>.min.txt).")
+              help="Where the minimized program goes (default: <file>.min.txt beside it).")
 @kernel_options
-def minimize(program_file, output, kernel, source, bzimage, accel, workdir):
-    """Reduce a failing program while the same failure (signature) reproduces."""
+def minimize(finding, output, kernel, source, bzimage, accel, workdir):
+    """Reduce a failing program (a file, or a finding directory) while the same failure
+    (signature) reproduces; the number of executions it took is reported and recorded."""
+    import json
+
     from .minimize import minimize as reduce, signature
 
+    program_file = finding / "program.txt" if finding.is_dir() else finding
     try:
         program = load_program(program_file)
     except ParseError as error:
@@ -381,6 +385,12 @@ def minimize(program_file, output, kernel, source, bzimage, accel, workdir):
                       + format_program(result.program))
     click.echo(f"{result.ops_before} ops -> {len(result.program.ops)} ops in "
                f"{result.executions} executions; written to {output}")
+    meta_path = program_file.with_name("finding.json")
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        meta["minimized"] = {"program": output.name, "ops_before": result.ops_before,
+                             "ops_after": len(result.program.ops), "executions": result.executions}
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     for line in final.lines():
         click.echo(line)
     sys.exit(final.status)
