@@ -1,4 +1,6 @@
-"""Hypothesis strategies for programs of the v1 op vocabulary.
+"""Hypothesis strategies for programs of the v1 op vocabulary (and, with `extended=True`,
+of the whole op set: migration, release, flags, exit, close, madvise, mapping kinds, mremap,
+mlock/munlock and pagemap).
 
 Programs are built as `harness.prog.Program` objects (Region, Located, Comment and Blank
 statements), never as text, and are valid by construction: every region is declared before
@@ -20,10 +22,11 @@ from dataclasses import dataclass, field
 from hypothesis import strategies as st
 
 from harness.prog.ops import (
-    DEVICES, MAX_PROCESSES, MAX_REGION_PAGES, MAX_SEED,
-    Blank, CheckExclusive, Comment, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Fork,
-    Located, Map, Mprotect, Munmap, Op, OpenDevice, PageRange, Program, Prot, Region,
-    Snapshot,
+    DEVICES, MAX_FLAGS, MAX_PROCESSES, MAX_REGION_PAGES, MAX_SEED,
+    Advice, Blank, CheckExclusive, CloseDevice, Comment, CpuRead, CpuWrite, DevRead, DevWrite,
+    Exclusive, Exit, Flags, Fork, Located, Madvise, Map, MapKind, MigrateToDev, MigrateToSys,
+    Mlock, Mprotect, Mremap, Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Program,
+    Prot, Region, Release, Snapshot,
 )
 from harness.prog.text import format_program
 
@@ -115,6 +118,8 @@ class _State:
     statements: list = field(default_factory=list)
     op_count: int = 0
     target: int = 1  # how many ops the program gets
+    extended: bool = False  # draw the ops beyond v1 too
+    exited: list[str] = field(default_factory=list)
 
     def emit(self, op: Op, comment: str | None = None):
         self.statements.append(Located(op, comment=comment))
@@ -131,7 +136,16 @@ _OP_CHOICES = _RANGE_OPS + _DEVICE_OPS + ("open", "fork")
 _DEVICE_KINDS = {
     "dev_read": DevRead, "snapshot": Snapshot,
     "exclusive": Exclusive, "check_exclusive": CheckExclusive,
+    "migrate_to_dev": MigrateToDev, "migrate_to_sys": MigrateToSys,
 }
+
+# The ops beyond v1, drawn only by programs(extended=True): the reference model does not
+# know them yet, so the default op set stays v1's.
+_NEW_RANGE_OPS = ("mremap", "madvise", "madvise", "mlock", "munlock", "pagemap", "pagemap")
+_NEW_DEVICE_OPS = ("migrate_to_dev", "migrate_to_dev", "migrate_to_sys", "migrate_to_sys")
+_NEW_FD_OPS = ("release", "flags", "close")
+_EXTENDED_OP_CHOICES = (_OP_CHOICES + _NEW_RANGE_OPS + _NEW_DEVICE_OPS + _NEW_FD_OPS
+                        + ("exit",))
 
 
 def _new_fd_name(draw, state: _State) -> str:
@@ -147,13 +161,19 @@ def _new_fd_name(draw, state: _State) -> str:
     return name
 
 
+def map_kinds() -> st.SearchStrategy[MapKind]:
+    """Mostly anonymous private memory, as v1 maps it."""
+    return st.one_of(st.just(MapKind.ANON), st.sampled_from(MapKind))
+
+
 def _declare(draw, state: _State, region: Region, proc: str):
     """Declare `region`; mostly `proc` maps all of it right away, so that the ops which
     follow find memory there (a program may still map, unmap and remap parts later)."""
     state.statements.append(region)
     state.regions.append(region)
     if state.op_count + 1 < state.target and draw(st.integers(0, 3)) != 0:
-        state.emit(Map(proc, PageRange(region.name, 0, region.pages)))
+        kind = draw(map_kinds()) if state.extended else MapKind.ANON
+        state.emit(Map(proc, PageRange(region.name, 0, region.pages), kind))
 
 
 def _open(draw, state: _State, proc: str) -> str:
@@ -173,24 +193,90 @@ def _range(draw, state: _State, proc: str) -> PageRange:
     return draw(page_ranges(region, state.hot[region.name]))
 
 
+def _fd(draw, state: _State, proc: str, max_ops: int) -> str | None:
+    """An fd of `proc` for a device op, opening one first when needed (None: no room left
+    for the device op itself, and only the open was emitted)."""
+    fds = state.fds[proc]
+    if not fds or (state.op_count + 1 < max_ops and draw(st.integers(0, 7)) == 0):
+        if state.op_count + 1 >= max_ops:
+            _open(draw, state, proc)  # no room left for the device op itself
+            return None
+        return _open(draw, state, proc)
+    return draw(st.sampled_from(fds))
+
+
+def _mremap(draw, state: _State, proc: str, page_range: PageRange) -> Mremap:
+    """In place to a new size that fits the region, or moved to any range (maybe with
+    dontunmap)."""
+    if draw(st.booleans()):
+        pages = next(r.pages for r in state.regions if r.name == page_range.region)
+        return Mremap(proc, page_range, draw(st.integers(1, pages - page_range.start)))
+    region = draw(st.sampled_from(state.regions))
+    to = draw(page_ranges(region, state.hot[region.name]))
+    return Mremap(proc, page_range, to.npages, to, draw(st.booleans()))
+
+
+def _new_op(draw, state: _State, proc: str, choice: str, max_ops: int):
+    """Emit one of the ops beyond v1."""
+    if choice == "exit":
+        state.emit(Exit(proc))
+        del state.fds[proc]
+        state.exited.append(proc)
+    elif choice in _NEW_RANGE_OPS:
+        page_range = _range(draw, state, proc)
+        match choice:
+            case "mremap":
+                state.emit(_mremap(draw, state, proc, page_range))
+            case "madvise":
+                state.emit(Madvise(proc, page_range, draw(st.sampled_from(Advice))))
+            case "mlock":
+                state.emit(Mlock(proc, page_range))
+            case "munlock":
+                state.emit(Munlock(proc, page_range))
+            case "pagemap":
+                state.emit(Pagemap(proc, page_range))
+    elif choice == "close":
+        fd = draw(st.sampled_from(state.fds[proc]))
+        state.emit(CloseDevice(proc, fd))
+        state.fds[proc].remove(fd)
+    else:
+        fd = _fd(draw, state, proc, max_ops)
+        if fd is None:
+            return
+        if choice == "release":
+            state.emit(Release(proc, fd))
+        elif choice == "flags":
+            state.emit(Flags(proc, fd, draw(st.one_of(st.integers(0, 1),
+                                                      st.integers(0, MAX_FLAGS)))))
+        else:
+            state.emit(_DEVICE_KINDS[choice](proc, fd, _range(draw, state, proc)))
+
+
 def _op(draw, state: _State, max_ops: int):
     procs = list(state.fds)
     proc = draw(st.sampled_from(procs))
-    choice = draw(st.sampled_from(_OP_CHOICES))
-    if choice == "fork" and len(procs) >= MAX_PROCESSES:
+    choice = draw(st.sampled_from(_EXTENDED_OP_CHOICES if state.extended else _OP_CHOICES))
+    if choice == "exit" and len(procs) == 1:
+        choice = "pagemap"  # the last live process stays, so later ops have one to run in
+    if choice == "close" and not state.fds[proc]:
+        choice = "open"
+    if choice == "fork" and len(procs) + len(state.exited) >= MAX_PROCESSES:
         choice = "open"
     if choice == "fork":
-        free = [p for p in PROCESS_NAMES if p not in state.fds]
+        free = [p for p in PROCESS_NAMES if p not in state.fds and p not in state.exited]
         child = draw(st.sampled_from(free[:3]))  # p1, p2, ... mostly in order
         state.emit(Fork(proc, child))
         state.fds[child] = list(state.fds[proc])  # inherits the fds open now
     elif choice == "open":
         _open(draw, state, proc)
+    elif choice in _NEW_RANGE_OPS + _NEW_DEVICE_OPS + _NEW_FD_OPS + ("exit",):
+        _new_op(draw, state, proc, choice, max_ops)
     elif choice in _RANGE_OPS:
         page_range = _range(draw, state, proc)
         match choice:
             case "map":
-                state.emit(Map(proc, page_range))
+                kind = draw(map_kinds()) if state.extended else MapKind.ANON
+                state.emit(Map(proc, page_range, kind))
             case "munmap":
                 state.emit(Munmap(proc, page_range))
             case "mprotect":
@@ -234,8 +320,13 @@ def _decorate(draw, statements: list) -> list:
 
 @st.composite
 def programs(draw, min_ops: int = 1, max_ops: int = MAX_OPS,
-             max_regions: int = MAX_GENERATED_REGIONS, comments: bool = True) -> Program:
-    """A valid program of 1..max_regions regions and min_ops..max_ops ops."""
+             max_regions: int = MAX_GENERATED_REGIONS, comments: bool = True,
+             extended: bool = False) -> Program:
+    """A valid program of 1..max_regions regions and min_ops..max_ops ops.
+
+    By default the ops are v1's (what the reference model judges); `extended=True` draws
+    from the whole op set.
+    """
     assert 1 <= min_ops <= max_ops
     declared = draw(regions(max_regions))
     # The first region is declared up front; each further one either up front too or
@@ -244,7 +335,8 @@ def programs(draw, min_ops: int = 1, max_ops: int = MAX_OPS,
     # Slots follow declaration order, which is what parsing assigns.
     hot = {r.name: draw(hot_pages(r)) for r in declared}
     target = draw(st.integers(min_ops, max_ops))
-    state = _State(regions=[], pending=list(declared[upfront:]), hot=hot, target=target)
+    state = _State(regions=[], pending=list(declared[upfront:]), hot=hot, target=target,
+                   extended=extended)
     for region in declared[:upfront]:
         _declare(draw, state, region, "p0")
     while state.op_count < target:

@@ -13,7 +13,10 @@ from harness.prog import (
     MAX_PROCESSES, DevRead, DevWrite, Fork, Located, ParseError, Program, Region,
     format_program, load_program, parse_program,
 )
-from harness.prog.ops import MAX_SEED, Comment, OpenDevice
+from harness.prog.ops import (
+    MAX_FLAGS, MAX_SEED, OP_KINDS, V1_OP_KINDS, Advice, CloseDevice, Comment, Exit, Flags, Map,
+    MapKind, Mremap, OpenDevice, PageRange,
+)
 
 SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -32,10 +35,75 @@ def test_parse_of_format_is_the_program(program):
 
 
 @SETTINGS
+@given(programs(extended=True))
+def test_parse_of_format_is_the_program_for_the_whole_op_set(program):
+    text = format_program(program)
+    assert parse_program(text) == program
+
+
+@SETTINGS
 @given(programs())
 def test_format_is_canonical(program):
     text = format_program(program)
     assert format_program(parse_program(text)) == text
+
+
+@SETTINGS
+@given(programs(extended=True))
+def test_format_is_canonical_for_the_whole_op_set(program):
+    text = format_program(program)
+    assert format_program(parse_program(text)) == text
+
+
+@SETTINGS
+@given(programs())
+def test_default_programs_use_only_v1_ops(program):
+    # the reference model judges v1 ops only: the default generator must not draw others
+    assert all(type(op) in V1_OP_KINDS for op in program.ops)
+    assert all(op.kind is MapKind.ANON for op in program.ops if isinstance(op, Map))
+
+
+@SETTINGS
+@given(programs(extended=True))
+def test_extended_programs_never_name_an_exited_process(program):
+    exited = set()
+    for op in program.ops:
+        assert op.proc not in exited
+        if isinstance(op, Exit):
+            exited.add(op.proc)
+    forks = sum(op.keyword == "fork" for op in program.ops)
+    assert forks + 1 <= MAX_PROCESSES
+
+
+@pytest.mark.parametrize("keyword", sorted({k.keyword for k in OP_KINDS} - {k.keyword for k in V1_OP_KINDS}))
+def test_extended_generator_reaches_every_new_op(keyword):
+    found = find(programs(extended=True), lambda p: any(op.keyword == keyword for op in p.ops),
+                 settings=REACHES)
+    assert parse_program(format_program(found)) == found
+
+
+@pytest.mark.parametrize("kind", [k for k in MapKind if k is not MapKind.ANON])
+def test_extended_generator_reaches_every_mapping_kind(kind):
+    find(programs(extended=True),
+         lambda p: any(isinstance(op, Map) and op.kind is kind for op in p.ops),
+         settings=REACHES)
+
+
+def test_extended_generator_reaches_a_dontunmap_move():
+    find(programs(extended=True),
+         lambda p: any(isinstance(op, Mremap) and op.dontunmap for op in p.ops),
+         settings=REACHES)
+
+
+@SETTINGS
+@given(programs(extended=True))
+def test_parsed_ops_know_their_lines_and_comments_for_the_whole_op_set(program):
+    text = format_program(program)
+    lines = text.splitlines()
+    parsed = parse_program(text, source="gen.txt")
+    for original, located in zip(program.located_ops, parsed.located_ops, strict=True):
+        assert located.comment == original.comment
+        assert lines[located.line - 1].startswith(f"{located.op.proc} {located.op.keyword}")
 
 
 @SETTINGS
@@ -335,3 +403,122 @@ def test_child_can_open_its_own_fd_beside_an_inherited_one():
     # ... but not reuse the inherited name.
     text = PRELUDE + "p0 open fd dmirror0\np0 fork p1\np1 open fd dmirror0\n"
     assert_error(text, BAD_LINE + 2, "fd 'fd' is already open in p1")
+
+
+# ---------------------------------------------------------------- the ops beyond v1
+
+WHOLE_OP_SET = """\
+region a pages=16
+region b pages=16
+p0 map a[0:16]
+p0 map b[0:4] shared
+p0 map b[4:8] memfd
+p0 map b[8:12] file
+p0 open d0 dmirror0
+p0 migrate_to_dev d0 a[0:4]
+p0 migrate_to_sys d0 a[0:4]
+p0 release d0
+p0 flags d0 1
+p0 madvise a[0:4] dontneed
+p0 madvise a[0:16] populate_write
+p0 mremap a[0:4] 8
+p0 mremap a[0:4] b[12:16] dontunmap
+p0 mremap b[12:16] a[8:10]
+p0 mlock a[4:8]
+p0 munlock a[4:8]
+p0 pagemap a[0:16]
+p0 fork p1
+p1 close d0
+p1 open d0 dmirror1
+p1 exit
+p0 close d0
+"""
+
+
+def test_whole_op_set_example_is_canonical():
+    program = parse_program(WHOLE_OP_SET)
+    assert format_program(program) == WHOLE_OP_SET
+    ops = program.ops
+    assert ops[0] == Map("p0", PageRange("a", 0, 16))  # the default kind is not written
+    assert [op.kind for op in ops[1:4]] == [MapKind.SHARED, MapKind.MEMFD, MapKind.FILE]
+    assert ops[11] == Mremap("p0", PageRange("a", 0, 4), 8)
+    assert ops[12] == Mremap("p0", PageRange("a", 0, 4), 4, PageRange("b", 12, 16), True)
+    assert ops[13].new_npages == 2 and not ops[13].dontunmap
+    assert ops[8] == Flags("p0", "d0", 1)
+    assert ops[-1] == CloseDevice("p0", "d0")
+
+
+@pytest.mark.parametrize("advice", [a.value for a in Advice])
+def test_every_advice_round_trips(advice):
+    text = PRELUDE + f"p0 madvise a[0:16] {advice}\n"
+    assert format_program(parse_program(text)) == text
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("p0 map a[0:1] anon", ["'anon'", "default", "`<proc> map <range>`"]),
+    ("p0 map a[0:1] private", ["'private'", "expected a mapping kind, one of shared, memfd, file"]),
+    ("p0 map a[0:1] shared memfd", ["`<proc> map <range>` or `<proc> map <range> <kind>`"]),
+    ("p0 madvise a[0:1]", ["`<proc> madvise <range> <advice>`"]),
+    ("p0 madvise a[0:1] DONTNEED", ["'DONTNEED'", "expected an advice", "dontneed", "collapse"]),
+    ("p0 madvise a[0:1] remove", ["'remove'", "expected an advice"]),
+    ("p0 mremap a[0:4]", ["`<proc> mremap <range> <new_npages>`"]),
+    ("p0 mremap a[0:4] 0", ["0: expected a new size of 1..16"]),
+    ("p0 mremap a[2:4] 15", ["15: expected a new size of 1..14", "inside a"]),
+    ("p0 mremap a[0:4] 4 dontunmap", ["dontunmap needs a destination range"]),
+    ("p0 mremap a[0:4] a[8:12] unmap", ["'unmap'", "expected `dontunmap`"]),
+    ("p0 mremap a[0:4] c[0:4]", ["region 'c' is not declared above"]),
+    ("p0 mremap a[0:4] x", ["'x': expected a page range"]),
+    ("p0 mlock a[0:17]", ["expected 0 <= start < end <= 16"]),
+    ("p0 pagemap", ["`<proc> pagemap <range>`"]),
+    ("p0 exit now", ["`<proc> exit`"]),
+    ("p0 release d0", ["fd 'd0' is not open in p0"]),
+    ("p0 close d0", ["fd 'd0' is not open in p0"]),
+    ("p0 migrate_to_dev d0 a[0:1]", ["fd 'd0' is not open in p0"]),
+    ("p0 open d0 dmirror0\np0 flags d0", ["`<proc> flags <fd> <flags>`"]),
+    ("p0 open d0 dmirror0\np0 flags d0 x", ["'x'", f"expected flags as a number 0..{MAX_FLAGS}"]),
+    ("p0 open d0 dmirror0\np0 flags d0 65536", ["'65536'", "expected flags"]),
+    ("p0 open d0 dmirror0\np0 migrate_to_sys d0", ["`<proc> migrate_to_sys <fd> <range>`"]),
+])
+def test_errors_of_the_new_ops(line, expected):
+    assert_error(PRELUDE + line + "\n", BAD_LINE + line.count("\n"), *expected)
+
+
+def test_an_exited_process_cannot_run_ops():
+    text = PRELUDE + "p0 fork p1\np1 exit\np1 read a[0:1]\n"
+    assert_error(text, BAD_LINE + 2, "process 'p1' has exited above", "live: p0")
+
+
+def test_an_exited_name_is_not_reused_and_still_counts():
+    text = PRELUDE + "p0 fork p1\np1 exit\np0 fork p1\n"
+    assert_error(text, BAD_LINE + 2, "process 'p1' has exited above; a name is not reused")
+    forks = "".join(f"p0 fork p{i}\np{i} exit\n" for i in range(1, MAX_PROCESSES))
+    text = PRELUDE + forks + f"p0 fork p{MAX_PROCESSES}\n"
+    assert_error(text, BAD_LINE + 2 * (MAX_PROCESSES - 1), f"at most {MAX_PROCESSES} processes")
+
+
+def test_the_last_process_may_exit_and_nothing_runs_after():
+    program = parse_program(PRELUDE + "p0 exit\n")
+    assert program.ops[-1] == Exit("p0")
+    assert_error(PRELUDE + "p0 exit\np0 read a[0:1]\n", BAD_LINE + 1,
+                 "process 'p0' has exited above (live: none)")
+
+
+def test_a_closed_fd_is_gone_and_may_be_opened_again():
+    text = PRELUDE + "p0 open d0 dmirror0\np0 close d0\np0 dev_read d0 a[0:1]\n"
+    assert_error(text, BAD_LINE + 2, "fd 'd0' is not open in p0")
+    text = PRELUDE + "p0 open d0 dmirror0\np0 close d0\np0 open d0 dmirror1\n" \
+        "p0 release d0\n"
+    parse_program(text)
+
+
+def test_close_in_a_child_leaves_the_parent_fd():
+    text = PRELUDE + "p0 open d0 dmirror0\np0 fork p1\np1 close d0\np0 snapshot d0 a[0:1]\n" \
+        "p1 snapshot d0 a[0:1]\n"
+    assert_error(text, BAD_LINE + 4, "fd 'd0' is not open in p1")
+
+
+def test_mremap_vocabulary_keeps_its_invariants():
+    with pytest.raises(ValueError):
+        Mremap("p0", PageRange("a", 0, 4), 3, PageRange("a", 8, 12))
+    with pytest.raises(ValueError):
+        Mremap("p0", PageRange("a", 0, 4), 4, None, True)

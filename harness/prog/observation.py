@@ -30,6 +30,87 @@ class Page:
         return describe(self.crc, self.first_word)
 
 
+# /proc/self/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst)
+PM_PFN_MASK = (1 << 55) - 1
+PM_SOFT_DIRTY = 1 << 55
+PM_MMAP_EXCLUSIVE = 1 << 56
+PM_UFFD_WP = 1 << 57
+PM_FILE = 1 << 61
+PM_SWAP = 1 << 62
+PM_PRESENT = 1 << 63
+
+# /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h)
+KPF_NAMES = (
+    "LOCKED", "ERROR", "REFERENCED", "UPTODATE", "DIRTY", "LRU", "ACTIVE", "SLAB",
+    "WRITEBACK", "RECLAIM", "BUDDY", "MMAP", "ANON", "SWAPCACHE", "SWAPBACKED",
+    "COMPOUND_HEAD", "COMPOUND_TAIL", "HUGE", "UNEVICTABLE", "HWPOISON", "NOPAGE", "KSM",
+    "THP", "OFFLINE", "ZERO_PAGE", "IDLE", "PGTABLE",
+)
+KPF = {name: 1 << bit for bit, name in enumerate(KPF_NAMES)}
+
+
+@dataclass(frozen=True)
+class PagemapEntry:
+    """One page of a `pagemap` op: the raw /proc/self/pagemap entry and, for a present page
+    with a PFN, /proc/kpagecount and /proc/kpageflags of that PFN (None otherwise).
+
+    A swap entry (swapped bit set) holds the swap type in bits 0-4 and the offset above;
+    device-private and device-exclusive entries show as swap entries too.
+    """
+
+    entry: int
+    count: int | None = None
+    flags: int | None = None
+
+    @property
+    def present(self) -> bool:
+        return bool(self.entry & PM_PRESENT)
+
+    @property
+    def swapped(self) -> bool:
+        return bool(self.entry & PM_SWAP)
+
+    @property
+    def file_shared(self) -> bool:
+        """Bit 61: a file page or a shared anonymous page."""
+        return bool(self.entry & PM_FILE)
+
+    @property
+    def exclusive(self) -> bool:
+        """Bit 56: the page is mapped exclusively (by this process only)."""
+        return bool(self.entry & PM_MMAP_EXCLUSIVE)
+
+    @property
+    def uffd_wp(self) -> bool:
+        return bool(self.entry & PM_UFFD_WP)
+
+    @property
+    def soft_dirty(self) -> bool:
+        return bool(self.entry & PM_SOFT_DIRTY)
+
+    @property
+    def pfn(self) -> int | None:
+        return self.entry & PM_PFN_MASK if self.present else None
+
+    def has_flag(self, name: str) -> bool:
+        return self.flags is not None and bool(self.flags & KPF[name])
+
+    def flag_names(self) -> tuple[str, ...]:
+        if self.flags is None:
+            return ()
+        return tuple(name for name, bit in KPF.items() if self.flags & bit)
+
+    def __str__(self) -> str:
+        bits = [name for name, on in (("present", self.present), ("swapped", self.swapped),
+                                      ("file", self.file_shared), ("exclusive", self.exclusive),
+                                      ("uffd_wp", self.uffd_wp), ("soft_dirty", self.soft_dirty))
+                if on]
+        text = "|".join(bits) or "none"
+        if self.count is not None:
+            text += f" count={self.count} flags={'|'.join(self.flag_names()) or '0'}"
+        return text
+
+
 @dataclass(frozen=True)
 class OpResult:
     """The observations of one op.
@@ -38,7 +119,8 @@ class OpResult:
     copies them back only when the ioctl succeeds, so they are None otherwise and for
     non-device ops. `pages` holds per-page outcomes for read/write (one per page, a fault
     does not stop the op) and for a successful dev_read/exclusive (the bytes the device
-    returned); a failed ioctl reports only its errno. `snapshot` holds SNAPSHOT's bytes.
+    returned, also for a successful migrate_to_dev); a failed ioctl reports only its errno.
+    `snapshot` holds SNAPSHOT's bytes, `pagemap` a `pagemap` op's per-page records.
     """
 
     errno: int = 0
@@ -46,6 +128,7 @@ class OpResult:
     faults: int | None = None
     pages: tuple[Page, ...] = ()
     snapshot: bytes | None = None
+    pagemap: tuple[PagemapEntry, ...] | None = None
 
 
 class Ending(Enum):

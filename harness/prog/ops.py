@@ -22,6 +22,7 @@ MAX_REGION_PAGES = 8192  # 32 MiB: enough for several PMD-sized (2 MiB) folios
 MAX_PROCESSES = 4
 MAX_SEED = 0xFFFF
 DEVICES = ("dmirror0", "dmirror1")
+MAX_FLAGS = 0xFFFF  # HMM_DMIRROR_FLAGS values a program may set (bit 0: FAIL_ALLOC)
 
 
 class Prot(Enum):
@@ -80,11 +81,51 @@ class Op:
     keyword = ""
 
 
+class MapKind(Enum):
+    """What backs a mapping. Every `map` is read-write and MAP_FIXED_NOREPLACE.
+
+    MEMFD and FILE name one object per region and program, created empty (zero-filled) and
+    sized to the region before the first process starts, so every mapping of the region, in
+    any process, maps the same object; page i of the region is page i of the object.
+    """
+
+    ANON = "anon"      # MAP_PRIVATE | MAP_ANONYMOUS (the default, not written in text)
+    SHARED = "shared"  # MAP_SHARED | MAP_ANONYMOUS
+    MEMFD = "memfd"    # MAP_SHARED of the region's memfd
+    FILE = "file"      # MAP_PRIVATE of the region's tmpfs file under /tmp
+
+    @property
+    def backed(self) -> bool:
+        return self in (MapKind.MEMFD, MapKind.FILE)
+
+
+class Advice(Enum):
+    """madvise() advice a program may give (the kernel's MADV_* numbers are in wire.h)."""
+
+    DONTNEED = "dontneed"
+    FREE = "free"
+    PAGEOUT = "pageout"
+    COLD = "cold"
+    WILLNEED = "willneed"
+    POPULATE_READ = "populate_read"
+    POPULATE_WRITE = "populate_write"
+    HUGEPAGE = "hugepage"
+    NOHUGEPAGE = "nohugepage"
+    COLLAPSE = "collapse"
+    MERGEABLE = "mergeable"
+    UNMERGEABLE = "unmergeable"
+    DONTFORK = "dontfork"
+    DOFORK = "dofork"
+    WIPEONFORK = "wipeonfork"
+    KEEPONFORK = "keeponfork"
+
+
 @dataclass(frozen=True)
 class Map(Op):
-    """mmap(anonymous, private, read-write) of the range, MAP_FIXED_NOREPLACE."""
+    """mmap() of the range, read-write, MAP_FIXED_NOREPLACE; `kind` says what backs it."""
 
     range: PageRange
+    kind: MapKind = MapKind.ANON
     keyword = "map"
 
 
@@ -99,6 +140,56 @@ class Mprotect(Op):
     range: PageRange
     prot: Prot
     keyword = "mprotect"
+
+
+@dataclass(frozen=True)
+class Mremap(Op):
+    """mremap() of the range.
+
+    Without `to`: resize in place to `new_npages` (flags 0; the region must hold the new
+    size). With `to`: MREMAP_MAYMOVE | MREMAP_FIXED to that range, whose length is the new
+    size (`new_npages == to.npages`), plus MREMAP_DONTUNMAP if `dontunmap`.
+    """
+
+    range: PageRange
+    new_npages: int
+    to: PageRange | None = None
+    dontunmap: bool = False
+    keyword = "mremap"
+
+    def __post_init__(self):
+        if self.to is not None and self.to.npages != self.new_npages:
+            raise ValueError(f"mremap to {self.to}: new_npages must be {self.to.npages}")
+        if self.dontunmap and self.to is None:
+            raise ValueError("mremap dontunmap needs a destination range")
+
+
+@dataclass(frozen=True)
+class Madvise(Op):
+    range: PageRange
+    advice: Advice
+    keyword = "madvise"
+
+
+@dataclass(frozen=True)
+class Mlock(Op):
+    range: PageRange
+    keyword = "mlock"
+
+
+@dataclass(frozen=True)
+class Munlock(Op):
+    range: PageRange
+    keyword = "munlock"
+
+
+@dataclass(frozen=True)
+class Pagemap(Op):
+    """Observe the range: /proc/self/pagemap per page, and /proc/kpagecount and
+    /proc/kpageflags of each present page's PFN. Changes nothing."""
+
+    range: PageRange
+    keyword = "pagemap"
 
 
 @dataclass(frozen=True)
@@ -124,6 +215,14 @@ class Fork(Op):
 
     child: str
     keyword = "fork"
+
+
+@dataclass(frozen=True)
+class Exit(Op):
+    """The process exits (_exit(0)); later ops may not name it, nor may a fork reuse its
+    name. The op completes once the process is gone (its mm and fds released)."""
+
+    keyword = "exit"
 
 
 @dataclass(frozen=True)
@@ -179,9 +278,55 @@ class CheckExclusive(DeviceOp):
     keyword = "check_exclusive"
 
 
-OP_KINDS: tuple[type[Op], ...] = (
+@dataclass(frozen=True)
+class MigrateToDev(DeviceOp):
+    """HMM_DMIRROR_MIGRATE_TO_DEV: migrate the range to device-private memory, then the
+    device reads it back (the bytes it returns are observed, as for dev_read)."""
+
+    keyword = "migrate_to_dev"
+
+
+@dataclass(frozen=True)
+class MigrateToSys(DeviceOp):
+    """HMM_DMIRROR_MIGRATE_TO_SYS: migrate device-private pages of the range back."""
+
+    keyword = "migrate_to_sys"
+
+
+@dataclass(frozen=True)
+class CloseDevice(Op):
+    """close() of the process's fd; the name may be opened again later."""
+
+    fd: str
+    keyword = "close"
+
+
+@dataclass(frozen=True)
+class Release(Op):
+    """HMM_DMIRROR_RELEASE: the device frees all its memory chunks, evicting every
+    device-private page (of every process) back to system memory."""
+
+    fd: str
+    keyword = "release"
+
+
+@dataclass(frozen=True)
+class Flags(Op):
+    """HMM_DMIRROR_FLAGS (newer kernels): set the mirror's test flags to `flags`
+    (bit 0, FAIL_ALLOC: the next device page allocation fails)."""
+
+    fd: str
+    flags: int
+    keyword = "flags"
+
+
+V1_OP_KINDS: tuple[type[Op], ...] = (
     Map, Munmap, Mprotect, CpuWrite, CpuRead, Fork, OpenDevice,
     DevRead, DevWrite, Snapshot, Exclusive, CheckExclusive,
+)
+OP_KINDS: tuple[type[Op], ...] = V1_OP_KINDS + (
+    Mremap, Madvise, Mlock, Munlock, Pagemap, Exit, CloseDevice,
+    MigrateToDev, MigrateToSys, Release, Flags,
 )
 OP_BY_KEYWORD: dict[str, type[Op]] = {kind.keyword: kind for kind in OP_KINDS}
 

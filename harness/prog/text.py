@@ -7,6 +7,20 @@
     p0 open d0 dmirror0
     p0 dev_read d0 a[0:16]   # every page faulted in once: faults=1
 
+Ops beyond v1 (the reference model does not judge them yet):
+
+    p0 map b[0:4] shared          # or memfd, file; anonymous private is written without a kind
+    p0 migrate_to_dev d0 a[0:4]   # also migrate_to_sys <fd> <range>
+    p0 release d0                 # HMM_DMIRROR_RELEASE
+    p0 flags d0 1                 # HMM_DMIRROR_FLAGS (1: FAIL_ALLOC)
+    p0 madvise a[0:4] pageout     # dontneed, free, cold, willneed, collapse, ...
+    p0 mremap a[0:4] 8            # resize in place
+    p0 mremap a[0:4] b[0:4] dontunmap   # move to b[0:4] (MREMAP_FIXED), dontunmap optional
+    p0 mlock a[0:4]               # and munlock
+    p0 pagemap a[0:4]             # observe /proc/self/pagemap, kpagecount, kpageflags
+    p1 close d0
+    p1 exit                       # later lines may not name p1
+
 One statement per line; `#` starts a comment. Every error names the file, the line and what
 was expected there. Parsing also checks the program is meaningful (regions declared before
 use, ranges inside their region, processes and fds that exist), so everything downstream can
@@ -20,8 +34,9 @@ import re
 from pathlib import Path
 
 from .ops import (
-    DEVICES, MAX_PROCESSES, MAX_REGION_PAGES, MAX_REGIONS, MAX_SEED, OP_BY_KEYWORD,
-    Blank, Comment, Fork, Located, Op, OpenDevice, PageRange, Program, Prot, Region,
+    DEVICES, MAX_FLAGS, MAX_PROCESSES, MAX_REGION_PAGES, MAX_REGIONS, MAX_SEED, OP_BY_KEYWORD,
+    Advice, Blank, CloseDevice, Comment, Exit, Fork, Located, Map, MapKind, Mremap, Op,
+    OpenDevice, PageRange, Program, Prot, Region,
 )
 
 NAME = re.compile(r"[a-z][a-z0-9_]{0,15}\Z")
@@ -32,6 +47,9 @@ NUMBER = r"([0-9]{1,9})"
 RANGE = re.compile(rf"([a-z][a-z0-9_]{{0,15}})\[{NUMBER}:{NUMBER}\]\Z")
 SEED = re.compile(rf"seed={NUMBER}\Z")
 PAGES = re.compile(rf"pages={NUMBER}\Z")
+COUNT = re.compile(rf"{NUMBER}\Z")
+MAP_KINDS = tuple(kind.value for kind in MapKind if kind is not MapKind.ANON)
+DONTUNMAP = "dontunmap"
 
 
 class ParseError(ValueError):
@@ -45,20 +63,35 @@ def _op_fields(kind: type[Op]) -> list[dataclasses.Field]:
 
 
 def _usage(kind: type[Op]) -> str:
+    if kind is Map:
+        return "`<proc> map <range>` or `<proc> map <range> <kind>`"
+    if kind is Mremap:
+        return ("`<proc> mremap <range> <new_npages>` or "
+                "`<proc> mremap <range> <to_range> [dontunmap]`")
     words = [f"<{f.name}>" if f.name != "seed" else "seed=<n>" for f in _op_fields(kind)]
-    return " ".join(["<proc>", kind.keyword, *words])
+    return "`" + " ".join(["<proc>", kind.keyword, *words]) + "`"
 
 
 # ---------------------------------------------------------------- formatting
 
 def _format_value(value) -> str:
-    if isinstance(value, Prot):
+    if isinstance(value, (Prot, Advice, MapKind)):
         return value.value
     return str(value)
 
 
 def format_op(op: Op) -> str:
     words = [op.proc, op.keyword]
+    if isinstance(op, Map):
+        words.append(str(op.range))
+        if op.kind is not MapKind.ANON:
+            words.append(op.kind.value)
+        return " ".join(words)
+    if isinstance(op, Mremap):
+        words += [str(op.range), str(op.to) if op.to is not None else str(op.new_npages)]
+        if op.dontunmap:
+            words.append(DONTUNMAP)
+        return " ".join(words)
     for f in _op_fields(type(op)):
         value = getattr(op, f.name)
         words.append(f"seed={value}" if f.name == "seed" else _format_value(value))
@@ -92,7 +125,8 @@ class _Scope:
 
     def __init__(self):
         self.regions: dict[str, Region] = {}
-        self.fds: dict[str, set[str]] = {"p0": set()}
+        self.fds: dict[str, set[str]] = {"p0": set()}  # live processes
+        self.exited: set[str] = set()
 
 
 class _LineParser:
@@ -128,14 +162,59 @@ class _LineParser:
             self.fail(f"{proc!r}: expected a line to start with `region` or a process name "
                       f"(p0..p9) followed by an op")
         if proc not in self.scope.fds:
-            self.fail(f"process {proc!r} does not exist here (live: {', '.join(self.scope.fds)})")
-        fields = _op_fields(kind)
-        if len(args) != len(fields):
-            self.fail(f"expected `{_usage(kind)}`")
-        values = {f.name: self.value(f, word, proc) for f, word in zip(fields, args)}
-        op = kind(proc=proc, **values)
+            live = ", ".join(self.scope.fds) or "none"
+            if proc in self.scope.exited:
+                self.fail(f"process {proc!r} has exited above (live: {live})")
+            self.fail(f"process {proc!r} does not exist here (live: {live})")
+        if kind is Map:
+            op = self.map(proc, args)
+        elif kind is Mremap:
+            op = self.mremap(proc, args)
+        else:
+            fields = _op_fields(kind)
+            if len(args) != len(fields):
+                self.fail(f"expected {_usage(kind)}")
+            values = {f.name: self.value(f, word, proc) for f, word in zip(fields, args)}
+            op = kind(proc=proc, **values)
         self.apply(op)
         return op
+
+    def map(self, proc: str, args: list[str]) -> Map:
+        if len(args) not in (1, 2):
+            self.fail(f"expected {_usage(Map)}")
+        page_range = self.page_range(args[0])
+        if len(args) == 1:
+            return Map(proc, page_range)
+        word = args[1]
+        if word == MapKind.ANON.value:
+            self.fail(f"{word!r}: anonymous private is the default, written without a kind: "
+                      f"`<proc> map <range>`")
+        if word not in MAP_KINDS:
+            self.fail(f"{word!r}: expected a mapping kind, one of {', '.join(MAP_KINDS)}, "
+                      f"in {_usage(Map)}")
+        return Map(proc, page_range, MapKind(word))
+
+    def mremap(self, proc: str, args: list[str]) -> Mremap:
+        if len(args) not in (2, 3):
+            self.fail(f"expected {_usage(Mremap)}")
+        page_range = self.page_range(args[0])
+        dontunmap = len(args) == 3
+        if dontunmap and args[2] != DONTUNMAP:
+            self.fail(f"{args[2]!r}: expected `dontunmap` or nothing after the destination "
+                      f"range")
+        count = COUNT.match(args[1])
+        if count is None:
+            to = self.page_range(args[1])
+            return Mremap(proc, page_range, to.npages, to, dontunmap)
+        if dontunmap:
+            self.fail("dontunmap needs a destination range: "
+                      "`<proc> mremap <range> <to_range> dontunmap`")
+        new_npages = int(count.group(1))
+        pages = self.scope.regions[page_range.region].pages
+        if not 1 <= new_npages <= pages - page_range.start:
+            self.fail(f"{new_npages}: expected a new size of 1..{pages - page_range.start} "
+                      f"pages (an in-place resize stays inside {page_range.region})")
+        return Mremap(proc, page_range, new_npages)
 
     def value(self, f: dataclasses.Field, word: str, proc: str):
         if f.name == "seed":
@@ -150,6 +229,17 @@ class _LineParser:
                 return Prot(word)
             except ValueError:
                 self.fail(f"{word!r}: expected a protection, one of none, r, rw")
+        if f.type == "Advice":
+            try:
+                return Advice(word)
+            except ValueError:
+                self.fail(f"{word!r}: expected an advice, one of "
+                          f"{', '.join(a.value for a in Advice)}")
+        if f.name == "flags":
+            match = COUNT.match(word)
+            if not match or int(match.group(1)) > MAX_FLAGS:
+                self.fail(f"{word!r}: expected flags as a number 0..{MAX_FLAGS}")
+            return int(match.group(1))
         if f.name == "device":
             if word not in DEVICES:
                 self.fail(f"{word!r}: expected a device, one of {', '.join(DEVICES)}")
@@ -182,15 +272,22 @@ class _LineParser:
         if isinstance(op, Fork):
             if op.child in fds:
                 self.fail(f"process {op.child!r} already exists")
-            if len(fds) >= MAX_PROCESSES:
-                self.fail(f"at most {MAX_PROCESSES} processes")
+            if op.child in self.scope.exited:
+                self.fail(f"process {op.child!r} has exited above; a name is not reused")
+            if len(fds) + len(self.scope.exited) >= MAX_PROCESSES:
+                self.fail(f"at most {MAX_PROCESSES} processes (exited ones count)")
             fds[op.child] = set(fds[op.proc])  # the child inherits the fd table
+        elif isinstance(op, Exit):
+            del fds[op.proc]
+            self.scope.exited.add(op.proc)
         elif isinstance(op, OpenDevice):
             if op.fd in fds[op.proc]:
                 self.fail(f"fd {op.fd!r} is already open in {op.proc}")
             fds[op.proc].add(op.fd)
         elif hasattr(op, "fd") and op.fd not in fds[op.proc]:
             self.fail(f"fd {op.fd!r} is not open in {op.proc}")
+        elif isinstance(op, CloseDevice):
+            fds[op.proc].remove(op.fd)
 
 
 def _split_comment(line: str) -> tuple[str, str | None]:

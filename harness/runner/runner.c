@@ -29,6 +29,7 @@
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
+#include <sys/swap.h>
 #include <sys/types.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -46,6 +47,37 @@
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
+#define ZRAM_SWAP_BYTES (256ULL << 20)
+
+/* wire.h carries the kernel's MADV_* numbers; where the C library knows them too, they agree */
+#define SAME_AS_LIBC(name) _Static_assert(name == W##name, #name)
+#ifdef MADV_COLD
+SAME_AS_LIBC(MADV_COLD);
+#endif
+#ifdef MADV_PAGEOUT
+SAME_AS_LIBC(MADV_PAGEOUT);
+#endif
+#ifdef MADV_POPULATE_READ
+SAME_AS_LIBC(MADV_POPULATE_READ);
+SAME_AS_LIBC(MADV_POPULATE_WRITE);
+#endif
+#ifdef MADV_COLLAPSE
+SAME_AS_LIBC(MADV_COLLAPSE);
+#endif
+SAME_AS_LIBC(MADV_WILLNEED);
+SAME_AS_LIBC(MADV_DONTNEED);
+SAME_AS_LIBC(MADV_FREE);
+SAME_AS_LIBC(MADV_DONTFORK);
+SAME_AS_LIBC(MADV_DOFORK);
+SAME_AS_LIBC(MADV_MERGEABLE);
+SAME_AS_LIBC(MADV_UNMERGEABLE);
+SAME_AS_LIBC(MADV_HUGEPAGE);
+SAME_AS_LIBC(MADV_NOHUGEPAGE);
+SAME_AS_LIBC(MADV_WIPEONFORK);
+SAME_AS_LIBC(MADV_KEEPONFORK);
 
 struct control {
 	sem_t go[WIRE_MAX_PROCS];
@@ -55,12 +87,19 @@ struct control {
 	struct wire_result result;
 	struct wire_page pages[WIRE_MAX_OP_PAGES];
 	uint8_t snapshot[WIRE_MAX_OP_PAGES];
+	struct wire_pagemap pagemap[WIRE_MAX_OP_PAGES];
 };
 
 static int channel = -1;
 static struct control *ctl;
 static struct wire_op ops[WIRE_MAX_OPS];
 static int device_fds[WIRE_MAX_FDS]; /* per process; fork copies it like the fd table */
+static struct wire_region regions[WIRE_MAX_REGIONS];
+static uint32_t nregions;
+/* The objects behind `map ... memfd|file`, one per region and program: the coordinator
+ * creates them before the first program process, so every process inherits them. */
+static int memfds[WIRE_MAX_REGIONS];
+static int files[WIRE_MAX_REGIONS];
 
 /* ------------------------------------------------------------------ utilities */
 
@@ -128,11 +167,11 @@ static int read_all(void *buf, size_t len)
 	return 0;
 }
 
-static void send_message(uint32_t type, const void *a, size_t alen,
-			 const void *b, size_t blen, const void *c, size_t clen)
+static void send_message(uint32_t type, const void *a, size_t alen, const void *b,
+			 size_t blen, const void *c, size_t clen, const void *d, size_t dlen)
 {
 	struct wire_frame frame = {
-		.magic = WIRE_MAGIC, .type = type, .length = alen + blen + clen,
+		.magic = WIRE_MAGIC, .type = type, .length = alen + blen + clen + dlen,
 	};
 
 	write_all(&frame, sizeof(frame));
@@ -142,6 +181,8 @@ static void send_message(uint32_t type, const void *a, size_t alen,
 		write_all(b, blen);
 	if (clen)
 		write_all(c, clen);
+	if (dlen)
+		write_all(d, dlen);
 }
 
 static void write_file(const char *path, const char *text)
@@ -285,7 +326,31 @@ static void send_hello(void)
 		if (access(path, R_OK | W_OK) == 0)
 			hello.devices |= 1U << i;
 	}
-	send_message(MSG_HELLO, &hello, sizeof(hello), config, config_len, NULL, 0);
+	send_message(MSG_HELLO, &hello, sizeof(hello), config, config_len, NULL, 0, NULL, 0);
+}
+
+/* Swap on a zram disk, so that reclaim (MADV_PAGEOUT, memory pressure) can swap anonymous
+ * and shmem pages out. mkswap by hand: a version-1 header in the first page. */
+static void setup_swap(void)
+{
+	static uint8_t header[PAGE_SIZE];
+	uint32_t info[3] = { 1, ZRAM_SWAP_BYTES / PAGE_SIZE - 1, 0 }; /* version, last_page, bad */
+	int fd;
+
+	write_file("/sys/block/zram0/disksize", "256M");
+	fd = open("/dev/zram0", O_RDWR);
+	if (fd < 0) {
+		say("no zram swap: open /dev/zram0: %s", strerror(errno));
+		return;
+	}
+	memcpy(header + 1024, info, sizeof(info));
+	memcpy(header + PAGE_SIZE - 10, "SWAPSPACE2", 10);
+	if (pwrite(fd, header, PAGE_SIZE, 0) != PAGE_SIZE)
+		say("no zram swap: writing its header: %s", strerror(errno));
+	fsync(fd);
+	close(fd);
+	if (swapon("/dev/zram0", 0))
+		say("no zram swap: swapon: %s", strerror(errno));
 }
 
 static void boot(void)
@@ -302,6 +367,7 @@ static void boot(void)
 	/* No background compaction: it would move pages and invalidate device mirrors
 	 * between ops, which the model would (rightly) not expect. */
 	write_file("/proc/sys/vm/compaction_proactiveness", "0");
+	setup_swap();
 	crc_init();
 	ctl = mmap(NULL, sizeof(*ctl), PROT_READ | PROT_WRITE,
 		   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -389,7 +455,9 @@ static int device_ioctl(const struct wire_op *op, unsigned long request,
 			void *buffer, struct wire_result *res)
 {
 	struct hmm_dmirror_cmd cmd = {
-		.addr = op->addr, .ptr = (uintptr_t)buffer, .npages = op->npages,
+		.addr = op->addr, .ptr = (uintptr_t)buffer,
+		/* HMM_DMIRROR_FLAGS takes the flags in npages */
+		.npages = op->kind == WOP_FLAGS ? op->arg : op->npages,
 	};
 
 	if (ioctl(device_fds[op->target], request, &cmd)) {
@@ -404,7 +472,7 @@ static int device_ioctl(const struct wire_op *op, unsigned long request,
 
 static void device_op(const struct wire_op *op, struct wire_result *res)
 {
-	size_t len = op->npages * PAGE_SIZE;
+	size_t len = (op->npages ? op->npages : 1) * PAGE_SIZE;
 	uint8_t *buffer = mmap(NULL, len, PROT_READ | PROT_WRITE,
 			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
@@ -415,8 +483,11 @@ static void device_op(const struct wire_op *op, struct wire_result *res)
 	switch (op->kind) {
 	case WOP_DEV_READ:
 	case WOP_EXCLUSIVE:
+	case WOP_MIGRATE_TO_DEV:
+		/* all three return the bytes the device read, one page per page of the range */
 		if (device_ioctl(op, op->kind == WOP_DEV_READ ? HMM_DMIRROR_READ
-				 : HMM_DMIRROR_EXCLUSIVE, buffer, res) == 0) {
+				 : op->kind == WOP_EXCLUSIVE ? HMM_DMIRROR_EXCLUSIVE
+				 : HMM_DMIRROR_MIGRATE_TO_DEV, buffer, res) == 0) {
 			for (uint64_t i = 0; i < op->npages; i++)
 				digest_page(&ctl->pages[i], buffer + i * PAGE_SIZE);
 			res->npages = op->npages;
@@ -437,6 +508,15 @@ static void device_op(const struct wire_op *op, struct wire_result *res)
 	case WOP_CHECK_EXCLUSIVE:
 		device_ioctl(op, HMM_DMIRROR_CHECK_EXCLUSIVE, buffer, res);
 		break;
+	case WOP_MIGRATE_TO_SYS:
+		device_ioctl(op, HMM_DMIRROR_MIGRATE_TO_SYS, buffer, res);
+		break;
+	case WOP_RELEASE:
+		device_ioctl(op, HMM_DMIRROR_RELEASE, buffer, res);
+		break;
+	case WOP_FLAGS:
+		device_ioctl(op, HMM_DMIRROR_FLAGS, buffer, res);
+		break;
 	}
 	munmap(buffer, len);
 }
@@ -453,24 +533,125 @@ static int prot_of(uint32_t wire_prot)
 	}
 }
 
+static void map_range(const struct wire_op *op, struct wire_result *res)
+{
+	size_t len = op->npages * PAGE_SIZE;
+	int flags = MAP_FIXED_NOREPLACE, fd = -1;
+	off_t offset = 0;
+	void *p;
+
+	switch (op->arg) {
+	case WMAP_SHARED:
+		flags |= MAP_SHARED | MAP_ANONYMOUS;
+		break;
+	case WMAP_MEMFD:
+	case WMAP_FILE:
+		/* page i of the region is page i of its object */
+		flags |= op->arg == WMAP_MEMFD ? MAP_SHARED : MAP_PRIVATE;
+		fd = op->arg == WMAP_MEMFD ? memfds[op->target] : files[op->target];
+		offset = op->addr - regions[op->target].addr;
+		break;
+	default:
+		flags |= MAP_PRIVATE | MAP_ANONYMOUS;
+		break;
+	}
+	p = mmap((void *)op->addr, len, PROT_READ | PROT_WRITE, flags, fd, offset);
+	if (p == MAP_FAILED) {
+		res->err = errno;
+	} else if ((uint64_t)p != op->addr) {
+		/* a kernel without MAP_FIXED_NOREPLACE treats it as a hint */
+		munmap(p, len);
+		res->err = EEXIST;
+	}
+}
+
+static void remap_range(const struct wire_op *op, struct wire_result *res)
+{
+	size_t len = op->npages * PAGE_SIZE, new_len = op->npages2 * PAGE_SIZE;
+	void *p;
+
+	if (op->arg & WMREMAP_MOVE)
+		p = mremap((void *)op->addr, len, new_len, MREMAP_MAYMOVE | MREMAP_FIXED |
+			   (op->arg & WMREMAP_DONTUNMAP ? MREMAP_DONTUNMAP : 0), (void *)op->addr2);
+	else
+		p = mremap((void *)op->addr, len, new_len, 0);
+	if (p == MAP_FAILED)
+		res->err = errno;
+}
+
+/* /proc/self/pagemap of the range; /proc/kpagecount and /proc/kpageflags of present PFNs */
+static void read_pagemap(const struct wire_op *op, struct wire_result *res)
+{
+	static uint64_t entries[WIRE_MAX_OP_PAGES];
+	size_t want = op->npages * sizeof(uint64_t);
+	int pagemap = open("/proc/self/pagemap", O_RDONLY);
+	int kpagecount = open("/proc/kpagecount", O_RDONLY);
+	int kpageflags = open("/proc/kpageflags", O_RDONLY);
+	ssize_t n;
+
+	if (pagemap < 0) {
+		res->err = errno;
+		goto out;
+	}
+	n = pread(pagemap, entries, want, op->addr / PAGE_SIZE * sizeof(uint64_t));
+	if (n < 0 || (size_t)n != want) {
+		res->err = n < 0 ? errno : EIO;
+		goto out;
+	}
+	for (uint64_t i = 0; i < op->npages; i++) {
+		struct wire_pagemap *record = &ctl->pagemap[i];
+		uint64_t pfn = entries[i] & ((1ULL << 55) - 1);
+
+		memset(record, 0, sizeof(*record));
+		record->entry = entries[i];
+		if (!(entries[i] >> 63) || !pfn || kpagecount < 0 || kpageflags < 0)
+			continue;
+		if (pread(kpagecount, &record->count, 8, pfn * 8) == 8 &&
+		    pread(kpageflags, &record->flags, 8, pfn * 8) == 8)
+			record->has_page = 1;
+	}
+	res->npagemap = op->npages;
+out:
+	if (pagemap >= 0)
+		close(pagemap);
+	if (kpagecount >= 0)
+		close(kpagecount);
+	if (kpageflags >= 0)
+		close(kpageflags);
+}
+
 static void run_op(const struct wire_op *op, struct wire_result *res)
 {
 	size_t len = op->npages * PAGE_SIZE;
-	void *p;
 	char path[64];
 	int fd;
 
 	switch (op->kind) {
 	case WOP_MAP:
-		p = mmap((void *)op->addr, len, PROT_READ | PROT_WRITE,
-			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-		if (p == MAP_FAILED) {
+		map_range(op, res);
+		break;
+	case WOP_MREMAP:
+		remap_range(op, res);
+		break;
+	case WOP_MADVISE:
+		if (madvise((void *)op->addr, len, op->arg))
 			res->err = errno;
-		} else if ((uint64_t)p != op->addr) {
-			/* a kernel without MAP_FIXED_NOREPLACE treats it as a hint */
-			munmap(p, len);
-			res->err = EEXIST;
-		}
+		break;
+	case WOP_MLOCK:
+		if (mlock((void *)op->addr, len))
+			res->err = errno;
+		break;
+	case WOP_MUNLOCK:
+		if (munlock((void *)op->addr, len))
+			res->err = errno;
+		break;
+	case WOP_PAGEMAP:
+		read_pagemap(op, res);
+		break;
+	case WOP_CLOSE:
+		if (close(device_fds[op->target]))
+			res->err = errno;
+		device_fds[op->target] = -1;
 		break;
 	case WOP_MUNMAP:
 		if (munmap((void *)op->addr, len))
@@ -514,6 +695,8 @@ static void serve_process(int me)
 		if (index < 0)
 			_exit(0);
 		op = &ops[index];
+		if (op->kind == WOP_EXIT)
+			_exit(0); /* the coordinator reports the op once the process is gone */
 		memset(&ctl->result, 0, sizeof(ctl->result));
 		ctl->result.op_index = index;
 		if (op->kind == WOP_FORK) {
@@ -598,6 +781,22 @@ static int wait_for_op(pid_t pid, uint32_t timeout_ms, int *sig)
 	}
 }
 
+/* Wait until the process that runs an exit op is gone (a zombie: its mm and files are
+ * released); returns DONE_COMPLETED or DONE_HUNG. */
+static int wait_for_exit(pid_t pid, uint32_t timeout_ms)
+{
+	struct timespec start;
+	int sig;
+
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	while (!process_gone(pid, &sig)) {
+		if (elapsed_ms(&start) > timeout_ms)
+			return DONE_HUNG;
+		usleep(500);
+	}
+	return DONE_COMPLETED;
+}
+
 /* Kill every process of the program and reap them all; 0 if that worked. */
 static int end_processes(void)
 {
@@ -627,7 +826,7 @@ static void send_done(uint32_t status, uint32_t ops_run, int32_t failed_op, int3
 		.status = status, .ops_run = ops_run, .failed_op = failed_op, .detail = detail,
 	};
 
-	send_message(MSG_DONE, &done, sizeof(done), NULL, 0, NULL, 0);
+	send_message(MSG_DONE, &done, sizeof(done), NULL, 0, NULL, 0, NULL, 0);
 }
 
 static void send_result(void)
@@ -635,14 +834,85 @@ static void send_result(void)
 	const struct wire_result *res = &ctl->result;
 
 	send_message(MSG_RESULT, res, sizeof(*res), ctl->pages,
-		     res->npages * sizeof(struct wire_page), ctl->snapshot, res->nsnapshot);
+		     res->npages * sizeof(struct wire_page), ctl->snapshot, res->nsnapshot,
+		     ctl->pagemap, res->npagemap * sizeof(struct wire_pagemap));
 }
 
 static int valid_op(const struct wire_op *op)
 {
-	return op->proc < WIRE_MAX_PROCS && op->npages <= WIRE_MAX_OP_PAGES &&
-	       (op->kind != WOP_FORK || op->target < WIRE_MAX_PROCS) &&
-	       (op->kind < WOP_OPEN || op->target < WIRE_MAX_FDS);
+	if (op->proc >= WIRE_MAX_PROCS || op->npages > WIRE_MAX_OP_PAGES ||
+	    op->npages2 > WIRE_MAX_OP_PAGES)
+		return 0;
+	switch (op->kind) {
+	case WOP_FORK:
+		return op->target < WIRE_MAX_PROCS;
+	case WOP_MAP:
+		return op->target < nregions && op->arg <= WMAP_FILE;
+	case WOP_OPEN:
+	case WOP_CLOSE:
+	case WOP_DEV_READ:
+	case WOP_DEV_WRITE:
+	case WOP_SNAPSHOT:
+	case WOP_EXCLUSIVE:
+	case WOP_CHECK_EXCLUSIVE:
+	case WOP_MIGRATE_TO_DEV:
+	case WOP_MIGRATE_TO_SYS:
+	case WOP_RELEASE:
+	case WOP_FLAGS:
+		return op->target < WIRE_MAX_FDS;
+	case WOP_MUNMAP:
+	case WOP_MPROTECT:
+	case WOP_WRITE:
+	case WOP_READ:
+	case WOP_EXIT:
+	case WOP_MADVISE:
+	case WOP_MREMAP:
+	case WOP_MLOCK:
+	case WOP_MUNLOCK:
+	case WOP_PAGEMAP:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+static void create_backing(void)
+{
+	for (uint32_t r = 0; r < WIRE_MAX_REGIONS; r++) {
+		off_t size = (off_t)regions[r].pages * PAGE_SIZE;
+		char path[64];
+
+		memfds[r] = files[r] = -1;
+		if (r >= nregions)
+			continue;
+		if (regions[r].backing & WBACK_MEMFD) {
+			memfds[r] = memfd_create("hmmfuzz", 0);
+			if (memfds[r] < 0 || ftruncate(memfds[r], size))
+				say("memfd for region %u: %s", r, strerror(errno));
+		}
+		if (regions[r].backing & WBACK_FILE) {
+			snprintf(path, sizeof(path), "/tmp/hmmfuzz-region%u", r);
+			files[r] = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+			if (files[r] < 0 || ftruncate(files[r], size))
+				say("%s: %s", path, strerror(errno));
+		}
+	}
+}
+
+static void destroy_backing(void)
+{
+	for (uint32_t r = 0; r < WIRE_MAX_REGIONS; r++) {
+		char path[64];
+
+		if (memfds[r] >= 0)
+			close(memfds[r]);
+		if (files[r] >= 0) {
+			close(files[r]);
+			snprintf(path, sizeof(path), "/tmp/hmmfuzz-region%u", r);
+			unlink(path);
+		}
+		memfds[r] = files[r] = -1;
+	}
 }
 
 static void run_program(const struct wire_program *program)
@@ -667,6 +937,7 @@ static void run_program(const struct wire_program *program)
 	sem_init(&ctl->done, 1, 0);
 	for (int f = 0; f < WIRE_MAX_FDS; f++)
 		device_fds[f] = -1;
+	create_backing();
 
 	first = fork();
 	if (first == 0) {
@@ -689,6 +960,16 @@ static void run_program(const struct wire_program *program)
 
 		ctl->op_index[op->proc] = i;
 		sem_post(&ctl->go[op->proc]);
+		if (op->kind == WOP_EXIT) {
+			status = wait_for_exit(ctl->pid[op->proc], program->op_timeout_ms);
+			if (status != DONE_COMPLETED)
+				break;
+			ctl->pid[op->proc] = 0; /* reaped or a zombie: nothing left to kill */
+			memset(&ctl->result, 0, sizeof(ctl->result));
+			ctl->result.op_index = i;
+			send_result();
+			continue;
+		}
 		status = wait_for_op(ctl->pid[op->proc], program->op_timeout_ms, &sig);
 		if (status != DONE_COMPLETED)
 			break;
@@ -698,6 +979,7 @@ static void run_program(const struct wire_program *program)
 		write_file("/proc/sysrq-trigger", "w"); /* blocked tasks' stacks to the console */
 	if (end_processes() && status == DONE_COMPLETED)
 		status = DONE_UNKILLABLE;
+	destroy_backing();
 	snprintf(marker, sizeof(marker), "hmmfuzz: program %llu end\n",
 		 (unsigned long long)program->serial);
 	write_file("/dev/kmsg", marker);
@@ -748,9 +1030,14 @@ static void serve(void)
 			fatal("unexpected message %u", frame.type);
 		if (read_all(&program, sizeof(program)))
 			fatal("read program");
-		if (program.nops > WIRE_MAX_OPS ||
-		    frame.length != sizeof(program) + program.nops * sizeof(struct wire_op))
+		if (program.nops > WIRE_MAX_OPS || program.nregions > WIRE_MAX_REGIONS ||
+		    frame.length != sizeof(program) + program.nregions * sizeof(struct wire_region) +
+		    program.nops * sizeof(struct wire_op))
 			fatal("bad program length");
+		memset(regions, 0, sizeof(regions));
+		nregions = program.nregions;
+		if (read_all(regions, nregions * sizeof(struct wire_region)))
+			fatal("read regions");
 		if (read_all(ops, program.nops * sizeof(struct wire_op)))
 			fatal("read ops");
 		run_program(&program);

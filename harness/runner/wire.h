@@ -12,17 +12,19 @@
 #include <stdint.h>
 
 #define WIRE_MAGIC 0x484d4d46
-#define WIRE_VERSION 1
+#define WIRE_VERSION 2
 #define WIRE_MAX_OPS 512
 #define WIRE_MAX_OP_PAGES 8192
 #define WIRE_MAX_PROCS 4
 #define WIRE_MAX_FDS 16
+#define WIRE_MAX_REGIONS 16
 #define WIRE_PORT_NAME_LEN 32
 
 enum wire_msg {
 	MSG_HELLO = 1,    /* guest -> host: wire_hello, then the bytes of /proc/config.gz */
-	MSG_PROGRAM = 2,  /* host -> guest: wire_program, then nops x wire_op */
-	MSG_RESULT = 3,   /* guest -> host: wire_result, then npages x wire_page, then nsnapshot bytes */
+	MSG_PROGRAM = 2,  /* host -> guest: wire_program, nregions x wire_region, nops x wire_op */
+	MSG_RESULT = 3,   /* guest -> host: wire_result, npages x wire_page, nsnapshot bytes,
+			     npagemap x wire_pagemap */
 	MSG_DONE = 4,     /* guest -> host: wire_done */
 	MSG_POWEROFF = 5, /* host -> guest: no payload */
 	MSG_PROVOKE = 6   /* host -> guest: an LKDTM crash type (text); answered by MSG_DONE */
@@ -54,7 +56,65 @@ enum wire_op_kind {
 	WOP_DEV_WRITE = 9,
 	WOP_SNAPSHOT = 10,
 	WOP_EXCLUSIVE = 11,
-	WOP_CHECK_EXCLUSIVE = 12
+	WOP_CHECK_EXCLUSIVE = 12,
+	WOP_MIGRATE_TO_DEV = 13,
+	WOP_MIGRATE_TO_SYS = 14,
+	WOP_RELEASE = 15,   /* addr/npages: any valid range (the ioctl checks it, RELEASE ignores it) */
+	WOP_FLAGS = 16,     /* arg: the flags, passed as hmm_dmirror_cmd.npages */
+	WOP_EXIT = 17,
+	WOP_CLOSE = 18,
+	WOP_MADVISE = 19,   /* arg: enum wire_madv */
+	WOP_MREMAP = 20,    /* arg: enum wire_mremap bits; addr2: destination; npages2: new size */
+	WOP_MLOCK = 21,
+	WOP_MUNLOCK = 22,
+	WOP_PAGEMAP = 23
+};
+
+/* What backs a mapping (WOP_MAP's arg) */
+enum wire_map_kind {
+	WMAP_ANON = 0,    /* MAP_PRIVATE | MAP_ANONYMOUS */
+	WMAP_SHARED = 1,  /* MAP_SHARED | MAP_ANONYMOUS */
+	WMAP_MEMFD = 2,   /* MAP_SHARED of the region's memfd */
+	WMAP_FILE = 3     /* MAP_PRIVATE of the region's tmpfs file */
+};
+
+/* madvise advice: the kernel's MADV_* numbers (include/uapi/asm-generic/mman-common.h),
+ * passed to madvise() as they are */
+enum wire_madv {
+	WMADV_WILLNEED = 3,
+	WMADV_DONTNEED = 4,
+	WMADV_FREE = 8,
+	WMADV_DONTFORK = 10,
+	WMADV_DOFORK = 11,
+	WMADV_MERGEABLE = 12,
+	WMADV_UNMERGEABLE = 13,
+	WMADV_HUGEPAGE = 14,
+	WMADV_NOHUGEPAGE = 15,
+	WMADV_WIPEONFORK = 18,
+	WMADV_KEEPONFORK = 19,
+	WMADV_COLD = 20,
+	WMADV_PAGEOUT = 21,
+	WMADV_POPULATE_READ = 22,
+	WMADV_POPULATE_WRITE = 23,
+	WMADV_COLLAPSE = 25
+};
+
+/* WOP_MREMAP's arg */
+enum wire_mremap {
+	WMREMAP_MOVE = 1,      /* MREMAP_MAYMOVE | MREMAP_FIXED to addr2 */
+	WMREMAP_DONTUNMAP = 2  /* | MREMAP_DONTUNMAP */
+};
+
+/* Objects backing WMAP_MEMFD / WMAP_FILE mappings of a region, created per program */
+enum wire_backing {
+	WBACK_MEMFD = 1,
+	WBACK_FILE = 2
+};
+
+struct wire_region {
+	uint64_t addr;
+	uint32_t pages;
+	uint32_t backing;  /* enum wire_backing bits: the objects the program maps */
 };
 
 /* mprotect protections, as the runner passes them to the kernel */
@@ -67,16 +127,23 @@ enum wire_prot {
 struct wire_op {
 	uint32_t kind;      /* enum wire_op_kind */
 	uint32_t proc;      /* index of the process that runs it */
-	uint32_t target;    /* fork: index of the child; open and device ops: fd slot */
-	uint32_t arg;       /* mprotect: wire_prot; write/dev_write: seed; open: device number */
+	uint32_t target;    /* fork: index of the child; open, close and device ops: fd slot;
+			     * map: region index */
+	uint32_t arg;       /* mprotect: wire_prot; write/dev_write: seed; open: device number;
+			     * map: wire_map_kind; madvise: wire_madv; mremap: wire_mremap;
+			     * flags: the flags */
 	uint64_t addr;      /* first byte of the page range */
 	uint64_t npages;
+	uint64_t addr2;     /* mremap: destination address (with WMREMAP_MOVE) */
+	uint64_t npages2;   /* mremap: new size in pages */
 };
 
 struct wire_program {
 	uint32_t nops;
 	uint32_t op_timeout_ms;  /* one op taking longer is a hang */
 	uint64_t serial;         /* echoed in the console marker, to slice the log per program */
+	uint32_t nregions;       /* wire_region records before the ops */
+	uint32_t reserved;
 };
 
 /* Per-page outcome of a CPU access or device transfer */
@@ -96,6 +163,15 @@ struct wire_result {
 	uint64_t cpages;
 	uint64_t faults;
 	uint32_t nsnapshot;   /* snapshot bytes that follow the pages */
+	uint32_t npagemap;    /* wire_pagemap records that follow the snapshot bytes */
+};
+
+/* One page of a WOP_PAGEMAP */
+struct wire_pagemap {
+	uint64_t entry;       /* /proc/self/pagemap */
+	uint64_t count;       /* /proc/kpagecount of the PFN (has_page) */
+	uint64_t flags;       /* /proc/kpageflags of the PFN (has_page) */
+	uint32_t has_page;    /* present with a PFN: count/flags were read */
 	uint32_t reserved;
 };
 

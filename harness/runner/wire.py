@@ -6,9 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.prog import (
-    CheckExclusive, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Fork, Map, Mprotect,
-    Munmap, OpenDevice, OpResult, Page, Program, Prot, Snapshot,
+from harness.prog import OpResult, Page, Program
+from harness.prog.observation import PagemapEntry
+from harness.prog.ops import (
+    REGION_BASE, Advice, CheckExclusive, CloseDevice, CpuRead, CpuWrite, DevRead, DevWrite,
+    Exclusive, Exit, Flags, Fork, Madvise, Map, MapKind, MigrateToDev, MigrateToSys, Mlock,
+    Mprotect, Mremap, Munlock, Munmap, OpenDevice, Pagemap, Prot, Release, Snapshot,
 )
 from harness.prog.cheaders import load_headers
 
@@ -22,9 +25,16 @@ OP_KIND = {
     Map: C.WOP_MAP, Munmap: C.WOP_MUNMAP, Mprotect: C.WOP_MPROTECT, CpuWrite: C.WOP_WRITE,
     CpuRead: C.WOP_READ, Fork: C.WOP_FORK, OpenDevice: C.WOP_OPEN, DevRead: C.WOP_DEV_READ,
     DevWrite: C.WOP_DEV_WRITE, Snapshot: C.WOP_SNAPSHOT, Exclusive: C.WOP_EXCLUSIVE,
-    CheckExclusive: C.WOP_CHECK_EXCLUSIVE,
+    CheckExclusive: C.WOP_CHECK_EXCLUSIVE, MigrateToDev: C.WOP_MIGRATE_TO_DEV,
+    MigrateToSys: C.WOP_MIGRATE_TO_SYS, Release: C.WOP_RELEASE, Flags: C.WOP_FLAGS,
+    Exit: C.WOP_EXIT, CloseDevice: C.WOP_CLOSE, Madvise: C.WOP_MADVISE, Mremap: C.WOP_MREMAP,
+    Mlock: C.WOP_MLOCK, Munlock: C.WOP_MUNLOCK, Pagemap: C.WOP_PAGEMAP,
 }
 PROT = {Prot.NONE: C.WPROT_NONE, Prot.R: C.WPROT_R, Prot.RW: C.WPROT_RW}
+MAP_KIND = {MapKind.ANON: C.WMAP_ANON, MapKind.SHARED: C.WMAP_SHARED,
+            MapKind.MEMFD: C.WMAP_MEMFD, MapKind.FILE: C.WMAP_FILE}
+BACKING = {MapKind.MEMFD: C.WBACK_MEMFD, MapKind.FILE: C.WBACK_FILE}
+MADVISE = {advice: getattr(C, f"WMADV_{advice.name}") for advice in Advice}
 
 
 class ProtocolError(Exception):
@@ -78,6 +88,21 @@ def encode_ops(program: Program) -> list[dict]:
             fields["arg"] = PROT[op.prot]
         if isinstance(op, (CpuWrite, DevWrite)):
             fields["arg"] = op.seed
+        if isinstance(op, Map):
+            fields["target"] = program.regions[op.range.region].slot
+            fields["arg"] = MAP_KIND[op.kind]
+        if isinstance(op, Madvise):
+            fields["arg"] = MADVISE[op.advice]
+        if isinstance(op, Mremap):
+            fields["npages2"] = op.new_npages
+            if op.to is not None:
+                fields["arg"] = C.WMREMAP_MOVE | (C.WMREMAP_DONTUNMAP if op.dontunmap else 0)
+                fields["addr2"] = program.address(op.to)
+        if isinstance(op, Release):
+            # The ioctl checks the command's range before RELEASE ignores it
+            fields["addr"], fields["npages"] = REGION_BASE, 1
+        if isinstance(op, Flags):
+            fields["addr"], fields["arg"] = REGION_BASE, op.flags
         encoded.append(fields)
     if len(encoded) > C.WIRE_MAX_OPS:
         raise ProtocolError(f"{len(encoded)} ops: the runner takes at most {C.WIRE_MAX_OPS}")
@@ -86,12 +111,35 @@ def encode_ops(program: Program) -> list[dict]:
     return encoded
 
 
+def encode_regions(program: Program) -> list[dict]:
+    """One record per region slot (slots a program does not use stay empty), with the
+    backing objects its `map ... memfd|file` ops need."""
+    regions = program.regions
+    if not regions:
+        return []
+    table = [{"addr": 0, "pages": 0, "backing": 0}
+             for _ in range(max(r.slot for r in regions.values()) + 1)]
+    if len(table) > C.WIRE_MAX_REGIONS:
+        raise ProtocolError(f"region slot {len(table) - 1}: the runner takes at most "
+                            f"{C.WIRE_MAX_REGIONS} slots")
+    for region in regions.values():
+        table[region.slot].update(addr=region.address, pages=region.pages)
+    for op in program.ops:
+        if isinstance(op, Map) and op.kind in BACKING:
+            table[regions[op.range.region].slot]["backing"] |= BACKING[op.kind]
+    return table
+
+
 def encode_program(program: Program, serial: int, op_timeout_ms: int) -> bytes:
     ops = encode_ops(program)
+    regions = encode_regions(program)
     header = ffi.new("struct wire_program *", {"nops": len(ops), "op_timeout_ms": op_timeout_ms,
-                                               "serial": serial})
-    body = ffi.new("struct wire_op[]", ops) if ops else None
-    payload = bytes(ffi.buffer(header)) + (bytes(ffi.buffer(body)) if ops else b"")
+                                               "serial": serial, "nregions": len(regions)})
+    payload = bytes(ffi.buffer(header))
+    if regions:
+        payload += bytes(ffi.buffer(ffi.new("struct wire_region[]", regions)))
+    if ops:
+        payload += bytes(ffi.buffer(ffi.new("struct wire_op[]", ops)))
     return frame(C.MSG_PROGRAM, payload)
 
 
@@ -128,7 +176,14 @@ def decode_result(payload: bytes) -> tuple[int, OpResult]:
         else Page(signal=p.signal)
         for p in raw_pages
     )
-    snapshot = payload[end_pages:end_pages + res.nsnapshot] if res.nsnapshot else None
+    end_snapshot = end_pages + res.nsnapshot
+    snapshot = payload[end_pages:end_snapshot] if res.nsnapshot else None
+    pagemap = None
+    if res.npagemap:
+        end_pagemap = end_snapshot + res.npagemap * ffi.sizeof("struct wire_pagemap")
+        records = ffi.from_buffer("struct wire_pagemap[]", payload[end_snapshot:end_pagemap])
+        pagemap = tuple(PagemapEntry(r.entry, r.count, r.flags) if r.has_page
+                        else PagemapEntry(r.entry) for r in records)
     has_cmd = bool(res.has_cmd)
     return res.op_index, OpResult(
         errno=res.err,
@@ -136,6 +191,7 @@ def decode_result(payload: bytes) -> tuple[int, OpResult]:
         faults=res.faults if has_cmd else None,
         pages=pages,
         snapshot=snapshot,
+        pagemap=pagemap,
     )
 
 
