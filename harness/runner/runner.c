@@ -820,12 +820,21 @@ static int end_processes(void)
 	}
 }
 
+/* Benchmark runs execute the program exactly as usual but report nothing per op: the
+ * "raw C loop" that the harness's overhead is measured against. */
+static int silent;
+static uint32_t silent_status;
+
 static void send_done(uint32_t status, uint32_t ops_run, int32_t failed_op, int32_t detail)
 {
 	struct wire_done done = {
 		.status = status, .ops_run = ops_run, .failed_op = failed_op, .detail = detail,
 	};
 
+	if (silent) {
+		silent_status = status;
+		return;
+	}
 	send_message(MSG_DONE, &done, sizeof(done), NULL, 0, NULL, 0, NULL, 0);
 }
 
@@ -833,6 +842,8 @@ static void send_result(void)
 {
 	const struct wire_result *res = &ctl->result;
 
+	if (silent)
+		return;
 	send_message(MSG_RESULT, res, sizeof(*res), ctl->pages,
 		     res->npages * sizeof(struct wire_page), ctl->snapshot, res->nsnapshot,
 		     ctl->pagemap, res->npagemap * sizeof(struct wire_pagemap));
@@ -924,7 +935,8 @@ static void run_program(const struct wire_program *program)
 
 	snprintf(marker, sizeof(marker), "hmmfuzz: program %llu start\n",
 		 (unsigned long long)program->serial);
-	write_file("/dev/kmsg", marker);
+	if (!silent)
+		write_file("/dev/kmsg", marker);
 	for (i = 0; i < program->nops; i++) {
 		if (!valid_op(&ops[i])) {
 			send_done(DONE_BAD_PROGRAM, 0, i, 0);
@@ -982,7 +994,8 @@ static void run_program(const struct wire_program *program)
 	destroy_backing();
 	snprintf(marker, sizeof(marker), "hmmfuzz: program %llu end\n",
 		 (unsigned long long)program->serial);
-	write_file("/dev/kmsg", marker);
+	if (!silent)
+		write_file("/dev/kmsg", marker);
 	send_done(status, i, status == DONE_COMPLETED ? -1 : (int32_t)i, sig);
 }
 
@@ -1006,6 +1019,24 @@ static void provoke(uint32_t length)
 	while (pid > 0 && waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
 	send_done(DONE_COMPLETED, 0, -1, 0);
+}
+
+static void bench_program(const struct wire_program *program)
+{
+	struct wire_bench_done result = { .runs = program->repeat };
+	struct timespec start, end;
+
+	silent = 1;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (uint32_t run = 0; run < program->repeat; run++) {
+		run_program(program);
+		result.failed += silent_status != DONE_COMPLETED;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &end);
+	silent = 0;
+	result.nanoseconds = (uint64_t)(end.tv_sec - start.tv_sec) * 1000000000ULL +
+			     (uint64_t)(end.tv_nsec - start.tv_nsec);
+	send_message(MSG_BENCH_DONE, &result, sizeof(result), NULL, 0, NULL, 0, NULL, 0);
 }
 
 static void serve(void)
@@ -1040,7 +1071,10 @@ static void serve(void)
 			fatal("read regions");
 		if (read_all(ops, program.nops * sizeof(struct wire_op)))
 			fatal("read ops");
-		run_program(&program);
+		if (program.repeat > 1)
+			bench_program(&program);
+		else
+			run_program(&program);
 	}
 }
 

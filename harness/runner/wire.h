@@ -27,7 +27,8 @@ enum wire_msg {
 			     npagemap x wire_pagemap */
 	MSG_DONE = 4,     /* guest -> host: wire_done */
 	MSG_POWEROFF = 5, /* host -> guest: no payload */
-	MSG_PROVOKE = 6   /* host -> guest: an LKDTM crash type (text); answered by MSG_DONE */
+	MSG_PROVOKE = 6,  /* host -> guest: an LKDTM crash type (text); answered by MSG_DONE */
+	MSG_BENCH_DONE = 7 /* guest -> host: wire_bench_done, after a MSG_PROGRAM with repeat > 1 */
 };
 
 struct wire_frame {
@@ -143,7 +144,14 @@ struct wire_program {
 	uint32_t op_timeout_ms;  /* one op taking longer is a hang */
 	uint64_t serial;         /* echoed in the console marker, to slice the log per program */
 	uint32_t nregions;       /* wire_region records before the ops */
-	uint32_t reserved;
+	uint32_t repeat;         /* > 1: benchmark: run it this many times in the guest, report
+				    no per-op results, answer one MSG_BENCH_DONE */
+};
+
+struct wire_bench_done {
+	uint64_t nanoseconds;    /* guest time for all the runs */
+	uint32_t runs;
+	uint32_t failed;         /* runs that did not complete */
 };
 
 /* Per-page outcome of a CPU access or device transfer */

@@ -130,17 +130,24 @@ def encode_regions(program: Program) -> list[dict]:
     return table
 
 
-def encode_program(program: Program, serial: int, op_timeout_ms: int) -> bytes:
+def encode_program(program: Program, serial: int, op_timeout_ms: int, repeat: int = 1) -> bytes:
     ops = encode_ops(program)
     regions = encode_regions(program)
     header = ffi.new("struct wire_program *", {"nops": len(ops), "op_timeout_ms": op_timeout_ms,
-                                               "serial": serial, "nregions": len(regions)})
+                                               "serial": serial, "nregions": len(regions),
+                                               "repeat": repeat})
     payload = bytes(ffi.buffer(header))
     if regions:
         payload += bytes(ffi.buffer(ffi.new("struct wire_region[]", regions)))
     if ops:
         payload += bytes(ffi.buffer(ffi.new("struct wire_op[]", ops)))
     return frame(C.MSG_PROGRAM, payload)
+
+
+def decode_bench_done(payload: bytes) -> tuple[float, int, int]:
+    """(guest seconds, runs, failed runs) of a benchmark request."""
+    done = ffi.from_buffer("struct wire_bench_done *", payload)
+    return done.nanoseconds / 1e9, done.runs, done.failed
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,20 @@ class KernelSession:
         request = wire.encode_program(program, self.serial + 1, self.op_timeout_ms)
         return self._exchange(request, budget)
 
+    def bench(self, program: Program, repeat: int) -> tuple[float, int]:
+        """Run the program `repeat` times inside the guest with nothing reported per op:
+        the raw C loop the harness's overhead is measured against. Returns (guest seconds,
+        failed runs)."""
+        self._ensure_running()
+        request = wire.encode_program(program, self.serial + 1, self.op_timeout_ms, repeat)
+        self.machine.send(request)
+        budget = repeat * (len(program.ops) * self.op_timeout_ms / 1000 + 30)
+        msg_type, payload = self.machine.receive(budget)
+        if msg_type != wire.C.MSG_BENCH_DONE:
+            raise wire.ProtocolError(f"expected MSG_BENCH_DONE, got message type {msg_type}")
+        seconds, _, failed = wire.decode_bench_done(payload)
+        return seconds, failed
+
     def provoke(self, crash_type: str, timeout: float = 60) -> Trace:
         """Make the guest kernel misbehave through LKDTM (e.g. "WARNING", "BUG",
         "SOFTLOCKUP"), to test the console oracle on real reports."""
