@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harness.prog.device import UAPI_HEADER
 
-from .wire import WIRE_HEADER
+from .wire import WIRE_FINGERPRINT, WIRE_HEADER
 
 RUNNER_SOURCE = Path(__file__).with_name("runner.c")
 SOURCES = (RUNNER_SOURCE, WIRE_HEADER, UAPI_HEADER)
@@ -35,6 +35,7 @@ def _require(tool: str, package: str):
 def compile_runner(output: Path):
     _require("gcc", "gcc")
     command = ["gcc", "-static", "-O2", "-Wall", "-Werror", "-o", str(output),
+               f"-DWIRE_FINGERPRINT={WIRE_FINGERPRINT:#x}U",
                f"-I{WIRE_HEADER.parent}", f"-I{UAPI_HEADER.parent}", str(RUNNER_SOURCE)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:

@@ -39,6 +39,10 @@
 #include "test_hmm_uapi.h"
 #include "wire.h"
 
+#ifndef WIRE_FINGERPRINT
+#error "build with -DWIRE_FINGERPRINT=<fingerprint of wire.h> (harness/runner/build.py does)"
+#endif
+
 #define PAGE_SIZE 4096UL
 #define WORDS_PER_PAGE (PAGE_SIZE / 8)
 #define VPN_MASK ((1ULL << 39) - 1)
@@ -312,7 +316,7 @@ static size_t read_config(uint8_t *buf, size_t cap)
 static void send_hello(void)
 {
 	static uint8_t config[CONFIG_MAX];
-	struct wire_hello hello = { .version = WIRE_VERSION };
+	struct wire_hello hello = { .version = WIRE_VERSION, .fingerprint = WIRE_FINGERPRINT };
 	struct utsname uts;
 	size_t config_len = read_config(config, sizeof(config));
 

@@ -41,6 +41,8 @@ struct wire_frame {
 struct wire_hello {
 	uint32_t version;
 	uint32_t devices;      /* bit i set: /dev/hmm_dmirror<i> exists */
+	uint32_t fingerprint;  /* of the wire.h the runner was built from (WIRE_FINGERPRINT) */
+	uint32_t reserved;
 	char release[128];     /* uname -r */
 	char machine[32];      /* uname -m */
 };

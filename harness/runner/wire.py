@@ -3,6 +3,7 @@ bytes back to observations."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from harness.prog.ops import (
 from harness.prog.cheaders import load_headers
 
 WIRE_HEADER = Path(__file__).with_name("wire.h")
+# Compiled into the runner and echoed in its hello: a runner built from another wire.h
+# (a stale initramfs, a tree changing under a campaign) is refused instead of misread.
+WIRE_FINGERPRINT = int.from_bytes(hashlib.sha256(WIRE_HEADER.read_bytes()).digest()[:4], "little")
 ffi = load_headers(WIRE_HEADER)
 C = ffi.dlopen(None)
 
@@ -161,8 +165,10 @@ class Hello:
 def decode_hello(payload: bytes) -> Hello:
     size = ffi.sizeof("struct wire_hello")
     hello = ffi.from_buffer("struct wire_hello *", payload[:size])
-    if hello.version != C.WIRE_VERSION:
-        raise ProtocolError(f"runner speaks wire version {hello.version}, host {C.WIRE_VERSION}")
+    if hello.version != C.WIRE_VERSION or hello.fingerprint != WIRE_FINGERPRINT:
+        raise ProtocolError(f"the runner was built from another wire.h (version {hello.version}, "
+                            f"fingerprint {hello.fingerprint:#x}; host: version {C.WIRE_VERSION}, "
+                            f"fingerprint {WIRE_FINGERPRINT:#x})")
     return Hello(
         release=ffi.string(hello.release).decode(),
         machine=ffi.string(hello.machine).decode(),

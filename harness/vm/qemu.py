@@ -128,7 +128,11 @@ class Machine:
             self.stop()
             raise MachineError(f"the runner's first message was type {msg_type}, not HELLO")
         self.boot_seconds = time.monotonic() - started
-        return wire.decode_hello(payload)
+        try:
+            return wire.decode_hello(payload)
+        except wire.ProtocolError as error:
+            self.stop()
+            raise MachineError(str(error)) from None
 
     def _connect(self, deadline: float):
         path = str(self.socket_path)
