@@ -68,6 +68,17 @@ def infrastructure_failure(error: Exception):
     sys.exit(Status.INFRASTRUCTURE)
 
 
+def _booted(kernel, source=None, bzimage=None, accel="auto", workdir=Path("hmmfuzz-work")):
+    """A started KernelSession, or exit 4 saying why there is none."""
+    try:
+        image = obtain_kernel(kernel, source, bzimage)
+        session = KernelSession(image, workdir, MachineConfig(accel=accel), log=_log)
+        session.start()
+        return session
+    except (KernelError, MachineError, RunnerBuildError) as error:
+        infrastructure_failure(error)
+
+
 @click.group()
 def main():
     """Differential fuzzer for the kernel's HMM / device-exclusive / device-private code."""
@@ -154,12 +165,7 @@ def run(paths, kernel, source, bzimage, accel, workdir):
     status = Status.INPUT_ERROR if errors else Status.OK
     if not programs:
         sys.exit(status)
-    try:
-        image = obtain_kernel(kernel, source, bzimage)
-        session = KernelSession(image, workdir, MachineConfig(accel=accel), log=_log)
-        session.start()
-    except (KernelError, MachineError, RunnerBuildError) as error:
-        infrastructure_failure(error)
+    session = _booted(kernel, source, bzimage, accel, workdir)
     counts = {s: 0 for s in Status}
     started, ops_checked = time.monotonic(), 0
     try:
@@ -232,12 +238,7 @@ def random_programs(count, seed, kernel, source, bzimage, accel, workdir):
     from .findings import FindingStore
     from .strategies import programs
 
-    try:
-        image = obtain_kernel(kernel, source, bzimage)
-        session = KernelSession(image, workdir, MachineConfig(accel=accel), log=_log)
-        session.start()
-    except (KernelError, MachineError, RunnerBuildError) as error:
-        infrastructure_failure(error)
+    session = _booted(kernel, source, bzimage, accel, workdir)
     store = FindingStore(workdir / "findings")
     counts = {s: 0 for s in Status}
     started = time.monotonic()
@@ -267,16 +268,6 @@ def random_programs(count, seed, kernel, source, bzimage, accel, workdir):
 
 
 # ---------------------------------------------------------------------- replay, triage
-
-def _booted(kernel, source=None, bzimage=None, accel="auto", workdir=Path("hmmfuzz-work")):
-    try:
-        image = obtain_kernel(kernel, source, bzimage)
-        session = KernelSession(image, workdir, MachineConfig(accel=accel), log=_log)
-        session.start()
-        return session
-    except (KernelError, MachineError, RunnerBuildError) as error:
-        infrastructure_failure(error)
-
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
@@ -362,12 +353,7 @@ def minimize(finding, output, kernel, source, bzimage, accel, workdir):
     except ParseError as error:
         click.echo(f"input error: {error}", err=True)
         sys.exit(Status.INPUT_ERROR)
-    try:
-        image = obtain_kernel(kernel, source, bzimage)
-        session = KernelSession(image, workdir, MachineConfig(accel=accel), log=_log)
-        session.start()
-    except (KernelError, MachineError, RunnerBuildError) as error:
-        infrastructure_failure(error)
+    session = _booted(kernel, source, bzimage, accel, workdir)
     with session:
         def verdict_of(candidate: Program) -> ProgramVerdict:
             return judge(candidate, session.run(candidate), session.last_info.died_signal)
