@@ -64,6 +64,11 @@ class ProgramVerdict:
                 break
             if index >= len(self.trace.results):
                 break
+            if self.model.unmodelled_from is not None and index >= self.model.unmodelled_from:
+                # the model knows nothing from the first op it does not model on
+                out.append(f"{head}  unchecked: {self.model.unmodelled}"
+                           if index == self.model.unmodelled_from else f"{head}  unchecked")
+                continue
             found = divergences.get(index)
             if not found:
                 out.append(f"{head}  ok")

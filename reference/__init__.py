@@ -1,7 +1,8 @@
-"""The reference model: the allowed behaviour of the v1 ops on 4 KiB anonymous pages.
+"""The reference model: the allowed behaviour of the ops on 4 KiB anonymous pages.
 
     verdict = check(program, trace)
     verdict.ok, verdict.divergences, verdict.describe(i)
+    verdict.unmodelled_from, verdict.unmodelled   # the first op the model does not model
 
 The model holds the user-visible state (processes, VMAs, page table entries, folios, dmirror
 mirror tables), computes for every op the set of outcomes the kernel may report, and compares
@@ -11,5 +12,7 @@ each observed field exactly (see check.py). Each rule names the kernel function 
 from .check import Divergence, Verdict, check, expected
 from .expect import Expect
 from .profile import Profile, profile_for
+from .refuse import Unmodelled
 
-__all__ = ["Divergence", "Expect", "Profile", "Verdict", "check", "expected", "profile_for"]
+__all__ = ["Divergence", "Expect", "Profile", "Unmodelled", "Verdict", "check", "expected",
+           "profile_for"]

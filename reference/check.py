@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from harness.prog import OpResult, Program, Trace, errno_name, format_op
 
 from .expect import Expect
+from .pagemap import compare as compare_pagemap
 from .places import Places
 from .profile import profile_for
-from .semantics import step
+from .semantics import Unmodelled, step
 from .state import World
 from .uapi import prot_name
 
@@ -47,16 +48,31 @@ class Verdict:
     checked: int
     profile: str
     notes: tuple[str, ...] = ()
+    # The index of the first op the model does not model, and that op as the model names it
+    # ("madvise pageout", "map shared"). The model cannot know the state after such an op,
+    # so it checks nothing from there on: `checked` stops at this index.
+    unmodelled_from: int | None = None
+    unmodelled_op: str | None = None
 
     @property
     def ok(self) -> bool:
+        """No divergence in the ops that were checked (an unmodelled op is not one)."""
         return not self.divergences
+
+    @property
+    def unmodelled(self) -> str | None:
+        """`madvise pageout is not modelled`, or None when every op was modelled."""
+        if self.unmodelled_op is None:
+            return None
+        return f"{self.unmodelled_op} is not modelled"
 
     def at(self, op_index: int) -> tuple[Divergence, ...]:
         return tuple(d for d in self.divergences if d.op_index == op_index)
 
     def describe(self, op_index: int) -> str:
         """`ok`, `unchecked`, or the divergences of one op, one per line."""
+        if op_index == self.unmodelled_from:
+            return f"unchecked: {self.unmodelled}"
         if op_index >= self.checked:
             return "unchecked"
         found = self.at(op_index)
@@ -65,6 +81,8 @@ class Verdict:
     def __str__(self) -> str:
         head = (f"{self.checked} ops checked ({self.profile} profile): "
                 f"{len(self.divergences)} divergence(s)")
+        if self.unmodelled_from is not None:
+            head += f"; op {self.unmodelled_from} and later unchecked: {self.unmodelled}"
         return "\n".join([head, *map(str, self.divergences), *self.notes])
 
 
@@ -95,6 +113,7 @@ def mismatches(expect: Expect, seen: OpResult) -> list[Mismatch]:
         else:
             found += _sequence("snapshot", expect.snapshot, seen.snapshot, prot_name, (),
                                expect.why.get("snapshot", ""))
+    found += compare_pagemap(expect.pagemap, seen.pagemap)
     return found
 
 
@@ -159,14 +178,27 @@ def check(program: Program, trace: Trace) -> Verdict:
     notes: list[str] = []
     for index in range(count):
         seen = trace.results[index]
-        outcomes = [o for world in states for o in step(world, ops[index], places)]
-        scored = [(mismatches(expect, seen), world) for expect, world in outcomes]
-        best = min(len(found) for found, _ in scored)
+        try:
+            outcomes = [o for world in states for o in step(world, ops[index], places)]
+        except Unmodelled as refusal:
+            # Honest refusal: the state after this op is unknown, so neither this op nor any
+            # later one is checked (the op's own outcome may already depend on what is not
+            # modelled, e.g. a page in a state the model does not know).
+            return Verdict(tuple(divergences), index, profile.name, tuple(notes),
+                           unmodelled_from=index, unmodelled_op=refusal.what)
+        scored = [(mismatches(expect, seen), expect, world) for expect, world in outcomes]
+        best = min(len(found) for found, _, _ in scored)
         if best:
             divergences += [Divergence(index, program.where(index), format_op(ops[index]),
                                        field, allowed, observed, reason)
-                            for field, allowed, observed, reason in _closest(scored, best)]
-        states = _dedup([world for found, world in scored if len(found) == best], notes, index)
+                            for field, allowed, observed, reason in
+                            _closest([(f, w) for f, _, w in scored], best)]
+        kept = []
+        for found, expect, world in scored:
+            if len(found) == best:
+                world.learn(expect, seen)
+                kept.append(world)
+        states = _dedup(kept, notes, index)
     if len(trace.results) > len(ops):
         notes.append(f"the trace has {len(trace.results)} results for {len(ops)} ops; "
                      "the extra ones were not checked")
@@ -174,13 +206,17 @@ def check(program: Program, trace: Trace) -> Verdict:
 
 
 def expected(program: Program, kernel_release: str = "7.2.0") -> list[tuple[Expect, ...]]:
-    """What the model allows for each op, without a kernel to compare with."""
+    """What the model allows for each op, without a kernel to compare with; the list stops
+    before the first op the model does not model."""
     places = Places(program)
     states = [World.initial(profile_for(kernel_release))]
     allowed: list[tuple[Expect, ...]] = []
     notes: list[str] = []
     for index, op in enumerate(program.ops):
-        outcomes = [o for world in states for o in step(world, op, places)]
+        try:
+            outcomes = [o for world in states for o in step(world, op, places)]
+        except Unmodelled:
+            break  # nothing is known from here on
         allowed.append(tuple(dict.fromkeys(expect for expect, _ in outcomes)))
         states = _dedup([world for _, world in outcomes], notes, index)
     return allowed

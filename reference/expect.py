@@ -24,6 +24,7 @@ class Expect:
     faults: tuple[int | None, ...] = (None,)
     pages: tuple[Page, ...] = ()
     snapshot: bytes | None = None
+    pagemap: tuple | None = None     # pagemap.PageSpec per page, for a `pagemap` op
     why: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     page_why: tuple[str, ...] = field(default=(), compare=False, hash=False)
 
@@ -67,3 +68,5 @@ EFAULT = errno_codes.EFAULT
 EPERM = errno_codes.EPERM
 EEXIST = errno_codes.EEXIST
 ENOMEM = errno_codes.ENOMEM
+EINVAL = errno_codes.EINVAL
+ENOENT = errno_codes.ENOENT

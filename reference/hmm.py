@@ -11,10 +11,11 @@ from dataclasses import replace
 from harness.prog import Content
 
 from . import uapi
-from .expect import EBUSY, EFAULT, EPERM, Expect, fail, read_page
+from .expect import EBUSY, EFAULT, EINVAL, EPERM, Expect, fail, read_page
 from .mm import invalidate, read_fault, write_fault
 from .places import Places
-from .state import Dmirror, Entry, Kind, Pte, Tag, World
+from .refuse import Unmodelled
+from .state import STALE, Dmirror, Entry, Kind, Pte, Tag, World
 
 Outcome = tuple[Expect, World]
 
@@ -45,7 +46,14 @@ def hmm_range_fault(world: World, mirror: Dmirror, start: int, end: int, write: 
         stop = min(end, vma.end)
         for page in range(vpn, stop):
             pte = mm.ptes.get(page)
-            if pte is not None and pte.kind is not Kind.EXCLUSIVE and \
+            if pte is not None and pte.kind is Kind.DEVICE and \
+                    world.folios[pte.folio].device == mirror.device:
+                # hmm_vma_handle_pte reports a device-private page of the caller's own device
+                # as valid without faulting (even for a write on a read-only entry), and
+                # dmirror_do_fault then stores the ZONE_DEVICE page itself, which
+                # dmirror_do_read would memcpy from: the model does not say what that does.
+                raise Unmodelled("a device fault on a device-private page of the same device")
+            if pte is not None and pte.kind not in (Kind.EXCLUSIVE, Kind.DEVICE) and \
                     (pte.writable or not write):
                 continue  # hmm_pte_need_fault: valid (and writable if asked)
             if write and not vma.prot.writable:
@@ -65,6 +73,9 @@ def dmirror_fault(world: World, mirror: Dmirror, start: int, end: int, write: bo
     profile.py), hmm_range_fault then dmirror_do_fault stores one entry per page, tagged
     WRITE iff the CPU PTE is writable (HMM_PFN_WRITE). A failing chunk stores nothing, but
     the chunks before it stay mirrored and the CPU faults it already took stay done."""
+    if not world.mms[mirror.mm].alive:
+        return EFAULT, ("dmirror_fault: mmget_not_zero() fails, the mirrored process has "
+                        "exited -> -EFAULT")
     ptes = world.mms[mirror.mm].ptes
     size = world.profile.fault_chunk
     for chunk in range(start, end, size):
@@ -148,6 +159,7 @@ def _dev_read(world: World, mirror: Dmirror, start: int, end: int, places: Place
             if entry is None:
                 missing = vpn
                 break
+            _refuse_stale(entry)
             content = world.content(entry.folio)
             pages.append(read_page(content))
             page_why.append(f"dmirror_do_read copies the mirrored page, which holds {content}")
@@ -167,6 +179,12 @@ def _dev_read(world: World, mirror: Dmirror, start: int, end: int, places: Place
              "faults": _faults_why("dmirror_read", faults, first_missing, places),
              "cpages": "dmirror_read: every page of the range is copied on success",
              "pages": "dmirror_read copies every page of the range"})
+
+
+def _refuse_stale(entry: Entry) -> None:
+    if entry.folio == STALE:
+        raise Unmodelled("a device access through the entry of a freed page",
+                         "another dmirror of the device migrated the page (state.STALE)")
 
 
 def _faults_why(fn: str, faults: int, first_missing: int | None, places: Places) -> str:
@@ -202,6 +220,7 @@ def _dev_write(world: World, mirror: Dmirror, seed: int, start: int, end: int,
             if entry is None or entry.tag is not Tag.WRITE:
                 missing = vpn
                 break
+            _refuse_stale(entry)
             world.set_content(entry.folio, Content(seed, vpn))
         if missing is None:
             break
@@ -228,7 +247,11 @@ def snapshot(world: World, op, places: Places) -> list[Outcome]:
     _, mirror = _mirror(world, op.proc, op.fd)
     start, end = places.vpns(op.range)
     mm = world.mms[mirror.mm]
-    data = bytes(_snapshot_byte(mm.vma_at(vpn), mm.ptes.get(vpn)) for vpn in range(start, end))
+    if not mm.alive:
+        return [(fail(EINVAL, "dmirror_snapshot: mmget_not_zero() fails, the mirrored "
+                              "process has exited -> -EINVAL"), world)]
+    data = bytes(_snapshot_byte(world, mirror, mm.vma_at(vpn), mm.ptes.get(vpn))
+                 for vpn in range(start, end))
     return [(Expect(cpages=(end - start,), faults=(0,), snapshot=data, why={
         "errno": "dmirror_snapshot: hmm_range_fault without fault flags does not fail",
         "pages": "a snapshot reports protection bytes, not pages",
@@ -237,11 +260,22 @@ def snapshot(world: World, op, places: Places) -> list[Outcome]:
         "cpages": "dmirror_snapshot: cpages += n for every chunk"}), world)]
 
 
-def _snapshot_byte(vma, pte: Pte | None) -> int:
+def _device_byte(world: World, mirror: Dmirror, pte: Pte) -> int:
+    """hmm_vma_handle_pte: a device-private entry of the caller's device is valid (writable
+    iff the entry is) and dmirror_mkentry says DEV_PRIVATE_LOCAL (the page's device is the
+    caller's: LOCAL); another device's entry needs no fault and is not valid: NONE."""
+    if world.folios[pte.folio].device != mirror.device:
+        return uapi.PROT_NONE
+    return uapi.PROT_DEV_PRIVATE_LOCAL | (uapi.PROT_WRITE if pte.writable else uapi.PROT_READ)
+
+
+def _snapshot_byte(world: World, mirror: Dmirror, vma, pte: Pte | None) -> int:
     if vma is None or not vma.prot.readable:
         # hmm_vma_walk_hole without a VMA / hmm_vma_walk_test on a VMA without VM_READ:
         # HMM_PFN_ERROR when no fault is required.
         return uapi.PROT_ERROR
+    if pte is not None and pte.kind is Kind.DEVICE:
+        return _device_byte(world, mirror, pte)
     if pte is None or pte.kind is Kind.EXCLUSIVE:
         # pte_none, or a non-present entry that need not be faulted (hmm_vma_handle_pte):
         # no HMM_PFN_VALID.
@@ -260,6 +294,9 @@ def exclusive(world: World, op, places: Places) -> list[Outcome]:
     Older kernels work in batches (profile.exclusive_batch)."""
     _, mirror = _mirror(world, op.proc, op.fd)
     start, end = places.vpns(op.range)
+    if not world.mms[mirror.mm].alive:
+        return [(fail(EINVAL, "dmirror_exclusive: mmget_not_zero() fails, the mirrored "
+                              "process has exited -> -EINVAL"), world)]
     batch = world.profile.exclusive_batch
     for first in range(start, end, batch or 1):
         last = min(first + (batch or 1), end)

@@ -16,7 +16,8 @@ from . import vma as vmas
 from .state import ZERO_PTE, Dmirror, Kind, Mm, Pte, Vma, World
 
 
-def invalidate(world: World, mm_id: int, start: int, end: int) -> None:
+def invalidate(world: World, mm_id: int, start: int, end: int,
+               migrating_device: str | None = None) -> None:
     """An MMU notifier invalidation of [start, end) on mm `mm_id`: every dmirror bound to
     that mm erases its entries there (dmirror_interval_invalidate -> dmirror_do_update).
 
@@ -25,9 +26,14 @@ def invalidate(world: World, mm_id: int, start: int, end: int) -> None:
     index is inclusive, so the page just past the range loses its mirror entry too (same
     code in 6.1, 6.12 and 7.2; see docs/findings.md). Observed: exclusive on pages 0..22, then a
     device read of pages 22..23 faults once, because page 23 was erased.
+
+    `migrating_device`: the event is MMU_NOTIFY_MIGRATE raised by migrate_vma_collect()
+    with that device as pgmap owner; dmirror_interval_invalidate ignores it in every dmirror
+    of that device ("the invalidation is handled as part of the migration process").
     """
     for mirror in world.mirrors_of(mm_id):
-        _erase(mirror, start, end + 1)
+        if mirror.device != migrating_device:
+            _erase(mirror, start, end + 1)
 
 
 def _erase(mirror: Dmirror, start: int, end: int) -> None:
@@ -100,6 +106,9 @@ def read_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
         mm.ptes[vpn] = ZERO_PTE
     elif pte.kind is Kind.EXCLUSIVE:
         restore_exclusive(world, mm_id, mm, vma, vpn)
+    elif pte.kind is Kind.DEVICE:
+        from .device import devmem_fault
+        devmem_fault(world, mm_id, mm, vpn)
 
 
 def write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
@@ -116,6 +125,12 @@ def write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
         pte = mm.ptes[vpn]
         if pte.writable:
             return
+    if pte.kind is Kind.DEVICE:
+        # do_swap_page -> migrate_to_ram (dmirror_devmem_fault) brings the page back with the
+        # entry's permission; a read-only result takes the write fault again (do_wp_page).
+        from .device import devmem_fault
+        devmem_fault(world, mm_id, mm, vpn)
+        pte = mm.ptes[vpn]
     if pte.writable:
         return
     if pte.kind is Kind.ZERO:
@@ -159,6 +174,8 @@ def _write_protected_anon(world: World, mm_id: int, mm: Mm, vpn: int, pte: Pte) 
             entry = mirror.table.get(page)
             if entry is not None:
                 mirror.table[page] = replace(entry, maybe_gone=True)
+    # A copy would have another PFN: forget the one a pagemap op showed.
+    world.pfns.pop(("pfn", pte.folio), None)
     world.folios[pte.folio] = replace(folio, exclusive=True)
     mm.ptes[vpn] = replace(pte, writable=True)
 
@@ -203,6 +220,10 @@ def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int) ->
             continue
         if pte.kind is Kind.PRESENT:
             ptes[vpn] = replace(pte, writable=writable and world.folios[pte.folio].exclusive)
+        elif pte.kind is Kind.DEVICE:
+            # change_softleaf_pte: a writable device-private entry becomes readable whatever
+            # the new protection; nothing makes it writable again.
+            ptes[vpn] = replace(pte, writable=False)
         elif entry_permission and pte.writable:
             ptes[vpn] = replace(pte, writable=False)  # make_readable_device_exclusive_entry
     invalidate(world, mm_id, start, end)
@@ -229,6 +250,14 @@ def _copy_pte(world: World, parent: Mm, vma: Vma, vpn: int) -> Pte:
     pte = parent.ptes[vpn]
     if pte.kind is Kind.ZERO:
         return pte  # the zero page is copied as is (copy_present_ptes: not a normal page)
+    if pte.kind is Kind.DEVICE:
+        # copy_nonpresent_pte: folio_try_dup_anon_rmap_pte (no longer PageAnonExclusive), and
+        # a writable device-private entry becomes readable in both (is_cow_mapping).
+        folio = world.folios[pte.folio]
+        world.folios[pte.folio] = replace(folio, mapcount=folio.mapcount + 1, exclusive=False)
+        shared = replace(pte, writable=False)
+        parent.ptes[vpn] = shared
+        return shared
     if pte.kind is Kind.EXCLUSIVE:
         # copy_nonpresent_pte: "Make device exclusive entries present by restoring the
         # original entry then copying as for a present pte" (try_restore_exclusive_pte; no

@@ -40,11 +40,26 @@ class Profile:
     # 6.1 mmap_region() checks `next` first and then merges `prev` only if prev's anon_vma
     # is compatible with next's (can_vma_merge_after(prev, ..., next->anon_vma)).
     mmap_checks_prev_against_next: bool
+    # HMM_DMIRROR_FLAGS exists (7.2's dmirror_fops_unlocked_ioctl); older drivers answer the
+    # unknown command with -EINVAL from the switch's default (observed on 6.12.117, 6.1.192).
+    dmirror_flags: bool
+    # swp_type() of the softleaf entries pagemap shows (swap type = MAX_SWAPFILES + ...,
+    # include/linux/swap.h): device-private write and read; device-exclusive (7.2 has one
+    # type, older kernels a write type with the read type right after it). They move when
+    # the set of special swap types changes. Observed: 7.2.13 28/29/30, 6.12.117 27/28/29,
+    # 6.1.192 26/27/28.
+    swp_device_write: int
+    swp_device_read: int
+    swp_device_exclusive: int
+    # 6.1 pte_to_pagemap_entry sets PM_MMAP_EXCLUSIVE for a non-present entry with a page
+    # mapped once (page_mapcount(page) == 1, no pte_present check); newer kernels only for
+    # present pages.
+    pagemap_swap_exclusive: bool
 
 
-NEWEST = Profile("newest", 32, 0, False, True, False)
-V6_12 = Profile("6.12", 64, 64, True, False, False)
-V6_1 = Profile("6.1", 64, 64, True, False, True)
+NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False)
+V6_12 = Profile("6.12", 64, 64, True, False, False, False, 27, 28, 29, False)
+V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True)
 
 
 def profile_for(kernel_release: str) -> Profile:

@@ -11,16 +11,25 @@ from harness.prog import (
     CheckExclusive, Content, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Fork, Map,
     Mprotect, Munmap, Op, OpenDevice, Snapshot,
 )
+from harness.prog.ops import (
+    Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev, MigrateToSys, Pagemap,
+    Release,
+)
 
-from . import hmm, mm as cpu, vma as vmas
-from .expect import EEXIST, SEGV, WRITTEN, Expect, done, fail, read_page
+from . import device, hmm, mm as cpu, pagemap, vma as vmas
+from .expect import EEXIST, ENOMEM, SEGV, WRITTEN, Expect, done, fail, read_page
 from .places import Places
+from .refuse import Unmodelled
 from .state import Dmirror, World
+
+__all__ = ["Unmodelled", "step"]
 
 Outcome = tuple[Expect, World]
 
 
 def _map(world: World, op: Map, places: Places) -> list[Outcome]:
+    if op.kind is not MapKind.ANON:
+        raise Unmodelled(f"map {op.kind.value}", "only private anonymous memory is modelled")
     mm = world.mms[world.procs[op.proc]]
     start, end = places.vpns(op.range)
     taken = vmas.overlaps(mm, start, end)
@@ -124,12 +133,86 @@ def _open(world: World, op: OpenDevice, places: Places) -> list[Outcome]:
     return [(done("dmirror_fops_open succeeds"), world)]
 
 
+# ------------------------------------------------------------------ madvise
+
+# Advice that changes VMA flags (madvise_update_vma: split/merge, vma_adjust_trans_huge):
+# the model keeps no such flags, so these are refused unless they change nothing.
+_FLAG_ADVICE = {Advice.HUGEPAGE, Advice.NOHUGEPAGE, Advice.MERGEABLE, Advice.DONTFORK,
+                Advice.WIPEONFORK}
+# Advice whose flag is never set in a modelled VMA, so madvise_update_vma finds
+# new_flags == vma->vm_flags and returns early (UNMERGEABLE: ksm_madvise returns at once
+# without VM_MERGEABLE): nothing happens.
+_NOOP_ADVICE = {Advice.DOFORK, Advice.KEEPONFORK, Advice.UNMERGEABLE,
+                # madvise_willneed on an anonymous VMA only reads swap entries back in
+                # (swapin_walk_ops), and the model has none.
+                Advice.WILLNEED,
+                # madvise_cold: deactivates folios and clears the young bit
+                # (ptep_test_and_clear_young, no invalidation): nothing observable.
+                Advice.COLD}
+
+
+def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
+    """madvise(2) on private anonymous memory (mm/madvise.c, 7.2)."""
+    advice = op.advice
+    if advice in (Advice.PAGEOUT, Advice.COLLAPSE) or advice in _FLAG_ADVICE:
+        raise Unmodelled(f"madvise {advice.value}",
+                         "swap-out, THP collapse and VMA flags are not modelled")
+    mm_id = world.procs[op.proc]
+    mm = world.mms[mm_id]
+    start, end = places.vpns(op.range)
+    if advice in (Advice.POPULATE_READ, Advice.POPULATE_WRITE):
+        return _populate(world, mm_id, mm, start, end, advice is Advice.POPULATE_WRITE, op)
+    pieces = [(max(start, v.start), min(end, v.end)) for v in vmas.overlaps(mm, start, end)]
+    if advice in (Advice.DONTNEED, Advice.FREE):
+        for piece_start, piece_end in pieces:
+            if advice is Advice.DONTNEED:
+                # madvise_dontneed_single_vma -> zap_page_range_single_batched: the PTEs
+                # (device-private and device-exclusive entries included) are zapped under one
+                # MMU_NOTIFY_CLEAR over the VMA's part of the range.
+                cpu.zap(world, mm_id, mm, piece_start, piece_end)
+            else:
+                # madvise_free_single_vma: MMU_NOTIFY_CLEAR over the VMA's part of the range;
+                # madvise_free_pte_range marks folios mapped once clean and old (lazyfree).
+                # Their content stays until reclaim discards them, which the model, like
+                # everywhere, assumes does not happen (no memory pressure, no pageout).
+                cpu.invalidate(world, mm_id, piece_start, piece_end)
+    covered = sum(e - s for s, e in pieces)
+    if covered < end - start:
+        # madvise_walk_vmas: unmapped parts make the result -ENOMEM, after the advice was
+        # applied to every VMA in the range.
+        return [(fail(ENOMEM, "madvise_walk_vmas: part of the range is not mapped -> "
+                              "-ENOMEM (the mapped parts were advised)"), world)]
+    return [(done(f"madvise {advice.value}: the whole range is mapped"), world)]
+
+
+def _populate(world: World, mm_id: int, mm, start: int, end: int, write: bool,
+              op: Madvise) -> list[Outcome]:
+    """madvise_populate -> faultin_page_range: GUP (FOLL_WRITE for POPULATE_WRITE) faults
+    every page in like a CPU access of that kind."""
+    for vpn in range(start, end):
+        vma = mm.vma_at(vpn)
+        if vma is None or not (vma.prot.writable if write else vma.prot.readable):
+            raise Unmodelled(f"madvise {op.advice.value} over a page without a suitable VMA")
+    for vpn in range(start, end):
+        vma = mm.vma_at(vpn)
+        (cpu.write_fault if write else cpu.read_fault)(world, mm_id, mm, vma, vpn)
+    return [(done("madvise_populate: every page of the range can be faulted in"), world)]
+
+
 _STEPS = {
     Map: _map, Munmap: _munmap, Mprotect: _mprotect, CpuWrite: _write, CpuRead: _read,
     Fork: _fork, OpenDevice: _open, DevRead: hmm.dev_read, DevWrite: hmm.dev_write,
     Snapshot: hmm.snapshot, Exclusive: hmm.exclusive, CheckExclusive: hmm.check_exclusive,
+    MigrateToDev: device.migrate_to_dev, MigrateToSys: device.migrate_to_sys,
+    Release: device.release, Flags: device.flags, CloseDevice: device.close,
+    Exit: device.exit_process, Madvise: _madvise, Pagemap: pagemap.pagemap,
 }
 
 
 def step(world: World, op: Op, places: Places) -> list[Outcome]:
-    return _STEPS[type(op)](world, op, places)
+    """The allowed outcomes of `op`; raises Unmodelled for an op (or a case of one) the
+    model does not model (mremap, mlock, munlock, shared and file mappings, ...)."""
+    function = _STEPS.get(type(op))
+    if function is None:
+        raise Unmodelled(op.keyword)
+    return function(world, op, places)

@@ -24,13 +24,15 @@ class Kind(Enum):
     ZERO = "zero"            # the shared zero page, mapped read-only by a read fault
     PRESENT = "present"      # an anonymous folio
     EXCLUSIVE = "exclusive"  # a device-exclusive entry (make_device_exclusive) for a folio
+    DEVICE = "device"        # a device-private entry (migrate_to_dev) for a device folio
 
 
 @dataclass(frozen=True)
 class Pte:
     """A populated page table entry; a missing dict key is pte_none. For a device-exclusive
     entry `writable` is the entry's own write permission (kept only by older kernels, see
-    profile.py)."""
+    profile.py); for a device-private entry it is the entry's write bit
+    (make_writable_device_private_entry / make_readable_device_private_entry)."""
 
     kind: Kind
     folio: int = ZERO_FOLIO
@@ -52,6 +54,11 @@ class Folio:
     content: Content
     mapcount: int = 1
     exclusive: bool = True
+    # A device-private folio (ZONE_DEVICE page of a dmirror device): the device whose memory
+    # holds it and the dmirror that migrated it there (dmirror_migrate_alloc_and_copy stores
+    # that dmirror in the backing page's zone_device_data; dmirror_devmem_fault uses it).
+    device: str | None = None
+    owner: int | None = None
 
 
 # ------------------------------------------------------------------ VMAs
@@ -98,13 +105,23 @@ class Entry:
     maybe_gone: bool = False
 
 
+# An entry whose page was freed under it: a dmirror of the same device ignores the
+# MMU_NOTIFY_MIGRATE event its own device raises (dmirror_interval_invalidate), so when
+# another dmirror of that device migrates the page, this one keeps a pointer to the freed
+# source page. Reading it reads freed memory: the model refuses (hmm.py).
+STALE = -1
+
+
 @dataclass
 class Mm:
     vmas: list[Vma] = field(default_factory=list)
     ptes: dict[int, Pte] = field(default_factory=dict)
+    # False once the last process using it exited (mm_users reached 0): a dmirror still
+    # bound to it fails mmget_not_zero().
+    alive: bool = True
 
     def clone(self) -> "Mm":
-        return Mm(list(self.vmas), dict(self.ptes))
+        return Mm(list(self.vmas), dict(self.ptes), self.alive)
 
     def vma_at(self, vpn: int) -> Vma | None:
         for vma in self.vmas:
@@ -123,9 +140,10 @@ class Dmirror:
     device: str
     mm: int
     table: dict[int, Entry] = field(default_factory=dict)
+    flags: int = 0        # HMM_DMIRROR_FLAGS (bit 0: HMM_DMIRROR_FLAG_FAIL_ALLOC)
 
     def clone(self) -> "Dmirror":
-        return Dmirror(self.device, self.mm, dict(self.table))
+        return Dmirror(self.device, self.mm, dict(self.table), self.flags)
 
 
 @dataclass
@@ -137,6 +155,9 @@ class World:
     mirrors: dict[int, Dmirror]
     next_id: int = 1                      # folio, anon_vma, mm and dmirror ids
     profile: Profile = NEWEST             # the kernel version's semantics (profile.py)
+    # What `pagemap` ops showed of physical frames, learned from the kernel's answers (see
+    # pagemap.py): folio id -> PFN, device folio id -> device PFN, and the zero page's PFN.
+    pfns: dict = field(default_factory=dict)
 
     @classmethod
     def initial(cls, profile: Profile = NEWEST) -> "World":
@@ -152,6 +173,7 @@ class World:
             mirrors={k: d.clone() for k, d in self.mirrors.items()},
             next_id=self.next_id,
             profile=self.profile,
+            pfns=dict(self.pfns),
         )
 
     def new_id(self) -> int:
@@ -191,12 +213,19 @@ class World:
         return (
             tuple(sorted(self.procs.items())),
             tuple(sorted(self.fds.items())),
-            tuple((k, tuple(mm.vmas), tuple(sorted(mm.ptes.items(), key=_key0)))
+            tuple((k, mm.alive, tuple(mm.vmas), tuple(sorted(mm.ptes.items(), key=_key0)))
                   for k, mm in sorted(self.mms.items())),
             tuple(sorted(self.folios.items(), key=_key0)),
-            tuple((k, d.device, d.mm, tuple(sorted(d.table.items(), key=_key0)))
+            tuple((k, d.device, d.mm, d.flags, tuple(sorted(d.table.items(), key=_key0)))
                   for k, d in sorted(self.mirrors.items())),
+            tuple(sorted(self.pfns.items(), key=repr)),
         )
+
+    def learn(self, expect, seen) -> None:
+        """After `seen` matched `expect`: remember what it showed (pagemap PFNs)."""
+        if expect.pagemap is not None and seen.pagemap is not None:
+            from .pagemap import learn
+            learn(self, expect.pagemap, seen.pagemap)
 
 
 def _key0(item):

@@ -1,0 +1,337 @@
+"""Device-private memory: HMM_DMIRROR_MIGRATE_TO_DEV / _TO_SYS, the CPU fault that brings a
+device page back (dmirror_devmem_fault), eviction (HMM_DMIRROR_RELEASE and the last close of
+a dmirror fd), HMM_DMIRROR_FLAGS; and the lifetime ops `close` and `exit`.
+
+Sources: lib/test_hmm.c and mm/migrate_device.c (7.2). A device page is a folio with
+`device` set; its content stands for the backing system page the test driver copies into
+(BACKING_PAGE, dpage->zone_device_data). Cases the model does not know raise Unmodelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .expect import EINVAL, ENOENT, ENOMEM, Expect, done, fail, read_page
+from .mm import PMD_PAGES, invalidate, zap
+from .places import Places
+from .refuse import Unmodelled
+from .state import STALE, ZERO_FOLIO, Entry, Folio, Kind, Mm, Pte, Tag, World
+from . import vma as vmas
+
+Outcome = tuple[Expect, World]
+
+FAIL_ALLOC = 1          # HMM_DMIRROR_FLAG_FAIL_ALLOC
+MIGRATE_CHUNK = 512     # PTRS_PER_PTE: dmirror_migrate_to_{device,system} work per chunk
+
+
+# ------------------------------------------------------------------ helpers
+
+def _stale_other_entries(world: World, mm_id: int, keeper: int | None, vpn: int,
+                         folio: int) -> None:
+    """Entries of other dmirrors of `mm_id` that still point at `folio` (which is about to
+    be freed) at `vpn` become STALE (see state.STALE)."""
+    for mirror_id, mirror in world.mirrors.items():
+        if mirror_id == keeper or mirror.mm != mm_id:
+            continue
+        entry = mirror.table.get(vpn)
+        if entry is not None and entry.folio == folio:
+            mirror.table[vpn] = replace(entry, folio=STALE)
+
+
+def _free_folio(world: World, folio_id: int) -> None:
+    if folio_id != ZERO_FOLIO:
+        world.folios.pop(folio_id, None)
+
+
+def _back_to_system(world: World, mm: Mm, vpn: int) -> None:
+    """remove_migration_ptes(device folio -> new system folio): the PTE maps a new folio
+    with the device entry's write permission (a writable migration entry maps writable);
+    RMAP_EXCLUSIVE unless the entry was a plain readable one, i.e. PageAnonExclusive
+    carries over (remove_migration_pte)."""
+    pte = mm.ptes[vpn]
+    old = world.folios[pte.folio]
+    new = world.new_folio(old.content)
+    world.folios[new] = Folio(old.content, 1, old.exclusive)
+    mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable)
+    del world.folios[pte.folio]
+
+
+def _shared_device_page(world: World, vpn: int, folio: Folio, what: str) -> None:
+    if folio.mapcount > 1:
+        # migrate_device_unmap() -> try_to_migrate() fires MMU_NOTIFY_CLEAR in every other
+        # mm mapping the folio and remaps them all (remove_migration_ptes); the model does
+        # not follow a device folio into several mms.
+        raise Unmodelled(what, "a device-private page mapped by several processes")
+
+
+# ------------------------------------------------------------------ CPU fault
+
+def devmem_fault(world: World, mm_id: int, mm: Mm, vpn: int) -> None:
+    """do_swap_page on a device-private entry -> dmirror_devmem_fault: migrate this one page
+    (vmf->pte set: order 0) back to system memory.
+
+    dmirror_devmem_fault_alloc_and_copy works for the dmirror that migrated the page
+    (rpage->zone_device_data): it erases that dmirror's entry for the page (xa_erase, this
+    page only) and, with that dmirror's FAIL_ALLOC set, returns VM_FAULT_OOM. The collect
+    step raises MMU_NOTIFY_MIGRATE with the page's device as owner: dmirrors of that device
+    ignore it, the others erase the page (and, by the dmirror_do_update quirk, the next)."""
+    pte = mm.ptes[vpn]
+    folio = world.folios[pte.folio]
+    _shared_device_page(world, vpn, folio, "a CPU fault on a device-private page")
+    owner = world.mirrors.get(folio.owner)
+    if owner is not None and owner.flags & FAIL_ALLOC:
+        raise Unmodelled("a CPU fault on a device-private page with FAIL_ALLOC set",
+                         "dmirror_devmem_fault returns VM_FAULT_OOM")
+    if owner is not None:
+        owner.table.pop(vpn, None)
+    invalidate(world, mm_id, vpn, vpn + 1, migrating_device=folio.device)
+    _stale_other_entries(world, mm_id, folio.owner, vpn, pte.folio)
+    _back_to_system(world, mm, vpn)
+
+
+# ------------------------------------------------------------------ MIGRATE_TO_DEV
+
+def _chunks(mm: Mm, start: int, end: int):
+    """dmirror_migrate_to_*: [addr, next) pieces of at most PTRS_PER_PTE pages, cut at the
+    end of the VMA found at addr; None for a piece with no VMA or no VM_READ (-EINVAL)."""
+    addr = start
+    while addr < end:
+        vma = mm.vma_at(addr)
+        if vma is None or not vma.prot.readable:
+            yield addr, None, None
+            return
+        nxt = min(end, addr + MIGRATE_CHUNK, vma.end)
+        yield addr, nxt, vma
+        addr = nxt
+
+
+def migrate_to_dev(world: World, op, places: Places) -> list[Outcome]:
+    mirror_id = world.fds[(op.proc, op.fd)]
+    mirror = world.mirrors[mirror_id]
+    start, end = places.vpns(op.range)
+    mm = world.mms[mirror.mm]
+    if not mm.alive:
+        return [(fail(EINVAL, "dmirror_migrate_to_device: mmget_not_zero() fails, the "
+                              "mirrored process has exited -> -EINVAL"), world)]
+    for addr, nxt, vma in _chunks(mm, start, end):
+        if vma is None:
+            return [(fail(EINVAL, f"dmirror_migrate_to_device: vma_lookup finds no readable "
+                                  f"VMA at {places.name(addr)} -> -EINVAL (earlier pieces "
+                                  "stay migrated)"), world)]
+        _migrate_piece_to_dev(world, mirror_id, mm, vma, addr, nxt, places)
+    # dmirror_do_read of the whole range from the mirror table.
+    pages, why = [], []
+    for vpn in range(start, end):
+        entry = mirror.table.get(vpn)
+        if entry is None:
+            return [(fail(ENOENT, f"dmirror_migrate_to_device: {places.name(vpn)} was not "
+                                  "migrated and is not in the mirror, so dmirror_do_read "
+                                  "returns -ENOENT"), world)]
+        if entry.folio == STALE:
+            raise Unmodelled("a device read of a freed page",
+                             "the entry outlived its page (state.STALE)")
+        if entry.maybe_gone:
+            raise Unmodelled("migrate_to_dev over a possibly erased mirror entry")
+        content = world.content(entry.folio)
+        pages.append(read_page(content))
+        why.append(f"the mirror entry holds {content}")
+    n = end - start
+    return [(Expect(cpages=(n,), faults=(0,), pages=tuple(pages), page_why=tuple(why), why={
+        "errno": "every page of the range is migrated or already in the mirror, so "
+                 "dmirror_do_read succeeds",
+        "cpages": "dmirror_migrate_to_device reports bounce.cpages: every page read back",
+        "faults": "dmirror_migrate_to_device never counts faults",
+        "pages": "dmirror_do_read copies each page from the mirror"}), world)]
+
+
+def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int, end: int,
+                          places: Places) -> None:
+    """migrate_vma_setup (MIGRATE_VMA_SELECT_SYSTEM) + dmirror_migrate_alloc_and_copy +
+    migrate_vma_pages + dmirror_migrate_finalize_and_map + migrate_vma_finalize."""
+    mirror = world.mirrors[mirror_id]
+    mm_id = mirror.mm
+    ptes = mm.ptes
+    if (end - start == PMD_PAGES and start % PMD_PAGES == 0
+            and not any(v in ptes for v in range(start, end))):
+        # migrate_vma_collect_hole with MIGRATE_VMA_SELECT_COMPOUND: a 2 MiB-aligned piece
+        # without a PMD table migrates as one device THP; whether the table exists depends
+        # on page-table history the model does not keep.
+        raise Unmodelled("migrate_to_dev of an empty 2 MiB-aligned range",
+                         "it may migrate as a device THP")
+    # migrate_vma_collect: one MMU_NOTIFY_MIGRATE over the piece, owner = this device.
+    invalidate(world, mm_id, start, end, migrating_device=mirror.device)
+    for vpn in range(start, end):
+        pte = ptes.get(vpn)
+        if pte is not None and pte.kind in (Kind.DEVICE, Kind.EXCLUSIVE):
+            # migrate_vma_collect_pmd: a non-present entry that is not device-private of a
+            # selected owner (SELECT_SYSTEM selects none) is skipped.
+            continue
+        if pte is not None and pte.kind is Kind.PRESENT:
+            folio = world.folios[pte.folio]
+            if folio.mapcount > 1:
+                # try_to_migrate() of the other mappings: see _shared_device_page.
+                raise Unmodelled("migrate_to_dev of a page mapped by several processes")
+        # pte_none and the zero page are collected without a page (MIGRATE_PFN_MIGRATE
+        # only, no MIGRATE_PFN_WRITE); a present anonymous folio with MIGRATE_PFN_WRITE
+        # iff its PTE is writable.
+        write = pte is not None and pte.kind is Kind.PRESENT and pte.writable
+        if mirror.flags & FAIL_ALLOC:
+            # dmirror_migrate_alloc_and_copy: the flag is cleared and this page gets no
+            # device page (order 0: goto next); migrate_vma_finalize restores the PTE.
+            mirror.flags &= ~FAIL_ALLOC
+            continue
+        if pte is None or pte.kind is Kind.ZERO:
+            # migrate_vma_insert_page: anon_vma_prepare, then a device-private entry that is
+            # writable iff the VMA has VM_WRITE; the device page was cleared.
+            vmas.anon_prepare(world, mm, vpn)
+            content = world.content(ZERO_FOLIO)
+            exclusive = True
+            writable = vma.prot.writable
+            old = None
+        else:
+            old = world.folios[pte.folio]
+            content, exclusive, writable = old.content, old.exclusive, pte.writable
+        device_folio = world.new_id()
+        world.folios[device_folio] = Folio(content, 1, exclusive, mirror.device, mirror_id)
+        ptes[vpn] = Pte(Kind.DEVICE, device_folio, writable)
+        if old is not None:
+            # The source folio is freed: dmirrors of this device (which ignored the
+            # notifier) other than this one keep a pointer to it.
+            _stale_other_entries(world, mm_id, mirror_id, vpn, pte.folio)
+            _free_folio(world, pte.folio)
+        # dmirror_migrate_finalize_and_map: the backing page, WRITE iff MIGRATE_PFN_WRITE.
+        mirror.table[vpn] = Entry(device_folio, Tag.WRITE if write else Tag.READ)
+
+
+# ------------------------------------------------------------------ MIGRATE_TO_SYS
+
+def migrate_to_sys(world: World, op, places: Places) -> list[Outcome]:
+    mirror_id = world.fds[(op.proc, op.fd)]
+    mirror = world.mirrors[mirror_id]
+    start, end = places.vpns(op.range)
+    mm = world.mms[mirror.mm]
+    if not mm.alive:
+        return [(fail(EINVAL, "dmirror_migrate_to_system: mmget_not_zero() fails, the "
+                              "mirrored process has exited -> -EINVAL"), world)]
+    migrated = 0
+    for addr, nxt, vma in _chunks(mm, start, end):
+        if vma is None:
+            return [(fail(EINVAL, f"dmirror_migrate_to_system: vma_lookup finds no readable "
+                                  f"VMA at {places.name(addr)} -> -EINVAL (earlier pieces "
+                                  "stay migrated)"), world)]
+        # migrate_vma_collect: MMU_NOTIFY_MIGRATE over the piece, owner = this device.
+        invalidate(world, mirror.mm, addr, nxt, migrating_device=mirror.device)
+        for vpn in range(addr, nxt):
+            pte = mm.ptes.get(vpn)
+            if pte is None or pte.kind is not Kind.DEVICE:
+                continue  # only device-private entries are selected (and holes, unused)
+            folio = world.folios[pte.folio]
+            if folio.device != mirror.device:
+                continue  # pgmap->owner != migrate->pgmap_owner
+            _shared_device_page(world, vpn, folio, "migrate_to_sys")
+            if mirror.flags & FAIL_ALLOC:
+                raise Unmodelled("migrate_to_sys with FAIL_ALLOC set",
+                                 "dmirror_devmem_fault_alloc_and_copy returns VM_FAULT_OOM "
+                                 "after allocating part of the piece")
+            # dmirror_devmem_fault_alloc_and_copy erases the page from *this* dmirror.
+            mirror.table.pop(vpn, None)
+            _stale_other_entries(world, mirror.mm, mirror_id, vpn, pte.folio)
+            _back_to_system(world, mm, vpn)
+            migrated += 1
+    return [(Expect(cpages=(migrated,), faults=(0,), why={
+        "errno": "dmirror_migrate_to_system: every piece of the range has a readable VMA",
+        "cpages": "dmirror_successful_migrated_pages: the device-private pages of this "
+                  "device in the range",
+        "faults": "dmirror_migrate_to_system never counts faults",
+        "pages": "the runner reports no pages for migrate_to_sys"}), world)]
+
+
+# ------------------------------------------------------------------ eviction
+
+def evict_device(world: World, device: str) -> None:
+    """dmirror_device_evict_chunk for every chunk of the device: migrate_device_range()
+    takes every device page in use; migrate_device_unmap() -> try_to_migrate() fires
+    MMU_NOTIFY_CLEAR over the page in the mm mapping it (every dmirror of that mm erases the
+    page and the next); the page comes back as a new system folio, writable iff the
+    device-private entry was."""
+    for mm_id, mm in world.mms.items():
+        for vpn in sorted(v for v, p in mm.ptes.items() if p.kind is Kind.DEVICE):
+            pte = mm.ptes[vpn]
+            folio = world.folios[pte.folio]
+            if folio.device != device:
+                continue
+            _shared_device_page(world, vpn, folio, "evicting device pages")
+            invalidate(world, mm_id, vpn, vpn + 1)
+            _stale_other_entries(world, mm_id, None, vpn, pte.folio)
+            _back_to_system(world, mm, vpn)
+
+
+def release(world: World, op, places: Places) -> list[Outcome]:
+    """HMM_DMIRROR_RELEASE: dmirror_device_remove_chunks evicts every chunk of the device,
+    whichever process mapped the pages, and frees the chunks."""
+    mirror = world.mirrors[world.fds[(op.proc, op.fd)]]
+    evict_device(world, mirror.device)
+    return [(Expect(cpages=(0,), faults=(0,), why={
+        "errno": "HMM_DMIRROR_RELEASE always returns 0",
+        "cpages": "the ioctl sets cpages to 0 and RELEASE leaves it",
+        "faults": "the ioctl sets faults to 0 and RELEASE leaves it"}), world)]
+
+
+def flags(world: World, op, places: Places) -> list[Outcome]:
+    """HMM_DMIRROR_FLAGS: dmirror->flags = cmd.npages. The runner passes the flags in
+    npages, so flags 0 fails the ioctl's range check (addr >= addr + 0) with -EINVAL;
+    kernels without the command answer -EINVAL from the switch's default."""
+    if not world.profile.dmirror_flags:
+        return [(fail(EINVAL, "this kernel's dmirror_fops_unlocked_ioctl has no "
+                              "HMM_DMIRROR_FLAGS -> -EINVAL (profile.dmirror_flags)"), world)]
+    if op.flags == 0:
+        return [(fail(EINVAL, "dmirror_fops_unlocked_ioctl: npages 0 makes "
+                              "cmd.addr >= cmd.addr + 0 -> -EINVAL"), world)]
+    world.mirrors[world.fds[(op.proc, op.fd)]].flags = op.flags
+    return [(Expect(cpages=(0,), faults=(0,), why={
+        "errno": "HMM_DMIRROR_FLAGS stores the flags and returns 0",
+        "cpages": "the ioctl sets cpages to 0", "faults": "the ioctl sets faults to 0"}),
+        world)]
+
+
+# ------------------------------------------------------------------ close, exit
+
+def _drop_fd(world: World, proc: str, fd: str) -> None:
+    """The process's file reference goes; on the last one dmirror_fops_release runs:
+    mmu_interval_notifier_remove (the mirror is gone), then every chunk of the device is
+    evicted (dmirror_device_evict_chunk), whichever process mapped its pages."""
+    mirror_id = world.fds.pop((proc, fd))
+    if mirror_id in world.fds.values():
+        return  # another process (a fork) still holds the file
+    device = world.mirrors.pop(mirror_id).device
+    for folio_id, folio in list(world.folios.items()):
+        if folio.owner == mirror_id:
+            # dmirror_devmem_fault would look up this freed dmirror; evict_device below
+            # brings every page of the device back first, so no such page remains.
+            world.folios[folio_id] = replace(folio, owner=None)
+    evict_device(world, device)
+
+
+def close(world: World, op, places: Places) -> list[Outcome]:
+    _drop_fd(world, op.proc, op.fd)
+    return [(done("close of an open fd succeeds"), world)]
+
+
+def exit_process(world: World, op, places: Places) -> list[Outcome]:
+    """do_exit: exit_mm drops the mm (mmput; each process has its own mm here, so this is the
+    last user): exit_mmap -> mmu_notifier_release fires MMU_NOTIFY_RELEASE over [0, ULONG_MAX]
+    on every dmirror of the mm (mn_itree_release), which erases its whole table, then every
+    mapping is unmapped and its folios (device folios included) released. Then exit_files
+    closes the fds (_drop_fd). A dmirror bound to the dead mm stays open in other processes,
+    but mmget_not_zero() fails from now on."""
+    mm_id = world.procs.pop(op.proc)
+    mm = world.mms[mm_id]
+    for mirror in world.mirrors_of(mm_id):
+        mirror.table.clear()
+    if mm.vmas:
+        zap(world, mm_id, mm, min(v.start for v in mm.vmas), max(v.end for v in mm.vmas))
+    mm.vmas.clear()
+    mm.alive = False
+    for proc, fd in [key for key in world.fds if key[0] == op.proc]:
+        _drop_fd(world, proc, fd)
+    return [(done("the process exits"), world)]

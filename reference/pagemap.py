@@ -1,0 +1,217 @@
+"""The `pagemap` op: /proc/self/pagemap, /proc/kpagecount and /proc/kpageflags per page.
+
+pagemap_read (fs/proc/task_mmu.c, 7.2): pagemap_pte_hole for pages without a PTE,
+pte_to_pagemap_entry for the others. What the model states, per page:
+
+- bits 55..63 exactly: PM_SOFT_DIRTY is set for every page inside a VMA, because every VMA
+  of a program carries VM_SOFTDIRTY from its mmap (__mmap_region sets it; nothing clears it
+  without a clear_refs write) and both functions add it from vma->vm_flags; pages outside
+  any VMA read 0. PM_PRESENT for a present PTE; PM_SWAP for a non-present one (device-
+  exclusive and device-private entries are softleaf entries); PM_MMAP_EXCLUSIVE for a
+  present normal page mapped exactly once (__folio_page_mapped_exclusively: not for the zero
+  page, which vm_normal_page() does not return; 6.1 also sets it for a device-private entry
+  of a page mapped once, profile.pagemap_swap_exclusive); PM_FILE never (anonymous folios).
+- the frame: 0 for pte_none; for a present page its PFN, which the kernel chooses, so it is
+  compared structurally: the zero page has one PFN, a folio keeps its PFN from op to op
+  (the model's ops do not move folios; compaction is off), and within one op two different
+  folios never share a PFN. A softleaf entry holds swp_type | offset << 5, where the type is
+  the kernel's constant for the entry kind (profile) and the offset the PFN of the page
+  (device-exclusive: the folio's own PFN, the one it showed while present).
+- kpagecount (only for present pages with a PFN): the page's mapcount; 0 for the zero page.
+- kpageflags: only KPF_ANON, KPF_ZERO_PAGE and bit 34 (KPF_OWNER_2, which shows PG_owner_2 =
+  PG_anon_exclusive: PageAnonExclusive) are compared; LRU, ACTIVE, REFERENCED, DIRTY,
+  MLOCKED and the like depend on per-CPU batches and reclaim and are not stated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from harness.prog.observation import PagemapEntry
+from harness.prog.observation import (
+    KPF, PM_MMAP_EXCLUSIVE, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP,
+)
+
+from .expect import Expect
+from .places import Places
+from .state import Kind, World
+
+FLAG_BITS = ((1 << 64) - 1) & ~((1 << 55) - 1)     # bits 55..63
+SWP_TYPE_BITS = 5                                   # MAX_SWAPFILES_SHIFT
+KPF_ANON_EXCLUSIVE = 1 << 34                        # KPF_OWNER_2 (PG_anon_exclusive)
+KPF_STATED = KPF["ANON"] | KPF["ZERO_PAGE"] | KPF_ANON_EXCLUSIVE
+ZERO_KEY = ("zero",)
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    """What one pagemap record may be. `frame`: "none", "pfn" (present page of `key`) or
+    "swp" (type `swp_type`, offset the PFN of `key`). `known`: the PFN of `key` learned from
+    an earlier pagemap op, if any."""
+
+    flags: int
+    frame: str = "none"
+    key: tuple | None = None
+    swp_type: int = 0
+    known: int | None = None
+    taken: frozenset = frozenset()   # PFNs other live pages showed: not this page's
+    count: int | None = None
+    kflags: int | None = None
+    why: str = ""
+
+    def __str__(self) -> str:
+        bits = [name for name, bit in (("present", PM_PRESENT), ("swapped", PM_SWAP),
+                                       ("exclusive", PM_MMAP_EXCLUSIVE),
+                                       ("soft_dirty", PM_SOFT_DIRTY)) if self.flags & bit]
+        text = "|".join(bits) or "none"
+        if self.frame == "pfn":
+            text += f" pfn of {_key_name(self.key)}"
+        elif self.frame == "swp":
+            text += f" swap type {self.swp_type} offset pfn of {_key_name(self.key)}"
+        if self.count is not None:
+            text += f" count={self.count} flags&stated={self.kflags:#x}"
+        return text
+
+
+def _key_name(key) -> str:
+    if key == ZERO_KEY:
+        return "the zero page"
+    kind, folio = key
+    return f"{'device folio' if kind == 'dev' else 'folio'} #{folio}"
+
+
+def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
+    mm = world.mms[world.procs[op.proc]]
+    start, end = places.vpns(op.range)
+    profile = world.profile
+    live = {key: pfn for key, pfn in world.pfns.items()
+            if key == ZERO_KEY or key[1] in world.folios}
+    specs = []
+    for vpn in range(start, end):
+        name = places.name(vpn)
+        vma = mm.vma_at(vpn)
+        if vma is None:
+            specs.append(PageSpec(0, why=f"{name} has no VMA: pagemap_pte_hole, no flags"))
+            continue
+        pte = mm.ptes.get(vpn)
+        if pte is None:
+            specs.append(PageSpec(PM_SOFT_DIRTY, why=f"{name} is pte_none: pagemap_pte_hole "
+                                                     "with the VMA's VM_SOFTDIRTY"))
+            continue
+        if pte.kind is Kind.ZERO:
+            specs.append(PageSpec(PM_PRESENT | PM_SOFT_DIRTY, "pfn", ZERO_KEY,
+                                  known=world.pfns.get(ZERO_KEY), count=0,
+                                  kflags=KPF["ZERO_PAGE"],
+                                  why=f"{name} maps the zero page"))
+            continue
+        folio = world.folios[pte.folio]
+        if pte.kind is Kind.PRESENT:
+            key = ("pfn", pte.folio)
+            flags = PM_PRESENT | PM_SOFT_DIRTY
+            if folio.mapcount == 1:
+                flags |= PM_MMAP_EXCLUSIVE
+            specs.append(PageSpec(flags, "pfn", key, known=world.pfns.get(key),
+                                  count=folio.mapcount,
+                                  kflags=KPF["ANON"] | (KPF_ANON_EXCLUSIVE
+                                                        if folio.exclusive else 0),
+                                  why=f"{name} maps an anonymous folio mapped "
+                                      f"{folio.mapcount} time(s)"
+                                      f"{', PageAnonExclusive' if folio.exclusive else ''}"))
+            continue
+        flags = PM_SWAP | PM_SOFT_DIRTY
+        if pte.kind is Kind.EXCLUSIVE:
+            key = ("pfn", pte.folio)
+            swp_type = profile.swp_device_exclusive
+            if profile.exclusive_entry_permission and not pte.writable:
+                swp_type += 1  # SWP_DEVICE_EXCLUSIVE_READ follows _WRITE
+            why = f"{name} is a device-exclusive entry"
+        else:
+            key = ("dev", pte.folio)
+            swp_type = profile.swp_device_write if pte.writable else profile.swp_device_read
+            if profile.pagemap_swap_exclusive and folio.mapcount == 1:
+                flags |= PM_MMAP_EXCLUSIVE
+            why = f"{name} is a {'writable' if pte.writable else 'readable'} device-private entry"
+        specs.append(PageSpec(flags, "swp", key, swp_type, known=world.pfns.get(key), why=why))
+    specs = [replace(spec, taken=_taken(live, spec.key)) if spec.key else spec
+             for spec in specs]
+    return [(Expect(pagemap=tuple(specs), why={
+        "errno": "reading /proc/self/pagemap of the range succeeds",
+        "pagemap": "pagemap_read (fs/proc/task_mmu.c)"}), world)]
+
+
+def _taken(live: dict, key) -> frozenset:
+    """The PFNs that other pages still alive showed in the same PFN space (device memory or
+    system memory): a page cannot have one of them now."""
+    device = key[0] == "dev"
+    return frozenset(pfn for other, pfn in live.items()
+                     if other != key and (other[0] == "dev") == device)
+
+
+def _frame(spec: PageSpec, entry: int) -> int | None:
+    """The PFN the entry shows for spec.key, or None if the entry's frame does not have the
+    stated shape."""
+    frame = entry & ((1 << 55) - 1)
+    if spec.frame == "none":
+        return None if frame else 0
+    if spec.frame == "pfn":
+        return frame or None
+    if frame & ((1 << SWP_TYPE_BITS) - 1) != spec.swp_type:
+        return None
+    return frame >> SWP_TYPE_BITS
+
+
+def compare(specs, seen) -> list[tuple[str, tuple[str, ...], str, str]]:
+    """Mismatches of a pagemap observation (see check.mismatches)."""
+    if specs is None or seen is None:
+        if specs is seen:
+            return []
+        return [("pagemap", (f"{len(specs)} records" if specs else "not reported",),
+                 f"{len(seen)} records" if seen else "not reported",
+                 "only a pagemap op reports pagemap records")]
+    if len(specs) != len(seen):
+        return [("pagemap", (f"{len(specs)} records",), f"{len(seen)} records",
+                 "one record per page of the range")]
+    found = []
+    by_key: dict = {}
+    by_pfn: dict = {}
+    for i, (spec, got) in enumerate(zip(specs, seen)):
+        field = f"pagemap[{i}]"
+        problems = []
+        if got.entry & FLAG_BITS != spec.flags:
+            problems.append(f"flag bits {(got.entry & FLAG_BITS) >> 55:#x}, "
+                            f"stated {spec.flags >> 55:#x}")
+        pfn = _frame(spec, got.entry)
+        if pfn is None:
+            problems.append(f"frame {got.entry & ((1 << 55) - 1):#x} has not the stated shape")
+        elif spec.key is not None:
+            if pfn in spec.taken:
+                problems.append(f"PFN {pfn:#x} belongs to another page still mapped")
+            if spec.known is not None and pfn != spec.known:
+                problems.append(f"PFN {pfn:#x}, but {_key_name(spec.key)} showed "
+                                f"{spec.known:#x} before")
+            if by_key.setdefault(spec.key, pfn) != pfn:
+                problems.append(f"PFN {pfn:#x}, but {_key_name(spec.key)} shows "
+                                f"{by_key[spec.key]:#x} on another page")
+            other = by_pfn.setdefault((spec.frame, pfn), spec.key)
+            if other != spec.key:
+                problems.append(f"PFN {pfn:#x} is also {_key_name(other)}'s")
+        if spec.count is not None:
+            if got.count != spec.count:
+                problems.append(f"kpagecount {got.count}, stated {spec.count}")
+            if got.flags is None or got.flags & KPF_STATED != spec.kflags:
+                shown = None if got.flags is None else hex(got.flags & KPF_STATED)
+                problems.append(f"kpageflags ANON/ZERO_PAGE/ANON_EXCLUSIVE {shown}, "
+                                f"stated {spec.kflags:#x}")
+        elif got.count is not None:
+            problems.append("kpagecount reported for a page the model has no PFN for")
+        if problems:
+            found.append((field, (str(spec),), f"{got} ({'; '.join(problems)})", spec.why))
+    return found
+
+
+def learn(world: World, specs, seen: tuple[PagemapEntry, ...]) -> None:
+    for spec, got in zip(specs, seen):
+        if spec.key is not None:
+            pfn = _frame(spec, got.entry)
+            if pfn is not None:
+                world.pfns[spec.key] = pfn

@@ -1,0 +1,74 @@
+"""Honest refusal: an op the model does not model ends the check there, without a crash and
+without a verdict on it or on anything after it."""
+
+from test_model_support import cpu, ok, pattern, program, trace, wrote
+
+from fuzz.judge import Status, judge
+from harness.prog import OpResult
+from reference import check, expected
+
+PROG = """
+    region a pages=2
+    p0 map a[0:2]
+    p0 write a[0:2] seed=1
+    p0 mremap a[0:2] 1
+    p0 read a[0:1]
+"""
+
+
+def test_an_unmodelled_op_stops_the_check_there_and_says_which():
+    prog = program(PROG)
+    verdict = check(prog, trace(ok(), wrote(2), ok(), cpu(pattern(prog, 1, "a", 0))))
+    assert verdict.ok
+    assert verdict.unmodelled_from == 2
+    assert verdict.unmodelled_op == "mremap"
+    assert verdict.unmodelled == "mremap is not modelled"
+    assert verdict.checked == 2
+    assert verdict.describe(1) == "ok"
+    assert verdict.describe(2) == "unchecked: mremap is not modelled"
+    assert verdict.describe(3) == "unchecked"
+    assert "op 2 and later unchecked: mremap is not modelled" in str(verdict)
+
+
+def test_nothing_after_the_unmodelled_op_is_judged_even_a_wrong_value():
+    prog = program(PROG)
+    verdict = check(prog, trace(ok(), wrote(2), OpResult(errno=22), cpu()))
+    assert verdict.ok and verdict.unmodelled_from == 2
+
+
+def test_divergences_before_the_unmodelled_op_are_still_reported():
+    prog = program(PROG)
+    verdict = check(prog, trace(ok(), wrote(1), ok(), cpu()))
+    assert not verdict.ok and verdict.unmodelled_from == 2
+    assert {d.op_index for d in verdict.divergences} == {1}
+
+
+def test_a_fully_modelled_program_has_no_unmodelled_op():
+    prog = program("region a pages=1\np0 map a[0:1]\n")
+    verdict = check(prog, trace(ok()))
+    assert verdict.unmodelled_from is None and verdict.unmodelled is None
+
+
+def test_a_case_of_a_modelled_op_can_be_refused_by_name():
+    prog = program("""
+        region a pages=2
+        p0 map a[0:2] shared
+        p0 map a[0:1]
+        p0 madvise a[0:1] pageout
+    """)
+    assert check(prog, trace(ok(), ok(), ok())).unmodelled_op == "map shared"
+    prog = program("region a pages=1\np0 map a[0:1]\np0 madvise a[0:1] pageout\n")
+    assert check(prog, trace(ok(), ok())).unmodelled_op == "madvise pageout"
+
+
+def test_expected_stops_before_the_unmodelled_op():
+    assert len(expected(program(PROG))) == 2
+
+
+def test_the_verdict_lines_say_unchecked_and_the_status_is_not_a_divergence():
+    prog = program(PROG)
+    verdict = judge(prog, trace(ok(), wrote(2), ok(), cpu(pattern(prog, 1, "a", 0))))
+    assert verdict.status is Status.OK
+    lines = verdict.lines()
+    assert lines[2].endswith("unchecked: mremap is not modelled")
+    assert lines[3].endswith("unchecked") and "not modelled" not in lines[3]
