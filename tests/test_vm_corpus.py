@@ -13,6 +13,9 @@ from conftest import CORPUS
 
 pytestmark = pytest.mark.vm
 PROGRAMS = sorted(CORPUS.glob("*.txt"))
+# Findings kept as regression programs: each must still fail exactly as its
+# `# hmmfuzz-expect:` line says on every kernel (a crash reboots the guest, which is fine).
+REGRESSIONS = sorted((CORPUS / "regressions").glob("*.txt"))
 
 
 @pytest.fixture(scope="module", params=["7.2", "6.12", "6.1"])
@@ -26,4 +29,11 @@ def session(request, tmp_path_factory):
 def test_every_op_agrees_with_the_model(session, path):
     replayed = replay(session, path)
     assert replayed.verdict.model.checked == len(replayed.program.ops)
+    assert replayed.passed, replayed.explain()
+
+
+@pytest.mark.parametrize("path", REGRESSIONS, ids=[p.stem for p in REGRESSIONS])
+def test_each_regression_program_still_fails_as_expected(session, path):
+    replayed = replay(session, path)
+    assert replayed.expected, f"{path} has no hmmfuzz-expect line for {session.hello.release}"
     assert replayed.passed, replayed.explain()
