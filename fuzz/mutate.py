@@ -14,15 +14,21 @@ from dataclasses import dataclass, field, replace
 
 from harness.prog import ParseError, Program, format_program, parse_program
 from harness.prog.ops import (
-    DEVICES, MAX_PROCESSES, MAX_SEED, CheckExclusive, CpuRead, CpuWrite, DevRead, DevWrite,
-    Exclusive, Fork, Located, Map, Mprotect, Munmap, Op, OpenDevice, PageRange, Prot, Region,
+    DEVICES, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, CloseDevice, CpuRead, CpuWrite,
+    DevRead, DevWrite, Exclusive, Exit, Fork, Located, Madvise, Map, MigrateToDev,
+    MigrateToSys, Mprotect, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot, Region, Release,
     Snapshot,
 )
 
 MAX_OPS = 64
-# The ops the reference model knows; campaigns draw from these.
-RANGE_OPS = (Map, Munmap, Mprotect, CpuWrite, CpuRead)
-DEVICE_OPS = (DevRead, DevWrite, Snapshot, Exclusive, CheckExclusive)
+# The ops the reference model knows (docs/model.md); campaigns draw from these. An op the
+# model refuses would leave the rest of the program unchecked.
+RANGE_OPS = (Map, Munmap, Mprotect, CpuWrite, CpuRead, Madvise, Pagemap)
+DEVICE_OPS = (DevRead, DevWrite, Snapshot, Exclusive, CheckExclusive, MigrateToDev, MigrateToSys)
+FD_OPS = (Release, CloseDevice)
+MODELLED_ADVICE = (Advice.DONTNEED, Advice.FREE, Advice.WILLNEED, Advice.COLD,
+                   Advice.POPULATE_READ, Advice.POPULATE_WRITE, Advice.DOFORK,
+                   Advice.KEEPONFORK, Advice.UNMERGEABLE)
 SEEDS_OF_INTEREST = (1, 2, 3, MAX_SEED)
 
 
@@ -68,6 +74,10 @@ class Scope:
                 scope.fds[op.child] = set(scope.fds[op.proc])
             elif isinstance(op, OpenDevice):
                 scope.fds[op.proc].add(op.fd)
+            elif isinstance(op, CloseDevice):
+                scope.fds[op.proc].discard(op.fd)
+            elif isinstance(op, Exit):
+                del scope.fds[op.proc]
         return scope
 
 
@@ -83,10 +93,13 @@ def _page_range(chooser: Chooser, region: Region) -> PageRange:
 def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
     proc = chooser.pick(sorted(scope.fds))
     fds = sorted(scope.fds[proc])
-    kinds = [OpenDevice]
+    kinds = [OpenDevice] + (list(FD_OPS) if fds else [])
     if scope.regions:  # a program may declare no region at all: then no range ops
         kinds += list(RANGE_OPS) + (list(DEVICE_OPS) if fds else [])
-    if len(scope.fds) < MAX_PROCESSES:
+    if proc != "p0" and chooser.chance(10):
+        return Exit(proc)
+    forks = sum(isinstance(op, Fork) for op in all_ops)
+    if forks + 1 < MAX_PROCESSES:  # exited processes still count towards the limit
         kinds.append(Fork)
     kind = chooser.pick(kinds)
     if kind is Fork:
@@ -96,13 +109,17 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
         taken = {op.fd for op in all_ops if isinstance(op, OpenDevice)}
         name = next(f"d{i}" for i in range(64) if f"d{i}" not in taken)
         return OpenDevice(proc, fd=name, device=chooser.pick(DEVICES))
+    if kind in FD_OPS:
+        return kind(proc, chooser.pick(fds))
     region = chooser.pick(sorted(scope.regions.values(), key=lambda r: r.slot))
     page_range = _page_range(chooser, region)
     if kind is Mprotect:
         return Mprotect(proc, page_range, chooser.pick(list(Prot)))
     if kind is CpuWrite:
         return CpuWrite(proc, page_range, chooser.pick(SEEDS_OF_INTEREST))
-    if kind in (Map, Munmap, CpuRead):
+    if kind is Madvise:
+        return Madvise(proc, page_range, chooser.pick(MODELLED_ADVICE))
+    if kind in (Map, Munmap, CpuRead, Pagemap):
         return kind(proc, page_range)
     fd = chooser.pick(fds)
     if kind is DevWrite:
