@@ -21,13 +21,14 @@ def plot(rows: list[dict], target: Path):
     matplotlib.use("Agg")  # no display on campaign machines
     import matplotlib.pyplot as plt
 
-    x = list(range(len(rows)))
+    # Seconds since each run of the campaign started; a resumed campaign starts again at 0.
+    x = [row["seconds"] for row in rows]
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     for ax, key, title in zip(axes, ("coverage", "execs", "findings"),
                               ("model coverage (libFuzzer cov)", "executions", "confirmed findings")):
         ax.plot(x, [row[key] for row in rows])
         ax.set_title(title)
-        ax.set_xlabel("status samples (5 s apart)")
+        ax.set_xlabel("seconds")
     figure.tight_layout()
     figure.savefig(target, dpi=90)
     plt.close(figure)
