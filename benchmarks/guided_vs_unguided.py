@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from fuzz.findings import FindingStore
 from fuzz.judge import judge
 from fuzz.minimize import signature
 from fuzz.mutate import Chooser, generate
@@ -34,15 +35,20 @@ def unguided(kernel: str, seconds: int) -> tuple[float | None, set[str], int]:
     found: set[str] = set()
     first = None
     runs = 0
-    with KernelSession(resolve_kernel(kernel), Path(tempfile.mkdtemp(prefix="hmmfuzz-unguided-"))) as session:
+    workdir = Path(tempfile.mkdtemp(prefix="hmmfuzz-unguided-"))
+    store = FindingStore(workdir / "findings")  # kept, so each finding can be minimized
+    with KernelSession(resolve_kernel(kernel), workdir) as session:
         started = time.monotonic()
         while time.monotonic() - started < seconds:
             program = generate(chooser, max_ops=24)
-            wanted = signature(judge(program, session.run(program), session.last_info.died_signal))
+            verdict = judge(program, session.run(program), session.last_info.died_signal)
+            wanted = signature(verdict)
             runs += 1
+            store.record(verdict)
             if wanted and wanted not in found:
                 found.add(wanted)
                 first = first or time.monotonic() - started
+    print(f"unguided findings kept in {store.root}")
     return first, found, runs
 
 
@@ -65,9 +71,11 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--kernel", default="6.12")
     parser.add_argument("--seconds", type=int, default=300)
+    parser.add_argument("--only", choices=["guided", "unguided"])
     args = parser.parse_args()
-    rows = [("guided", *guided(args.kernel, args.seconds)),
-            ("unguided", *unguided(args.kernel, args.seconds))]
+    sides = {"guided": guided, "unguided": unguided}
+    rows = [(name, *run(args.kernel, args.seconds)) for name, run in sides.items()
+            if args.only in (None, name)]
     print(f"kernel {args.kernel}, {args.seconds} s each")
     for name, first, found, runs in rows:
         when = f"{first:.0f} s" if first is not None else "none"
