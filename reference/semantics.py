@@ -68,40 +68,41 @@ def _mprotect(world: World, op: Mprotect, places: Places) -> list[Outcome]:
     return [(done("do_mprotect_pkey: the whole range is mapped"), world)]
 
 
-def _write(world: World, op: CpuWrite, places: Places) -> list[Outcome]:
+def _cpu_access(world: World, op, places: Places, kind: str, permitted, access) -> list[Outcome]:
+    """A CPU load or store over every page of the range: SIGSEGV where the VMA is missing or
+    does not permit it (the runner goes on to the next page), `access` everywhere else."""
     mm_id = world.procs[op.proc]
     mm = world.mms[mm_id]
     start, end = places.vpns(op.range)
     pages, why = [], []
     for vpn in range(start, end):
         vma = mm.vma_at(vpn)
-        if vma is None or not vma.prot.writable:
+        if vma is None or not permitted(vma.prot):
             pages.append(SEGV)
-            why.append(_segv_why(places.name(vpn), vma, "write"))
+            why.append(_segv_why(places.name(vpn), vma, kind))
             continue
+        page, reason = access(mm_id, mm, vma, vpn)
+        pages.append(page)
+        why.append(reason)
+    return [(done(CPU_ERRNO, pages=tuple(pages), page_why=tuple(why)), world)]
+
+
+def _write(world: World, op: CpuWrite, places: Places) -> list[Outcome]:
+    def store(mm_id, mm, vma, vpn):
         cpu.write_fault(world, mm_id, mm, vma, vpn)
         world.set_content(mm.ptes[vpn].folio, Content(op.seed, vpn))
-        pages.append(WRITTEN)
-        why.append(f"{places.name(vpn)} is in a writable VMA")
-    return [(done(CPU_ERRNO, pages=tuple(pages), page_why=tuple(why)), world)]
+        return WRITTEN, f"{places.name(vpn)} is in a writable VMA"
+
+    return _cpu_access(world, op, places, "write", lambda prot: prot.writable, store)
 
 
 def _read(world: World, op: CpuRead, places: Places) -> list[Outcome]:
-    mm_id = world.procs[op.proc]
-    mm = world.mms[mm_id]
-    start, end = places.vpns(op.range)
-    pages, why = [], []
-    for vpn in range(start, end):
-        vma = mm.vma_at(vpn)
-        if vma is None or not vma.prot.readable:
-            pages.append(SEGV)
-            why.append(_segv_why(places.name(vpn), vma, "read"))
-            continue
+    def load(mm_id, mm, vma, vpn):
         cpu.read_fault(world, mm_id, mm, vma, vpn)
         content = world.content(mm.ptes[vpn].folio)
-        pages.append(read_page(content))
-        why.append(f"{places.name(vpn)} holds {content}")
-    return [(done(CPU_ERRNO, pages=tuple(pages), page_why=tuple(why)), world)]
+        return read_page(content), f"{places.name(vpn)} holds {content}"
+
+    return _cpu_access(world, op, places, "read", lambda prot: prot.readable, load)
 
 
 CPU_ERRNO = "CPU loads and stores report a signal per page, never an errno"
