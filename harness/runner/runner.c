@@ -1025,6 +1025,67 @@ static void provoke(uint32_t length)
 	send_done(DONE_COMPLETED, 0, -1, 0);
 }
 
+/*
+ * Run a static executable the host sent (a C reproducer, say) once, with its stdout and
+ * stderr collected and sent back with its wait status. It runs as root in the same guest
+ * the programs run in, after the runner's own boot-time settings.
+ */
+static void exec_binary(uint32_t length)
+{
+	static char output[WIRE_MAX_EXEC_OUTPUT];
+	static char chunk[65536];
+	struct wire_exec_done done = { .status = -1 };
+	const char *path = "/tmp/hmmfuzz-exec";
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+	int out[2];
+	pid_t pid;
+
+	for (uint32_t left = length; left; ) {
+		uint32_t n = left < sizeof(chunk) ? left : sizeof(chunk);
+
+		if (read_all(chunk, n))
+			fatal("read executable");
+		if (fd >= 0 && write(fd, chunk, n) != (ssize_t)n) {
+			close(fd);
+			fd = -1;
+		}
+		left -= n;
+	}
+	if (fd < 0 || close(fd) || pipe2(out, O_CLOEXEC)) {
+		done.output_len = snprintf(output, sizeof(output), "hmmfuzz-runner: cannot stage the executable: %s\n",
+					   strerror(errno));
+		send_message(MSG_EXEC_DONE, &done, sizeof(done), output, done.output_len, NULL, 0, NULL, 0);
+		return;
+	}
+	pid = fork();
+	if (pid == 0) {
+		char *argv[] = { (char *)path, NULL };
+
+		dup2(out[1], 1);
+		dup2(out[1], 2);
+		execv(path, argv);
+		dprintf(2, "hmmfuzz-runner: exec %s: %s\n", path, strerror(errno));
+		_exit(127);
+	}
+	close(out[1]);
+	for (ssize_t n; pid > 0 && (n = read(out[0], chunk, sizeof(chunk))) != 0; ) {
+		size_t room = sizeof(output) - done.output_len;
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		memcpy(output + done.output_len, chunk, (size_t)n < room ? (size_t)n : room);
+		done.output_len += (size_t)n < room ? (size_t)n : room;
+	}
+	close(out[0]);
+	while (pid > 0 && waitpid(pid, &done.status, 0) < 0 && errno == EINTR)
+		;
+	unlink(path);
+	send_message(MSG_EXEC_DONE, &done, sizeof(done), output, done.output_len, NULL, 0, NULL, 0);
+}
+
 static void bench_program(const struct wire_program *program)
 {
 	struct wire_bench_done result = { .runs = program->repeat };
@@ -1059,6 +1120,10 @@ static void serve(void)
 		}
 		if (frame.type == MSG_PROVOKE) {
 			provoke(frame.length);
+			continue;
+		}
+		if (frame.type == MSG_EXEC) {
+			exec_binary(frame.length);
 			continue;
 		}
 		if (frame.type != MSG_PROGRAM || frame.length < sizeof(program))

@@ -28,7 +28,9 @@ enum wire_msg {
 	MSG_DONE = 4,     /* guest -> host: wire_done */
 	MSG_POWEROFF = 5, /* host -> guest: no payload */
 	MSG_PROVOKE = 6,  /* host -> guest: an LKDTM crash type (text); answered by MSG_DONE */
-	MSG_BENCH_DONE = 7 /* guest -> host: wire_bench_done, after a MSG_PROGRAM with repeat > 1 */
+	MSG_BENCH_DONE = 7, /* guest -> host: wire_bench_done, after a MSG_PROGRAM with repeat > 1 */
+	MSG_EXEC = 8,     /* host -> guest: a static executable (e.g. a C reproducer) to run once */
+	MSG_EXEC_DONE = 9 /* guest -> host: wire_exec_done, then its stdout+stderr */
 };
 
 struct wire_frame {
@@ -149,6 +151,13 @@ struct wire_program {
 	uint32_t repeat;         /* > 1: benchmark: run it this many times in the guest, report
 				    no per-op results, answer one MSG_BENCH_DONE */
 };
+
+struct wire_exec_done {
+	int32_t status;          /* wait status of the executable; -1 if it could not be started */
+	uint32_t output_len;     /* bytes of its stdout+stderr that follow (at most WIRE_MAX_EXEC_OUTPUT) */
+};
+
+#define WIRE_MAX_EXEC_OUTPUT 262144
 
 struct wire_bench_done {
 	uint64_t nanoseconds;    /* guest time for all the runs */

@@ -154,6 +154,13 @@ def decode_bench_done(payload: bytes) -> tuple[float, int, int]:
     return done.nanoseconds / 1e9, done.runs, done.failed
 
 
+def decode_exec_done(payload: bytes) -> tuple[int, bytes]:
+    """(wait status, stdout+stderr) of an executable run by MSG_EXEC; status -1: not started."""
+    size = ffi.sizeof("struct wire_exec_done")
+    done = ffi.from_buffer("struct wire_exec_done *", payload[:size])
+    return done.status, payload[size:size + done.output_len]
+
+
 @dataclass(frozen=True)
 class Hello:
     release: str

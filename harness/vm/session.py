@@ -41,6 +41,23 @@ class RunInfo:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class Execution:
+    """How an executable run in the guest ended: its wait status (None when the guest
+    crashed or hung under it, or -1 when it could not be started), its output, the console."""
+
+    status: int | None
+    output: str
+    ending: Ending
+    console: str
+
+    @property
+    def exit_code(self) -> int | None:
+        if self.status is None or self.status < 0 or not os.WIFEXITED(self.status):
+            return None
+        return os.WEXITSTATUS(self.status)
+
+
 class KernelSession:
     def __init__(self, kernel: KernelImage, workdir: Path, config: MachineConfig = MachineConfig(),
                  op_timeout_ms: int = 20000, cache_dir: Path | None = None, log=print):
@@ -188,16 +205,40 @@ class KernelSession:
         except ChannelLost:
             ending = Ending.CRASHED if machine.exits_within(2.0) else Ending.HUNG
         if ending in (Ending.CRASHED, Ending.HUNG):
-            self._settle_console(machine)
-            machine.stop()
-            console = machine.console(console_start)
-            if RUNNER_FATAL in console:
-                reason = console.split(RUNNER_FATAL, 1)[1].splitlines()[0]
-                raise RunnerFailure(f"the guest runner failed: {reason} (console: {machine.console_path})")
+            self._give_up(machine, console_start)
         self.last_info = RunInfo(died_signal=died, seconds=time.monotonic() - started)
         ordered = tuple(results[i] for i in range(len(results)))
         return Trace(kernel_release=self.hello.release, results=ordered, ending=ending,
                      console=machine.console(console_start))
+
+    def execute(self, executable: bytes, budget: float = 300) -> Execution:
+        """Run a static executable (a C reproducer) once in the guest, as the runner's child."""
+        self._ensure_running()
+        self.serial += 1
+        machine = self.machine
+        console_start = machine.console_size()
+        try:
+            machine.send(wire.frame(wire.C.MSG_EXEC, executable))
+            msg_type, payload = machine.receive(budget)
+            if msg_type != wire.C.MSG_EXEC_DONE:
+                raise wire.ProtocolError(f"expected MSG_EXEC_DONE, got message type {msg_type}")
+            status, output = wire.decode_exec_done(payload)
+            return Execution(status, output.decode(errors="replace"), Ending.COMPLETED,
+                             machine.console(console_start))
+        except ChannelLost:
+            ending = Ending.CRASHED if machine.exits_within(2.0) else Ending.HUNG
+            self._give_up(machine, console_start)
+            return Execution(None, "", ending, machine.console(console_start))
+
+    def _give_up(self, machine: Machine, console_start: int):
+        """The guest crashed or hung: keep its last words, stop it (the next request boots a
+        fresh one), and tell a runner failure apart from a kernel one."""
+        self._settle_console(machine)
+        machine.stop()
+        console = machine.console(console_start)
+        if RUNNER_FATAL in console:
+            reason = console.split(RUNNER_FATAL, 1)[1].splitlines()[0]
+            raise RunnerFailure(f"the guest runner failed: {reason} (console: {machine.console_path})")
 
     @staticmethod
     def _settle_console(machine: Machine):
