@@ -55,11 +55,17 @@ def digest(content: Content) -> tuple[int, int]:
     return zlib.crc32(data), int.from_bytes(data[:8], "little")
 
 
+def recognise(crc: int, first_word: int) -> Content | None:
+    """The content whose digest this is (zero, or the pattern its first word names), or None."""
+    if first_word == 0:
+        return ZERO if (crc, first_word) == digest(ZERO) else None
+    guess = Content(seed=first_word >> 48, vpn=(first_word >> 9) & ((1 << VPN_BITS) - 1))
+    return guess if guess.seed and digest(guess) == (crc, first_word) else None
+
+
 def describe(crc: int, first_word: int) -> str:
     """Name observed bytes for a person: which pattern they match, or that they match none."""
-    if first_word == 0 and (crc, first_word) == digest(ZERO):
-        return "zero"
-    guess = Content(seed=first_word >> 48, vpn=(first_word >> 9) & ((1 << VPN_BITS) - 1))
-    if guess.seed and digest(guess) == (crc, first_word):
-        return str(guess)
+    content = recognise(crc, first_word)
+    if content is not None:
+        return str(content)
     return f"unknown bytes (crc32={crc:#010x}, first word={first_word:#018x})"
