@@ -15,7 +15,7 @@ from .expect import EINVAL, ENOENT, ENOMEM, Expect, done, fail, read_page
 from .mm import PMD_PAGES, invalidate, zap
 from .places import Places
 from .refuse import Unmodelled
-from .state import STALE, ZERO_FOLIO, Entry, Folio, Kind, Mm, Pte, Tag, World
+from .state import STALE, ZERO_FOLIO, Entry, Folio, Kind, Lazyfree, Mm, Pte, Tag, World
 from . import vma as vmas
 
 Outcome = tuple[Expect, World]
@@ -51,7 +51,7 @@ def _back_to_system(world: World, mm: Mm, vpn: int) -> None:
     pte = mm.ptes[vpn]
     old = world.folios[pte.folio]
     new = world.new_folio(old.content)
-    world.folios[new] = Folio(old.content, 1, old.exclusive)
+    world.folios[new] = Folio(old.content, 1, old.exclusive, lazyfree=old.lazyfree)
     mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable)
     del world.folios[pte.folio]
 
@@ -162,9 +162,10 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
     invalidate(world, mm_id, start, end, migrating_device=mirror.device)
     for vpn in range(start, end):
         pte = ptes.get(vpn)
-        if pte is not None and pte.kind in (Kind.DEVICE, Kind.EXCLUSIVE):
+        if pte is not None and pte.kind in (Kind.DEVICE, Kind.EXCLUSIVE, Kind.SWAP):
             # migrate_vma_collect_pmd: a non-present entry that is not device-private of a
-            # selected owner (SELECT_SYSTEM selects none) is skipped.
+            # selected owner (SELECT_SYSTEM selects none) is skipped ("we ignore regular
+            # swapped page").
             continue
         if pte is not None and pte.kind is Kind.PRESENT:
             folio = world.folios[pte.folio]
@@ -192,7 +193,10 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             old = world.folios[pte.folio]
             content, exclusive, writable = old.content, old.exclusive, pte.writable
         device_folio = world.new_id()
-        world.folios[device_folio] = Folio(content, 1, exclusive, mirror.device, mirror_id)
+        # A lazyfree source: the dirty state through migration is not followed.
+        lazyfree = Lazyfree.UNKNOWN if old is not None and old.lazyfree is not None else None
+        world.folios[device_folio] = Folio(content, 1, exclusive, mirror.device, mirror_id,
+                                           lazyfree=lazyfree)
         ptes[vpn] = Pte(Kind.DEVICE, device_folio, writable)
         if old is not None:
             # The source folio is freed: dmirrors of this device (which ignored the

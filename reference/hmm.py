@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from harness.prog import Content
 
-from . import uapi
+from . import reclaim, uapi
 from .expect import EBUSY, EFAULT, EINVAL, EPERM, Expect, fail, read_page
 from .mm import invalidate, read_fault, write_fault
 from .places import Places
@@ -53,7 +53,7 @@ def hmm_range_fault(world: World, mirror: Dmirror, start: int, end: int, write: 
                 # dmirror_do_fault then stores the ZONE_DEVICE page itself, which
                 # dmirror_do_read would memcpy from: the model does not say what that does.
                 raise Unmodelled("a device fault on a device-private page of the same device")
-            if pte is not None and pte.kind not in (Kind.EXCLUSIVE, Kind.DEVICE) and \
+            if pte is not None and pte.kind in (Kind.ZERO, Kind.PRESENT) and \
                     (pte.writable or not write):
                 continue  # hmm_pte_need_fault: valid (and writable if asked)
             if write and not vma.prot.writable:
@@ -276,7 +276,7 @@ def _snapshot_byte(world: World, mirror: Dmirror, vma, pte: Pte | None) -> int:
         return uapi.PROT_ERROR
     if pte is not None and pte.kind is Kind.DEVICE:
         return _device_byte(world, mirror, pte)
-    if pte is None or pte.kind is Kind.EXCLUSIVE:
+    if pte is None or pte.kind in (Kind.EXCLUSIVE, Kind.SWAP):
         # pte_none, or a non-present entry that need not be faulted (hmm_vma_handle_pte):
         # no HMM_PFN_VALID.
         return uapi.PROT_NONE
@@ -344,6 +344,8 @@ def _make_exclusive(world: World, mirror: Dmirror, start: int, end: int,
             break
         write_fault(world, mm_id, mm, vma, vpn)
     for vpn in range(start, got):
+        # GUP's dirtying and restore_exclusive_pte's are not followed for lazyfree folios.
+        reclaim.lost_track(world, mm.ptes[vpn].folio)
         invalidate(world, mm_id, vpn, vpn + 1)
         mm.ptes[vpn] = Pte(Kind.EXCLUSIVE, mm.ptes[vpn].folio, True)
     return got, err, f"make_device_exclusive: {why}" if why else ""

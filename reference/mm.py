@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from harness.prog import ZERO
 
-from . import vma as vmas
+from . import reclaim, vma as vmas
 from .state import ZERO_PTE, Dmirror, Kind, Mm, Pte, Vma, World
 
 
@@ -109,11 +109,22 @@ def read_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
     elif pte.kind is Kind.DEVICE:
         from .device import devmem_fault
         devmem_fault(world, mm_id, mm, vpn)
+    elif pte.kind is Kind.SWAP:
+        reclaim.swap_in(world, mm, vma, vpn, write=False)
 
 
 def write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
     """handle_mm_fault with FAULT_FLAG_WRITE on a VMA with VM_WRITE; afterwards the page is
-    mapped writable by an exclusive anonymous folio."""
+    mapped writable (and dirty) by an exclusive anonymous folio. A PTE already present and
+    writable takes no fault (GUP and hmm_range_fault just use it)."""
+    pte = mm.ptes.get(vpn)
+    if pte is not None and pte.kind is Kind.PRESENT and pte.writable:
+        return
+    _write_fault(world, mm_id, mm, vma, vpn)
+    reclaim.dirtied(world, mm, vpn)
+
+
+def _write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
     pte = mm.ptes.get(vpn)
     if pte is None:
         # do_anonymous_page: vmf_anon_prepare, then a zeroed folio mapped writable.
@@ -130,6 +141,10 @@ def write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
         # entry's permission; a read-only result takes the write fault again (do_wp_page).
         from .device import devmem_fault
         devmem_fault(world, mm_id, mm, vpn)
+        pte = mm.ptes[vpn]
+    if pte.kind is Kind.SWAP:
+        # do_swap_page maps it writable at once if exclusive; else read-only, then do_wp_page.
+        reclaim.swap_in(world, mm, vma, vpn, write=True)
         pte = mm.ptes[vpn]
     if pte.writable:
         return
@@ -174,6 +189,9 @@ def _write_protected_anon(world: World, mm_id: int, mm: Mm, vpn: int, pte: Pte) 
             entry = mirror.table.get(page)
             if entry is not None:
                 mirror.table[page] = replace(entry, maybe_gone=True)
+    # A copy would be a new swap-backed folio, a reuse keeps a lazyfree one lazyfree.
+    reclaim.lost_track(world, pte.folio)
+    folio = world.folios[pte.folio]
     # A copy would have another PFN: forget the one a pagemap op showed.
     world.pfns.pop(("pfn", pte.folio), None)
     world.folios[pte.folio] = replace(folio, exclusive=True)
@@ -219,11 +237,16 @@ def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int) ->
         if pte is None or pte.kind is Kind.ZERO:
             continue
         if pte.kind is Kind.PRESENT:
-            ptes[vpn] = replace(pte, writable=writable and world.folios[pte.folio].exclusive)
+            # 6.1 can_change_pte_writable also wants the PTE dirty.
+            dirty_enough = not (world.profile.mprotect_writable_needs_dirty and pte.clean)
+            ptes[vpn] = replace(pte, writable=writable and world.folios[pte.folio].exclusive
+                                and dirty_enough)
         elif pte.kind is Kind.DEVICE:
             # change_softleaf_pte: a writable device-private entry becomes readable whatever
             # the new protection; nothing makes it writable again.
             ptes[vpn] = replace(pte, writable=False)
+        elif pte.kind is Kind.SWAP:
+            continue  # change_pte_range leaves swap entries alone
         elif entry_permission and pte.writable:
             ptes[vpn] = replace(pte, writable=False)  # make_readable_device_exclusive_entry
     invalidate(world, mm_id, start, end)
@@ -250,6 +273,12 @@ def _copy_pte(world: World, parent: Mm, vma: Vma, vpn: int) -> Pte:
     pte = parent.ptes[vpn]
     if pte.kind is Kind.ZERO:
         return pte  # the zero page is copied as is (copy_present_ptes: not a normal page)
+    if pte.kind is Kind.SWAP:
+        # copy_nonpresent_pte: swap_dup_entry_direct (one more reference to the slot) and
+        # "Mark the swap entry as shared": the exclusive bit goes in the parent's PTE too.
+        slot = world.folios[pte.folio]
+        world.folios[pte.folio] = replace(slot, mapcount=slot.mapcount + 1, exclusive=False)
+        return pte
     if pte.kind is Kind.DEVICE:
         # copy_nonpresent_pte: folio_try_dup_anon_rmap_pte (no longer PageAnonExclusive), and
         # a writable device-private entry becomes readable in both (is_cow_mapping).

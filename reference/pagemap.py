@@ -40,6 +40,7 @@ FLAG_BITS = ((1 << 64) - 1) & ~((1 << 55) - 1)     # bits 55..63
 SWP_TYPE_BITS = 5                                   # MAX_SWAPFILES_SHIFT
 KPF_ANON_EXCLUSIVE = 1 << 34                        # KPF_OWNER_2 (PG_anon_exclusive)
 KPF_STATED = KPF["ANON"] | KPF["ZERO_PAGE"] | KPF_ANON_EXCLUSIVE
+SWAP_TYPE = 0    # the runner's only swap device (zram0, swapon at boot) is swap type 0
 ZERO_KEY = ("zero",)
 
 
@@ -77,7 +78,7 @@ def _key_name(key) -> str:
     if key == ZERO_KEY:
         return "the zero page"
     kind, folio = key
-    return f"{'device folio' if kind == 'dev' else 'folio'} #{folio}"
+    return f"{ {'dev': 'device folio', 'swap': 'swap slot'}.get(kind, 'folio')} #{folio}"
 
 
 def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
@@ -119,6 +120,12 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
                                       f"{', PageAnonExclusive' if folio.exclusive else ''}"))
             continue
         flags = PM_SWAP | PM_SOFT_DIRTY
+        if pte.kind is Kind.SWAP:
+            specs.append(PageSpec(flags, "swp", ("swap", pte.folio), SWAP_TYPE,
+                                  known=world.pfns.get(("swap", pte.folio)),
+                                  why=f"{name} is swapped out: a swap entry of the zram "
+                                      "device (type 0), its offset the slot"))
+            continue
         if pte.kind is Kind.EXCLUSIVE:
             key = ("pfn", pte.folio)
             swp_type = profile.swp_device_exclusive
@@ -139,12 +146,17 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
         "pagemap": "pagemap_read (fs/proc/task_mmu.c)"}), world)]
 
 
+def _space(key) -> str:
+    """Which numbers a key's frame is drawn from: device PFNs, swap slots or system PFNs."""
+    return key[0] if key[0] in ("dev", "swap") else "pfn"
+
+
 def _taken(live: dict, key) -> frozenset:
-    """The PFNs that other pages still alive showed in the same PFN space (device memory or
-    system memory): a page cannot have one of them now."""
-    device = key[0] == "dev"
+    """The PFNs (swap offsets) that other pages still alive showed in the same space
+    (device memory, swap slots or system memory): a page cannot have one of them now."""
+    space = _space(key)
     return frozenset(pfn for other, pfn in live.items()
-                     if other != key and (other[0] == "dev") == device)
+                     if other != key and _space(other) == space)
 
 
 def _frame(spec: PageSpec, entry: int) -> int | None:
@@ -192,7 +204,7 @@ def compare(specs, seen) -> list[tuple[str, tuple[str, ...], str, str]]:
             if by_key.setdefault(spec.key, pfn) != pfn:
                 problems.append(f"PFN {pfn:#x}, but {_key_name(spec.key)} shows "
                                 f"{by_key[spec.key]:#x} on another page")
-            other = by_pfn.setdefault((spec.frame, pfn), spec.key)
+            other = by_pfn.setdefault((_space(spec.key), pfn), spec.key)
             if other != spec.key:
                 problems.append(f"PFN {pfn:#x} is also {_key_name(other)}'s")
         if spec.count is not None:

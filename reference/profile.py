@@ -8,8 +8,7 @@ them until their sources are read.
 
 Differences read but not switched, because no v1 observation shows them: 6.x fires the
 mprotect notifier per PMD (change_pmd_range), 7.2 per PUD (change_pud_range), over the same
-populated range; 6.1 can_change_pte_writable also wants pte_dirty, which every exclusive
-anonymous PTE of a v1 program is; 6.x device-exclusive entries drop the folio's rmap.
+populated range; 6.x device-exclusive entries drop the folio's rmap.
 """
 
 from __future__ import annotations
@@ -55,11 +54,26 @@ class Profile:
     # mapped once (page_mapcount(page) == 1, no pte_present check); newer kernels only for
     # present pages.
     pagemap_swap_exclusive: bool
+    # do_swap_page of a swap entry with swap count 1 on a SWP_SYNCHRONOUS_IO device (zram)
+    # reads into a fresh folio outside the swap cache, which is "certainly exclusive"
+    # (6.1, 6.12); 7.2 always goes through the swap cache (swapin_sync) and trusts only the
+    # swap PTE's exclusive bit (pte_swp_exclusive).
+    swapin_skips_swapcache: bool = False
+    # 6.1 can_change_pte_writable: mprotect makes a PTE writable at once only if it is
+    # dirty (pte_dirty); 6.12 and 7.2 ask that only of shared mappings.
+    mprotect_writable_needs_dirty: bool = False
+    # do_swap_page maps an exclusive page writable on a read fault too (6.12, 7.2: "if
+    # ((vma->vm_flags & VM_WRITE) ..."); 6.1 only on a write fault (maybe_mkwrite under
+    # FAULT_FLAG_WRITE), so a swapped-in page read first is read-only until a write reuses it.
+    swapin_read_maps_writable: bool = True
 
 
 NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False)
-V6_12 = Profile("6.12", 64, 64, True, False, False, False, 27, 28, 29, False)
-V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True)
+V6_12 = Profile("6.12", 64, 64, True, False, False, False, 27, 28, 29, False,
+                swapin_skips_swapcache=True)
+V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,
+               swapin_skips_swapcache=True, mprotect_writable_needs_dirty=True,
+               swapin_read_maps_writable=False)
 
 
 def profile_for(kernel_release: str) -> Profile:

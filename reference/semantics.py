@@ -12,11 +12,11 @@ from harness.prog import (
     Mprotect, Munmap, Op, OpenDevice, Snapshot,
 )
 from harness.prog.ops import (
-    Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev, MigrateToSys, Pagemap,
-    Release,
+    COHERENT_DEVICES, Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev,
+    MigrateToSys, Pagemap, Release,
 )
 
-from . import device, hmm, mm as cpu, pagemap, vma as vmas
+from . import device, hmm, mm as cpu, pagemap, reclaim, vma as vmas
 from .expect import EEXIST, ENOMEM, SEGV, WRITTEN, Expect, done, fail, read_page
 from .places import Places
 from .refuse import Unmodelled
@@ -90,6 +90,7 @@ def _cpu_access(world: World, op, places: Places, kind: str, permitted, access) 
 def _write(world: World, op: CpuWrite, places: Places) -> list[Outcome]:
     def store(mm_id, mm, vma, vpn):
         cpu.write_fault(world, mm_id, mm, vma, vpn)
+        reclaim.dirtied(world, mm, vpn)  # the store sets the PTE's dirty bit
         world.set_content(mm.ptes[vpn].folio, Content(op.seed, vpn))
         return WRITTEN, f"{places.name(vpn)} is in a writable VMA"
 
@@ -128,6 +129,8 @@ def _fork(world: World, op: Fork, places: Places) -> list[Outcome]:
 
 
 def _open(world: World, op: OpenDevice, places: Places) -> list[Outcome]:
+    if op.device in COHERENT_DEVICES:
+        raise Unmodelled(f"open {op.device}", "device-coherent memory (MEMORY_DEVICE_COHERENT)")
     mirror_id = world.new_id()
     world.mirrors[mirror_id] = Dmirror(op.device, world.procs[op.proc])
     world.fds[(op.proc, op.fd)] = mirror_id
@@ -144,9 +147,6 @@ _FLAG_ADVICE = {Advice.HUGEPAGE, Advice.NOHUGEPAGE, Advice.MERGEABLE, Advice.DON
 # new_flags == vma->vm_flags and returns early (UNMERGEABLE: ksm_madvise returns at once
 # without VM_MERGEABLE): nothing happens.
 _NOOP_ADVICE = {Advice.DOFORK, Advice.KEEPONFORK, Advice.UNMERGEABLE,
-                # madvise_willneed on an anonymous VMA only reads swap entries back in
-                # (swapin_walk_ops), and the model has none.
-                Advice.WILLNEED,
                 # madvise_cold: deactivates folios and clears the young bit
                 # (ptep_test_and_clear_young, no invalidation): nothing observable.
                 Advice.COLD}
@@ -155,35 +155,40 @@ _NOOP_ADVICE = {Advice.DOFORK, Advice.KEEPONFORK, Advice.UNMERGEABLE,
 def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
     """madvise(2) on private anonymous memory (mm/madvise.c, 7.2)."""
     advice = op.advice
-    if advice in (Advice.PAGEOUT, Advice.COLLAPSE) or advice in _FLAG_ADVICE:
+    if advice is Advice.COLLAPSE or advice in _FLAG_ADVICE:
         raise Unmodelled(f"madvise {advice.value}",
-                         "swap-out, THP collapse and VMA flags are not modelled")
+                         "THP collapse and VMA flags are not modelled")
     mm_id = world.procs[op.proc]
     mm = world.mms[mm_id]
     start, end = places.vpns(op.range)
     if advice in (Advice.POPULATE_READ, Advice.POPULATE_WRITE):
         return _populate(world, mm_id, mm, start, end, advice is Advice.POPULATE_WRITE, op)
     pieces = [(max(start, v.start), min(end, v.end)) for v in vmas.overlaps(mm, start, end)]
-    if advice in (Advice.DONTNEED, Advice.FREE):
-        for piece_start, piece_end in pieces:
-            if advice is Advice.DONTNEED:
-                # madvise_dontneed_single_vma -> zap_page_range_single_batched: the PTEs
-                # (device-private and device-exclusive entries included) are zapped under one
-                # MMU_NOTIFY_CLEAR over the VMA's part of the range.
-                cpu.zap(world, mm_id, mm, piece_start, piece_end)
-            else:
-                # madvise_free_single_vma: MMU_NOTIFY_CLEAR over the VMA's part of the range;
-                # madvise_free_pte_range marks folios mapped once clean and old (lazyfree).
-                # Their content stays until reclaim discards them, which the model, like
-                # everywhere, assumes does not happen (no memory pressure, no pageout).
-                cpu.invalidate(world, mm_id, piece_start, piece_end)
+    worlds = [world]
+    for piece_start, piece_end in pieces:
+        if advice is Advice.DONTNEED:
+            # madvise_dontneed_single_vma -> zap_page_range_single_batched: the PTEs
+            # (device-private, device-exclusive and swap entries included) are zapped under
+            # one MMU_NOTIFY_CLEAR over the VMA's part of the range.
+            cpu.zap(world, mm_id, mm, piece_start, piece_end)
+        elif advice is Advice.FREE:
+            # madvise_free_single_vma: MMU_NOTIFY_CLEAR over the VMA's part of the range,
+            # then madvise_free_pte_range (reclaim.mark_lazyfree).
+            cpu.invalidate(world, mm_id, piece_start, piece_end)
+            reclaim.mark_lazyfree(world, mm, piece_start, piece_end)
+        elif advice is Advice.WILLNEED:
+            reclaim.willneed(world, mm, piece_start, piece_end)
+    if advice is Advice.PAGEOUT:
+        worlds = reclaim.pageout(world, mm_id, pieces)
     covered = sum(e - s for s, e in pieces)
     if covered < end - start:
         # madvise_walk_vmas: unmapped parts make the result -ENOMEM, after the advice was
         # applied to every VMA in the range.
-        return [(fail(ENOMEM, "madvise_walk_vmas: part of the range is not mapped -> "
-                              "-ENOMEM (the mapped parts were advised)"), world)]
-    return [(done(f"madvise {advice.value}: the whole range is mapped"), world)]
+        expect = fail(ENOMEM, "madvise_walk_vmas: part of the range is not mapped -> "
+                              "-ENOMEM (the mapped parts were advised)")
+    else:
+        expect = done(f"madvise {advice.value}: the whole range is mapped")
+    return [(expect, w) for w in worlds]
 
 
 def _populate(world: World, mm_id: int, mm, start: int, end: int, write: bool,
@@ -197,6 +202,9 @@ def _populate(world: World, mm_id: int, mm, start: int, end: int, write: bool,
     for vpn in range(start, end):
         vma = mm.vma_at(vpn)
         (cpu.write_fault if write else cpu.read_fault)(world, mm_id, mm, vma, vpn)
+        if write:
+            # GUP with FOLL_TOUCH | FOLL_WRITE marks the folio dirty (follow_page_pte).
+            reclaim.dirtied(world, mm, vpn)
     return [(done("madvise_populate: every page of the range can be faulted in"), world)]
 
 

@@ -25,6 +25,7 @@ class Kind(Enum):
     PRESENT = "present"      # an anonymous folio
     EXCLUSIVE = "exclusive"  # a device-exclusive entry (make_device_exclusive) for a folio
     DEVICE = "device"        # a device-private entry (migrate_to_dev) for a device folio
+    SWAP = "swap"            # a swap entry (madvise pageout into the zram swap) for a slot
 
 
 @dataclass(frozen=True)
@@ -37,18 +38,34 @@ class Pte:
     kind: Kind
     folio: int = ZERO_FOLIO
     writable: bool = False
+    # The PTE's dirty bit is known to be clear: mapped by a swap-in read fault (do_swap_page
+    # sets pte_mkdirty only for a write) or cleaned by madvise free (clear_young_dirty_ptes).
+    # Elsewhere the model does not follow the bit (a write fault or store sets it).
+    clean: bool = False
 
 
 ZERO_PTE = Pte(Kind.ZERO)
 
 
+class Lazyfree(Enum):
+    """A folio madvise(MADV_FREE) made lazyfree (folio_mark_lazyfree: clean and no longer
+    swap-backed), as reclaim will find it (try_to_unmap_one's "MADV_FREE page check")."""
+
+    CLEAN = "clean"      # nothing dirtied it since: reclaim discards it (the page reads zero)
+    DIRTY = "dirty"      # a CPU store dirtied the PTE: reclaim maps it again, swap-backed
+    UNKNOWN = "unknown"  # an op the model does not follow the dirty bit through touched it
+
+
 @dataclass(frozen=True)
 class Folio:
-    """An order-0 anonymous folio.
+    """An order-0 anonymous folio, or a swap slot holding a swapped-out page's content.
 
     `mapcount` counts PTEs mapping it (a device-exclusive entry still counts: it keeps the
-    rmap). `exclusive` is PageAnonExclusive: set while only one process can map it, cleared by
-    fork (folio_try_dup_anon_rmap_pte), set again when a write fault reuses it.
+    rmap; for a swap slot: the swap entries referring to it, its swap count). `exclusive` is
+    PageAnonExclusive: set while only one process can map it, cleared by fork
+    (folio_try_dup_anon_rmap_pte), set again when a write fault reuses it; for a swap slot
+    it is the swap PTE's exclusive bit (pte_swp_exclusive: try_to_unmap_one sets it for a
+    PageAnonExclusive page, copy_nonpresent_pte clears it at fork).
     """
 
     content: Content
@@ -59,6 +76,12 @@ class Folio:
     # that dmirror in the backing page's zone_device_data; dmirror_devmem_fault uses it).
     device: str | None = None
     owner: int | None = None
+    lazyfree: Lazyfree | None = None
+    # A swap slot (Kind.SWAP entries point at it), not a page. `swapcache`: a folio for the
+    # slot sits in the swap cache (madvise willneed read it in), which decides how older
+    # kernels swap it in (reclaim.swap_in).
+    swapped: bool = False
+    swapcache: bool = False
 
 
 # ------------------------------------------------------------------ VMAs

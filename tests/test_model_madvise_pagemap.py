@@ -61,7 +61,7 @@ def test_madvise_over_a_hole_is_enomem_and_still_advises_the_mapped_part():
 
 
 def test_advice_the_model_keeps_no_state_for_is_refused_by_name():
-    for advice in ("pageout", "collapse", "hugepage", "nohugepage", "mergeable",
+    for advice in ("collapse", "hugepage", "nohugepage", "mergeable",
                    "dontfork", "wipeonfork"):
         prog = program(f"region a pages=1\np0 map a[0:1]\np0 madvise a[0:1] {advice}\n")
         verdict = check(prog, trace(ok(), ok()))

@@ -54,11 +54,11 @@ def test_a_case_of_a_modelled_op_can_be_refused_by_name():
         region a pages=2
         p0 map a[0:2] shared
         p0 map a[0:1]
-        p0 madvise a[0:1] pageout
+        p0 madvise a[0:1] collapse
     """)
     assert check(prog, trace(ok(), ok(), ok())).unmodelled_op == "map shared"
-    prog = program("region a pages=1\np0 map a[0:1]\np0 madvise a[0:1] pageout\n")
-    assert check(prog, trace(ok(), ok())).unmodelled_op == "madvise pageout"
+    prog = program("region a pages=1\np0 map a[0:1]\np0 madvise a[0:1] collapse\n")
+    assert check(prog, trace(ok(), ok())).unmodelled_op == "madvise collapse"
 
 
 def test_expected_stops_before_the_unmodelled_op():

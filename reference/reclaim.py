@@ -1,0 +1,188 @@
+"""Reclaim and swap: madvise pageout and cold, lazyfree folios (madvise free), and the swap-in
+fault (do_swap_page). The runner swaps on a zram disk (256 MiB, SWP_SYNCHRONOUS_IO), so a
+page reclaim writes out is really a swap entry afterwards and comes back on the next fault.
+
+Sources: mm/madvise.c (madvise_cold_or_pageout_pte_range, madvise_free_pte_range),
+mm/vmscan.c (reclaim_pages, shrink_folio_list), mm/rmap.c (try_to_unmap_one), mm/memory.c
+(do_swap_page, copy_nonpresent_pte), 7.2, with the 6.1/6.12 differences in profile.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .refuse import Unmodelled
+from .state import Folio, Kind, Lazyfree, Mm, Pte, Vma, World
+
+# The zram swap device holds 256 MiB: 65535 slots. Far below that, reclaim of a program's
+# pages cannot fail for want of swap space (add_to_swap); the model refuses beyond.
+SWAP_SLOTS_STATED = 32768
+# Each lazyfree folio of unknown dirty state triples the possible states; past a few the
+# model refuses instead.
+MAX_UNKNOWN_RECLAIMED = 3
+
+
+def swap_slots_in_use(world: World) -> int:
+    return sum(1 for folio in world.folios.values() if folio.swapped)
+
+
+def _isolated(world: World, mm: Mm, vpn: int) -> int | None:
+    """madvise_cold_or_pageout_pte_range: the folio at `vpn` it puts on the reclaim list, or
+    None. Only present normal folios (not the zero page: vm_normal_folio; not device pages:
+    folio_is_zone_device; not swap, device-private or device-exclusive entries: !pte_present)
+    mapped exactly once ("Do not interfere with other mappings of this folio":
+    folio_mapcount != folio_nr_pages). madvise_pageout drains this CPU's LRU batch first
+    (lru_add_drain) and the runner runs every process on one CPU, so every such folio is on
+    the LRU and folio_isolate_lru takes it."""
+    pte = mm.ptes.get(vpn)
+    if pte is None or pte.kind is not Kind.PRESENT:
+        return None
+    if world.folios[pte.folio].mapcount != 1:
+        return None
+    return pte.folio
+
+
+def pageout(world: World, mm_id: int, pieces: list[tuple[int, int]]) -> list[World]:
+    """MADV_PAGEOUT over each VMA's part of the range: reclaim_pages -> shrink_folio_list
+    (ignore_references) -> try_to_unmap -> try_to_unmap_one, which fires MMU_NOTIFY_CLEAR
+    over the page before it decides anything (so every dmirror of the mm loses the page and,
+    by the dmirror_do_update quirk, the next one, even when the page stays). Then:
+
+    - a swap-backed folio goes to swap (add_to_swap, folio_dup_swap): the PTE becomes a swap
+      entry, exclusive iff the page was PageAnonExclusive; zram writes synchronously, so
+      __remove_mapping frees the folio at once (its content lives in the slot);
+    - a lazyfree folio (madvise free) that nothing dirtied is discarded (the "MADV_FREE page
+      check": not dirty and ref_count == 1 + mapcount -> discard): pte_none, it reads zero;
+    - a lazyfree folio a store dirtied is mapped again and becomes swap-backed
+      (folio_set_swapbacked; goto walk_abort): it stays, and the next pageout swaps it.
+
+    A folio whose dirty state the model did not follow (Lazyfree.UNKNOWN) may end any of
+    those three ways: the outcomes branch."""
+    mm = world.mms[mm_id]
+    unknown = [vpn for start, end in pieces for vpn in range(start, end)
+               if _isolated(world, mm, vpn) is not None
+               and world.folios[mm.ptes[vpn].folio].lazyfree is Lazyfree.UNKNOWN]
+    if len(unknown) > MAX_UNKNOWN_RECLAIMED:
+        raise Unmodelled("madvise pageout of many lazyfree pages whose dirty state is not "
+                         "known", "each of them may be discarded, swapped or kept")
+    worlds = [world]
+    for start, end in pieces:
+        for vpn in range(start, end):
+            worlds = [after for w in worlds for after in _reclaim_page(w, mm_id, vpn)]
+    return worlds
+
+
+def _reclaim_page(world: World, mm_id: int, vpn: int) -> list[World]:
+    from .mm import invalidate
+
+    mm = world.mms[mm_id]
+    folio_id = _isolated(world, mm, vpn)
+    if folio_id is None:
+        return [world]
+    invalidate(world, mm_id, vpn, vpn + 1)
+    lazyfree = world.folios[folio_id].lazyfree
+    if lazyfree is Lazyfree.CLEAN:
+        _discard(world, mm, vpn)
+    elif lazyfree is Lazyfree.DIRTY:
+        world.folios[folio_id] = replace(world.folios[folio_id], lazyfree=None)
+    elif lazyfree is None:
+        _swap_out(world, mm, vpn)
+    else:
+        discarded, kept = world.clone(), world.clone()
+        _discard(discarded, discarded.mms[mm_id], vpn)
+        _swap_out(world, mm, vpn)
+        return [world, discarded, kept]
+    return [world]
+
+
+def _discard(world: World, mm: Mm, vpn: int) -> None:
+    pte = mm.ptes.pop(vpn)
+    del world.folios[pte.folio]
+
+
+def _swap_out(world: World, mm: Mm, vpn: int) -> None:
+    if swap_slots_in_use(world) >= SWAP_SLOTS_STATED:
+        raise Unmodelled("madvise pageout with the swap device nearly full",
+                         "add_to_swap may fail")
+    pte = mm.ptes[vpn]
+    folio = world.folios.pop(pte.folio)
+    slot = world.new_id()
+    world.folios[slot] = Folio(folio.content, 1, folio.exclusive, swapped=True)
+    mm.ptes[vpn] = Pte(Kind.SWAP, slot)
+
+
+def willneed(world: World, mm: Mm, start: int, end: int) -> None:
+    """madvise_willneed on an anonymous VMA: swapin_walk_ops reads every swap entry of the
+    range into the swap cache (read_swap_cache_async) without mapping it."""
+    for vpn in range(start, end):
+        pte = mm.ptes.get(vpn)
+        if pte is not None and pte.kind is Kind.SWAP:
+            world.folios[pte.folio] = replace(world.folios[pte.folio], swapcache=True)
+
+
+def swap_in(world: World, mm: Mm, vma: Vma, vpn: int, write: bool) -> None:
+    """do_swap_page on a swap entry: a folio with the slot's content is mapped (no MMU
+    notifier: "it was non-present before"), exclusive if the swap PTE said so, or on 6.1/
+    6.12 if the page was read outside the swap cache (profile.swapin_skips_swapcache);
+    writable at once only then and with VM_WRITE (on 6.1 only for a write fault,
+    profile.swapin_read_maps_writable); dirty only for a write fault. The slot
+    is freed (folio_put_swap; zram: should_try_to_free_swap). A read-only result of a write
+    fault goes on to do_wp_page (mm.write_fault)."""
+    pte = mm.ptes[vpn]
+    slot = world.folios[pte.folio]
+    if slot.mapcount > 1:
+        # The swap cache folio would be shared by every process that swaps the entry in
+        # (its swap count keeps it in the swap cache); the model does not follow that.
+        raise Unmodelled("a swap-in of a swap entry shared by several processes")
+    exclusive = slot.exclusive or (world.profile.swapin_skips_swapcache and not slot.swapcache)
+    del world.folios[pte.folio]
+    folio = world.new_folio(slot.content)
+    world.folios[folio] = replace(world.folios[folio], exclusive=exclusive)
+    writable = exclusive and vma.prot.writable and \
+        (write or world.profile.swapin_read_maps_writable)
+    mm.ptes[vpn] = Pte(Kind.PRESENT, folio, writable, clean=not (write and writable))
+
+
+def mark_lazyfree(world: World, mm: Mm, start: int, end: int) -> None:
+    """madvise_free_pte_range over [start, end) of one VMA (after its MMU_NOTIFY_CLEAR):
+    swap entries are dropped (swap_put_entries_direct, the PTE cleared: the page reads zero
+    next time); a present normal folio mapped once is made clean (folio_clear_dirty,
+    clear_young_dirty_ptes) and lazyfree (folio_mark_lazyfree). A folio mapped by several
+    processes is skipped if its dirty flag is set, else made lazyfree with only this PTE
+    cleaned: the model does not know the flag nor the other PTEs' dirty bits, so such a
+    folio's later reclaim is left open (Lazyfree.UNKNOWN)."""
+    for vpn in range(start, end):
+        pte = mm.ptes.get(vpn)
+        if pte is None:
+            continue
+        if pte.kind is Kind.SWAP:
+            del mm.ptes[vpn]
+            world.unmap_folio(pte.folio)
+            continue
+        if pte.kind is not Kind.PRESENT:
+            continue   # zero page (vm_normal_folio NULL), device-exclusive entries
+        folio = world.folios[pte.folio]
+        state = Lazyfree.CLEAN if folio.mapcount == 1 else Lazyfree.UNKNOWN
+        world.folios[pte.folio] = replace(folio, lazyfree=state)
+        if folio.mapcount == 1:
+            mm.ptes[vpn] = replace(pte, clean=True)
+
+
+def dirtied(world: World, mm: Mm, vpn: int) -> None:
+    """A store through the PTE (or a write fault mapping it dirty): the PTE is dirty, so
+    reclaim finds a lazyfree folio redirtied (try_to_unmap_one: pte_dirty ->
+    folio_mark_dirty)."""
+    pte = mm.ptes[vpn]
+    if pte.clean:
+        mm.ptes[vpn] = replace(pte, clean=False)
+    folio = world.folios.get(pte.folio)
+    if folio is not None and folio.lazyfree is Lazyfree.CLEAN:
+        world.folios[pte.folio] = replace(folio, lazyfree=Lazyfree.DIRTY)
+
+
+def lost_track(world: World, folio_id: int) -> None:
+    """An op moved or touched a lazyfree folio in a way whose effect on the dirty state the
+    model does not follow (device-exclusive GUP, migration, a reuse-or-copy write fault)."""
+    folio = world.folios.get(folio_id)
+    if folio is not None and folio.lazyfree is not None:
+        world.folios[folio_id] = replace(folio, lazyfree=Lazyfree.UNKNOWN)
