@@ -310,8 +310,8 @@ def test_bad_prot(word):
 
 
 def test_bad_device():
-    assert_error(PRELUDE + "p0 open d0 dmirror2\n", BAD_LINE,
-                 "'dmirror2'", "expected a device, one of dmirror0, dmirror1")
+    assert_error(PRELUDE + "p0 open d0 dmirror4\n", BAD_LINE,
+                 "'dmirror4'", "expected a device, one of dmirror0, dmirror1, dmirror2, dmirror3")
 
 
 def test_duplicate_region():

@@ -22,6 +22,9 @@ MAX_REGION_PAGES = 8192  # 32 MiB: enough for several PMD-sized (2 MiB) folios
 MAX_PROCESSES = 4
 MAX_SEED = 0xFFFF
 DEVICES = ("dmirror0", "dmirror1")
+# Device-coherent dmirrors (test_hmm with spm_addr_dev0/1 set): a program may name
+# them; campaigns draw from DEVICES only, and the model refuses them.
+COHERENT_DEVICES = ("dmirror2", "dmirror3")
 MAX_FLAGS = 0xFFFF  # HMM_DMIRROR_FLAGS values a program may set (bit 0: FAIL_ALLOC)
 
 

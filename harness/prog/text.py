@@ -34,9 +34,9 @@ import re
 from pathlib import Path
 
 from .ops import (
-    DEVICES, MAX_FLAGS, MAX_PROCESSES, MAX_REGION_PAGES, MAX_REGIONS, MAX_SEED, OP_BY_KEYWORD,
-    Advice, Blank, CloseDevice, Comment, Exit, Fork, Located, Map, MapKind, Mremap, Op,
-    OpenDevice, PageRange, Program, Prot, Region,
+    COHERENT_DEVICES, DEVICES, MAX_FLAGS, MAX_PROCESSES, MAX_REGION_PAGES, MAX_REGIONS,
+    MAX_SEED, OP_BY_KEYWORD, Advice, Blank, CloseDevice, Comment, Exit, Fork, Located, Map,
+    MapKind, Mremap, Op, OpenDevice, PageRange, Program, Prot, Region,
 )
 
 NAME = re.compile(r"[a-z][a-z0-9_]{0,15}\Z")
@@ -241,8 +241,9 @@ class _LineParser:
                 self.fail(f"{word!r}: expected flags as a number 0..{MAX_FLAGS}")
             return int(match.group(1))
         if f.name == "device":
-            if word not in DEVICES:
-                self.fail(f"{word!r}: expected a device, one of {', '.join(DEVICES)}")
+            if word not in DEVICES + COHERENT_DEVICES:
+                self.fail(f"{word!r}: expected a device, one of "
+                          f"{', '.join(DEVICES + COHERENT_DEVICES)}")
             return word
         if f.name == "child":
             if not PROC.match(word):

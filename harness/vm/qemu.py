@@ -32,9 +32,22 @@ class ChannelLost(Exception):
     """The runner's channel closed or went silent: the guest died or hung."""
 
 
+# lib/test_hmm.c makes devices 2 and 3 device-coherent when its parameters spm_addr_dev0 and
+# spm_addr_dev1 name DEVMEM_CHUNK_SIZE (256 MiB) each of CPU-addressable RAM that the kernel
+# does not own: memremap_pages() -> pagemap_range() refuses a range that intersects System
+# RAM. So the guest gets that much RAM on top of `memory_mb`, and `memmap=<size>$<start>`
+# marks it reserved in the e820 map. It sits at the top of node 0's RAM, so node 0 still
+# spans it (the chunks are added to node 0's ZONE_DEVICE) and node 1 starts right after it.
+COHERENT_CHUNK_MB = 256
+COHERENT_DEVICES = 2
+# The pc machine puts all RAM below 4 GiB while it is under 3.5 GiB (above that it splits
+# the RAM around the PCI hole, and the reserved range could land in it).
+PC_LOWMEM_LIMIT_MB = 3584
+
+
 @dataclass(frozen=True)
 class MachineConfig:
-    memory_mb: int = 2048
+    memory_mb: int = 2048        # RAM the guest kernel owns (the coherent chunks come on top)
     # Two NUMA nodes, one socket each: a single socket with two nodes makes the guest
     # print a topology WARNING at boot, which would look like a finding.
     cpus: int = 2
@@ -42,22 +55,67 @@ class MachineConfig:
     boot_timeout: float = 120.0
     append: str = ""             # extra kernel command line
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    coherent_devices: bool = True  # /dev/hmm_dmirror2 and 3 (device-coherent)
+
+
+@dataclass(frozen=True)
+class MemoryLayout:
+    """Guest physical memory: node 0 = [0, node0_mb) including the reserved coherent
+    chunks at its top, node 1 = [node0_mb, node0_mb + node1_mb)."""
+
+    node0_mb: int
+    node1_mb: int
+    coherent_starts: tuple[int, ...]  # byte addresses of the chunks of dmirror2, dmirror3
+
+    @property
+    def total_mb(self) -> int:
+        return self.node0_mb + self.node1_mb
+
+    def coherent_pfns(self, device: int) -> range:
+        """The PFNs of the chunk /dev/hmm_dmirror<device> (2 or 3) hands out pages from."""
+        start = self.coherent_starts[device - 2] >> 12
+        return range(start, start + (COHERENT_CHUNK_MB << 20 >> 12))
+
+    def kernel_arguments(self) -> list[str]:
+        if not self.coherent_starts:
+            return []
+        size = COHERENT_CHUNK_MB * len(self.coherent_starts)
+        # test_hmm gives dmirror2 the chunk at spm_addr_dev1 and dmirror3 the one at
+        # spm_addr_dev0 (dmirror_allocate_chunk: `MINOR(devt) - 2 ? dev0 : dev1`).
+        dev1, dev0 = self.coherent_starts
+        return [f"memmap={size}M${self.coherent_starts[0]:#x}",
+                f"test_hmm.spm_addr_dev0={dev0:#x}", f"test_hmm.spm_addr_dev1={dev1:#x}"]
+
+
+def memory_layout(config: MachineConfig) -> MemoryLayout:
+    half = config.memory_mb // 2
+    if not config.coherent_devices:
+        return MemoryLayout(half, config.memory_mb - half, ())
+    coherent_mb = COHERENT_CHUNK_MB * COHERENT_DEVICES
+    layout = MemoryLayout(half + coherent_mb, config.memory_mb - half,
+                          tuple((half + i * COHERENT_CHUNK_MB) << 20
+                                for i in range(COHERENT_DEVICES)))
+    if layout.total_mb >= PC_LOWMEM_LIMIT_MB:
+        raise MachineError(f"memory_mb={config.memory_mb} plus {coherent_mb} MiB for the "
+                           f"coherent devices must stay under {PC_LOWMEM_LIMIT_MB} MiB; "
+                           "use less memory or coherent_devices=False")
+    return layout
 
 
 def qemu_command(bzimage: Path, initramfs: Path, workdir: Path, socket_path: Path,
                  config: MachineConfig, accel: str) -> list[str]:
-    half = config.memory_mb // 2
+    layout = memory_layout(config)
     accel_args = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
         ["-accel", "tcg,thread=multi", "-cpu", "max"]
     append = " ".join(filter(None, [
         "console=ttyS0", "panic=-1", "nokaslr", "norandmaps", "printk.devkmsg=on",
-        config.append,
+        *layout.kernel_arguments(), config.append,
     ]))
     return [
         QEMU, *accel_args,
-        "-m", f"{config.memory_mb}M", "-smp", f"{config.cpus},sockets={config.cpus}",
-        "-object", f"memory-backend-ram,id=m0,size={half}M",
-        "-object", f"memory-backend-ram,id=m1,size={config.memory_mb - half}M",
+        "-m", f"{layout.total_mb}M", "-smp", f"{config.cpus},sockets={config.cpus}",
+        "-object", f"memory-backend-ram,id=m0,size={layout.node0_mb}M",
+        "-object", f"memory-backend-ram,id=m1,size={layout.node1_mb}M",
         "-numa", "node,nodeid=0,cpus=0,memdev=m0",
         "-numa", f"node,nodeid=1,cpus=1{'-' + str(config.cpus - 1) if config.cpus > 2 else ''},memdev=m1",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
