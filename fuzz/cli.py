@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from harness.kernel import DEFAULT_VERSION, VERSIONS, KernelError, KernelImage, resolve_kernel
+from harness.csource import NotRenderable
 from harness.prog import ParseError, Program, format_program, load_program
 from harness.runner.build import RunnerBuildError
 from harness.vm.qemu import MachineConfig, MachineError
@@ -365,21 +366,82 @@ def minimize(finding, output, kernel, source, bzimage, accel, workdir):
         click.echo(f"reproduced: {wanted}")
         result = reduce(program, lambda candidate: signature(verdict_of(candidate)) == wanted)
         final = verdict_of(result.program)
-    output = output or program_file.with_suffix(".min.txt")
-    output.write_text(f"# minimized: {wanted}\n# {result.ops_before} ops -> "
-                      f"{len(result.program.ops)} ops in {result.executions} executions\n"
-                      + format_program(result.program))
-    click.echo(f"{result.ops_before} ops -> {len(result.program.ops)} ops in "
-               f"{result.executions} executions; written to {output}")
+        output = output or program_file.with_suffix(".min.txt")
+        output.write_text(f"# minimized: {wanted}\n# {result.ops_before} ops -> "
+                          f"{len(result.program.ops)} ops in {result.executions} executions\n"
+                          + format_program(result.program))
+        click.echo(f"{result.ops_before} ops -> {len(result.program.ops)} ops in "
+                   f"{result.executions} executions; written to {output}")
+        c_files = _write_and_check_c(session, result.program, output, wanted)
     meta_path = program_file.with_name("finding.json")
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         meta["minimized"] = {"program": output.name, "ops_before": result.ops_before,
-                             "ops_after": len(result.program.ops), "executions": result.executions}
+                             "ops_after": len(result.program.ops), "executions": result.executions,
+                             **c_files}
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     for line in final.lines():
         click.echo(line)
     sys.exit(final.status)
+
+
+def _write_and_check_c(session, program: Program, output: Path, wanted: str) -> dict:
+    """The C reproducer and TEST_F of a minimized program, and whether the reproducer,
+    compiled and run once in the guest, shows the same finding."""
+    from .reproducer import CompileError, run_in_guest, write_c
+
+    stem = output.name.removesuffix(".txt").removesuffix(".min")
+    try:
+        written = write_c(program, session.hello.release, output.parent, stem, wanted)
+        run = run_in_guest(session, written.reproducer.read_text())
+    except NotRenderable as error:
+        click.echo(f"no C reproducer: {error}")
+        return {"c_reproducer": None, "c_reproducer_note": str(error)}
+    except CompileError as error:
+        click.echo(f"the C reproducer does not compile (a hmmfuzz bug): {error}", err=True)
+        return {"c_reproducer": None, "c_reproducer_note": "does not compile"}
+    shows = run.reproduces(wanted)
+    click.echo(f"C reproducer {written.reproducer} and TEST_F {written.selftest}: run in the guest, "
+               f"{run.outcome} ({'reproduces' if shows else 'does NOT reproduce'} the finding)")
+    return {"c_reproducer": written.reproducer.name, "selftest": written.selftest.name,
+            "c_reproduces": shows}
+
+
+# ---------------------------------------------------------------------- reproduce
+
+@main.command()
+@click.argument("program_path", metavar="PROGRAM", type=click.Path(exists=True, path_type=Path))
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also keep the C source here.")
+@kernel_options
+def reproduce(program_path, output, kernel, source, bzimage, accel, workdir):
+    """Write a program (a file, or a finding directory) as a C reproducer that checks what
+    the model expects, compile it, run it in the guest and show what it printed. Exit 0: every
+    check held; 1: checks failed; 3: the kernel crashed or hung."""
+    from .reproducer import run_in_guest, render
+
+    path = program_path / "program.txt" if program_path.is_dir() else program_path
+    try:
+        program = load_program(path)
+    except ParseError as error:
+        click.echo(f"input error: {error}", err=True)
+        sys.exit(Status.INPUT_ERROR)
+    session = _booted(kernel, source, bzimage, accel, workdir)
+    with session:
+        try:
+            c_source = render(program, session.hello.release, f"hmmfuzz reproduce {path}")
+        except NotRenderable as error:
+            click.echo(f"{path}: {error}", err=True)
+            sys.exit(Status.INPUT_ERROR)
+        if output:
+            output.write_text(c_source)
+        run = run_in_guest(session, c_source)
+        release = session.hello.release
+    click.echo(run.execution.output, nl=False)
+    click.echo(f"{path} on {release}: {run.outcome}")
+    for report in run.reports:
+        click.echo(f"  kernel console: {report.title}")
+    sys.exit(run.status)
 
 
 if __name__ == "__main__":
