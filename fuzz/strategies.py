@@ -1,6 +1,7 @@
 """Hypothesis strategies for programs of the v1 op vocabulary (and, with `extended=True`,
 of the whole op set: migration, release, flags, exit, close, madvise, mapping kinds, mremap,
-mlock/munlock and pagemap).
+mlock/munlock, pagemap, THP modes, compaction, soft-dirty clearing, NUMA migration,
+userfaultfd write-protection, KSM merging and smaps).
 
 Programs are built as `harness.prog.Program` objects (Region, Located, Comment and Blank
 statements), never as text, and are valid by construction: every region is declared before
@@ -22,11 +23,13 @@ from dataclasses import dataclass, field
 from hypothesis import strategies as st
 
 from harness.prog.ops import (
-    DEVICES, MAX_FLAGS, MAX_PROCESSES, MAX_REGION_PAGES, MAX_SEED,
-    Advice, Blank, CheckExclusive, CloseDevice, Comment, CpuRead, CpuWrite, DevRead, DevWrite,
-    Exclusive, Exit, Flags, Fork, Located, Madvise, Map, MapKind, MigrateToDev, MigrateToSys,
-    Mlock, Mprotect, Mremap, Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Program,
-    Prot, Region, Release, Snapshot,
+    DEVICES, MAX_FLAGS, MAX_NODE, MAX_PROCESSES, MAX_REGION_PAGES, MAX_SEED,
+    Advice, Blank, CheckExclusive, ClearSoftDirty, CloseDevice, Comment, Compact, CpuRead,
+    CpuWrite, DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge, Located, Madvise, Map,
+    MapKind, Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap, Munlock,
+    Munmap, Op, OpenDevice, PageRange, Pagemap, Program, Prot, Region, Release, Smaps,
+    Snapshot, Switch, Thp, ThpDefrag, ThpEnabled, UffdRegister, UffdUnregister,
+    UffdWriteprotect,
 )
 from harness.prog.text import format_program
 
@@ -144,8 +147,14 @@ _DEVICE_KINDS = {
 _NEW_RANGE_OPS = ("mremap", "madvise", "madvise", "mlock", "munlock", "pagemap", "pagemap")
 _NEW_DEVICE_OPS = ("migrate_to_dev", "migrate_to_dev", "migrate_to_sys", "migrate_to_sys")
 _NEW_FD_OPS = ("release", "flags", "close")
+# Ops on memory the kernel manages for the whole system or process: NUMA placement,
+# userfaultfd write-protection, observations through smaps.
+_KERNEL_RANGE_OPS = ("move_pages", "mbind", "uffd_register", "uffd_unregister", "uffd_wp",
+                     "uffd_wp", "smaps")
+# System- or process-wide ops, rarer: each one touches everything at once.
+_KERNEL_WIDE_OPS = ("thp", "compact", "clear_soft_dirty", "ksm_merge")
 _EXTENDED_OP_CHOICES = (_OP_CHOICES + _NEW_RANGE_OPS + _NEW_DEVICE_OPS + _NEW_FD_OPS
-                        + ("exit",))
+                        + ("exit",) + _KERNEL_RANGE_OPS + _KERNEL_WIDE_OPS)
 
 
 def _new_fd_name(draw, state: _State) -> str:
@@ -216,9 +225,48 @@ def _mremap(draw, state: _State, proc: str, page_range: PageRange) -> Mremap:
     return Mremap(proc, page_range, to.npages, to, draw(st.booleans()))
 
 
+def nodes() -> st.SearchStrategy[int]:
+    """The guest's two NUMA nodes mostly; sometimes one it does not have."""
+    return st.one_of(st.integers(0, 1), st.integers(0, 1), st.integers(0, MAX_NODE))
+
+
+def _kernel_range_op(draw, proc: str, page_range: PageRange, choice: str) -> Op:
+    match choice:
+        case "move_pages":
+            return MovePages(proc, page_range, draw(st.one_of(st.none(), nodes())))
+        case "mbind":
+            return Mbind(proc, page_range, draw(nodes()))
+        case "uffd_register":
+            return UffdRegister(proc, page_range)
+        case "uffd_unregister":
+            return UffdUnregister(proc, page_range)
+        case "uffd_wp":
+            return UffdWriteprotect(proc, page_range, draw(st.sampled_from(Switch)))
+        case "smaps":
+            return Smaps(proc, page_range)
+    raise AssertionError(choice)
+
+
+def _kernel_wide_op(draw, proc: str, choice: str) -> Op:
+    match choice:
+        case "thp":
+            return Thp(proc, draw(st.sampled_from(ThpEnabled)), draw(st.sampled_from(ThpDefrag)))
+        case "compact":
+            return Compact(proc)
+        case "clear_soft_dirty":
+            return ClearSoftDirty(proc)
+        case "ksm_merge":
+            return KsmMerge(proc)
+    raise AssertionError(choice)
+
+
 def _new_op(draw, state: _State, proc: str, choice: str, max_ops: int):
     """Emit one of the ops beyond v1."""
-    if choice == "exit":
+    if choice in _KERNEL_WIDE_OPS:
+        state.emit(_kernel_wide_op(draw, proc, choice))
+    elif choice in _KERNEL_RANGE_OPS:
+        state.emit(_kernel_range_op(draw, proc, _range(draw, state, proc), choice))
+    elif choice == "exit":
         state.emit(Exit(proc))
         del state.fds[proc]
         state.exited.append(proc)
@@ -269,7 +317,8 @@ def _op(draw, state: _State, max_ops: int):
         state.fds[child] = list(state.fds[proc])  # inherits the fds open now
     elif choice == "open":
         _open(draw, state, proc)
-    elif choice in _NEW_RANGE_OPS + _NEW_DEVICE_OPS + _NEW_FD_OPS + ("exit",):
+    elif choice in (_NEW_RANGE_OPS + _NEW_DEVICE_OPS + _NEW_FD_OPS + ("exit",)
+                    + _KERNEL_RANGE_OPS + _KERNEL_WIDE_OPS):
         _new_op(draw, state, proc, choice, max_ops)
     elif choice in _RANGE_OPS:
         page_range = _range(draw, state, proc)

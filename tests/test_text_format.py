@@ -14,8 +14,9 @@ from harness.prog import (
     format_program, load_program, parse_program,
 )
 from harness.prog.ops import (
-    MAX_FLAGS, MAX_SEED, OP_KINDS, V1_OP_KINDS, Advice, CloseDevice, Comment, Exit, Flags, Map,
-    MapKind, Mremap, OpenDevice, PageRange,
+    MAX_FLAGS, MAX_NODE, MAX_SEED, OP_KINDS, V1_OP_KINDS, Advice, ClearSoftDirty, CloseDevice,
+    Comment, Compact, Exit, Flags, KsmMerge, Map, MapKind, Mbind, MovePages, Mremap, OpenDevice,
+    PageRange, Smaps, Switch, Thp, ThpDefrag, ThpEnabled, UffdWriteprotect,
 )
 
 SETTINGS = settings(max_examples=300, deadline=None,
@@ -522,3 +523,66 @@ def test_mremap_vocabulary_keeps_its_invariants():
         Mremap("p0", PageRange("a", 0, 4), 3, PageRange("a", 8, 12))
     with pytest.raises(ValueError):
         Mremap("p0", PageRange("a", 0, 4), 4, None, True)
+
+
+# ---------------------------------------------------------------- kernel-wide ops
+
+KERNEL_OPS = """\
+region a pages=16
+p0 map a[0:16]
+p0 thp always defer+madvise
+p0 thp never never
+p0 compact
+p0 clear_soft_dirty
+p0 move_pages a[0:4] 1
+p0 move_pages a[0:4]
+p0 mbind a[0:16] 0
+p0 uffd_register a[0:8]
+p0 uffd_wp a[0:4] on
+p0 uffd_wp a[0:4] off
+p0 uffd_unregister a[0:8]
+p0 ksm_merge
+p0 smaps a[0:16]
+"""
+
+
+def test_kernel_ops_example_is_canonical():
+    program = parse_program(KERNEL_OPS)
+    assert format_program(program) == KERNEL_OPS
+    ops = program.ops
+    assert ops[1] == Thp("p0", ThpEnabled.ALWAYS, ThpDefrag.DEFER_MADVISE)
+    assert ops[5] == MovePages("p0", PageRange("a", 0, 4), 1)
+    assert ops[6] == MovePages("p0", PageRange("a", 0, 4))  # no node: only ask where
+    assert ops[7] == Mbind("p0", PageRange("a", 0, 16), 0)
+    assert ops[9] == UffdWriteprotect("p0", PageRange("a", 0, 4), Switch.ON)
+    assert [type(op) for op in ops[3:5]] == [Compact, ClearSoftDirty]
+    assert isinstance(ops[12], KsmMerge) and ops[13] == Smaps("p0", PageRange("a", 0, 16))
+
+
+@pytest.mark.parametrize("enabled", [mode.value for mode in ThpEnabled])
+@pytest.mark.parametrize("defrag", [mode.value for mode in ThpDefrag])
+def test_every_thp_mode_round_trips(enabled, defrag):
+    text = PRELUDE + f"p0 thp {enabled} {defrag}\n"
+    assert format_program(parse_program(text)) == text
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("p0 thp always", ["`<proc> thp <enabled> <defrag>`"]),
+    ("p0 thp sometimes never", ["'sometimes'", "expected a THP mode, one of always, madvise, never"]),
+    ("p0 thp always defer-madvise", ["'defer-madvise'", "expected a THP defrag mode",
+                                      "defer+madvise"]),
+    ("p0 compact now", ["`<proc> compact`"]),
+    ("p0 clear_soft_dirty a[0:1]", ["`<proc> clear_soft_dirty`"]),
+    ("p0 move_pages a[0:1] 4", ["'4'", f"expected a NUMA node 0..{MAX_NODE}"]),
+    ("p0 move_pages a[0:1] 1 2", ["`<proc> move_pages <range>` or `<proc> move_pages <range> <node>`"]),
+    ("p0 move_pages", ["`<proc> move_pages <range>`"]),
+    ("p0 mbind a[0:1]", ["`<proc> mbind <range> <node>`"]),
+    ("p0 mbind a[0:1] x", ["'x'", "expected a NUMA node"]),
+    ("p0 uffd_wp a[0:1]", ["`<proc> uffd_wp <range> <protect>`"]),
+    ("p0 uffd_wp a[0:1] yes", ["'yes'", "expected a switch, one of on, off"]),
+    ("p0 uffd_register a[0:17]", ["expected 0 <= start < end <= 16"]),
+    ("p0 ksm_merge a[0:1]", ["`<proc> ksm_merge`"]),
+    ("p0 smaps b[0:1]", ["region 'b' is not declared above"]),
+])
+def test_errors_of_the_kernel_ops(line, expected):
+    assert_error(PRELUDE + line + "\n", BAD_LINE, *expected)

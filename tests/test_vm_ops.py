@@ -509,3 +509,252 @@ def test_every_new_op_runs_on_each_kernel(each_kernel):
     assert [r[i].errno for i in others] == [0] * len(others), [
         (str(ops[i].keyword), r[i].errno) for i in others if r[i].errno]
     assert len(r[-1].pagemap) == 8
+
+
+# ---------------------------------------------------------------- kernel-wide ops, on every kernel
+
+def version(session) -> tuple[int, int]:
+    major, minor = (int(x) for x in session.hello.release.split(".")[:2])
+    return major, minor
+
+
+def test_thp_always_backs_a_2mib_aligned_region_with_a_thp(each_kernel):
+    _, r = run(each_kernel, """\
+region h pages=512
+p0 thp always defer+madvise
+p0 map h[0:512]
+p0 write h[0:1] seed=1
+p0 smaps h[0:512]
+p0 pagemap h[0:2]
+""")
+    assert r[0].errno == 0
+    # do_huge_pmd_anonymous_page: the first write fault maps the whole aligned 2 MiB
+    (vma,) = r[3].smaps
+    assert vma["AnonHugePages"] == 2048 and vma["Rss"] == 2048 and vma["Anonymous"] == 2048
+    head, tail = r[4].pagemap
+    assert head.has_flag("THP") and head.has_flag("COMPOUND_HEAD")
+    assert tail.has_flag("COMPOUND_TAIL") and tail.pfn == head.pfn + 1
+
+
+def test_every_program_starts_with_thp_never_whatever_the_last_one_set(each_kernel):
+    run(each_kernel, "region h pages=512\np0 thp always always\n")
+    _, r = run(each_kernel, """\
+region h pages=512
+p0 map h[0:512]
+p0 write h[0:1] seed=1
+p0 smaps h[0:512]
+p0 madvise h[0:512] hugepage
+p0 write h[511:512] seed=1
+p0 smaps h[0:512]
+""")
+    # "never" ignores MADV_HUGEPAGE too: still one 4 KiB page per write
+    assert r[2].smaps[0]["AnonHugePages"] == 0 and r[2].smaps[0]["Rss"] == 4
+    assert r[5].smaps[0]["AnonHugePages"] == 0 and r[5].smaps[0]["Rss"] == 8
+
+
+def test_thp_madvise_gives_a_thp_only_where_madv_hugepage_asked(each_kernel):
+    _, r = run(each_kernel, """\
+region plain pages=512
+region huge pages=512
+p0 thp madvise never
+p0 map plain[0:512]
+p0 map huge[0:512]
+p0 madvise huge[0:512] hugepage
+p0 write plain[0:1] seed=1
+p0 write huge[0:1] seed=1
+p0 smaps plain[0:512]
+p0 smaps huge[0:512]
+""")
+    assert r[6].smaps[0]["AnonHugePages"] == 0
+    assert r[7].smaps[0]["AnonHugePages"] == 2048
+
+
+def test_compact_keeps_every_page_s_content(each_kernel):
+    program, r = run(each_kernel, """\
+region a pages=64
+p0 map a[0:64]
+p0 write a[0:64] seed=3
+p0 compact
+p0 read a[0:64]
+""")
+    assert r[2].errno == 0
+    assert seen(r[3].pages) == [pattern(program, 3, "a", i) for i in range(64)]
+
+
+def test_clear_soft_dirty_clears_the_bit_and_a_write_sets_it_again(each_kernel):
+    _, r = run(each_kernel, """\
+region a pages=2
+p0 map a[0:2]
+p0 write a[0:2] seed=1
+p0 pagemap a[0:2]
+p0 clear_soft_dirty
+p0 pagemap a[0:2]
+p0 write a[1:2] seed=2
+p0 pagemap a[0:2]
+p0 fork p1
+p1 clear_soft_dirty
+p0 pagemap a[0:2]
+""")
+    assert all(e.soft_dirty for e in r[2].pagemap)
+    assert r[3].errno == 0 and not any(e.soft_dirty for e in r[4].pagemap)
+    # clear_soft_refs_in_pte write-protected the pte: the write fault marks it dirty
+    assert [e.soft_dirty for e in r[6].pagemap] == [False, True]
+    # the child's clear_refs is about the child's page tables only
+    assert [e.soft_dirty for e in r[9].pagemap] == [False, True]
+
+
+def test_move_pages_moves_to_the_other_node_and_reports_each_page(each_kernel):
+    _, r = run(each_kernel, """\
+region a pages=4
+p0 map a[0:4]
+p0 write a[0:3] seed=1
+p0 move_pages a[0:4]
+p0 move_pages a[0:3] 1
+p0 move_pages a[0:4]
+p0 move_pages a[0:1] 3
+p0 read a[0:3]
+""")
+    # the runner runs programs on CPU 0, node 0: pages start there
+    unpopulated = -errno.EFAULT if version(each_kernel) < (6, 12) else -errno.ENOENT
+    assert r[2].node_status == (0, 0, 0, unpopulated)
+    assert r[3].errno == 0 and r[3].node_status == (1, 1, 1)
+    assert r[4].node_status == (1, 1, 1, unpopulated)
+    # do_pages_move: a node without memory fails the whole call
+    assert r[5].errno == errno.ENODEV
+
+
+def test_mbind_moves_present_pages_and_places_later_faults(each_kernel):
+    program, r = run(each_kernel, """\
+region a pages=4
+p0 map a[0:4]
+p0 write a[0:2] seed=1
+p0 mbind a[0:4] 1
+p0 write a[2:4] seed=1
+p0 move_pages a[0:4]
+p0 read a[0:4]
+p0 mbind a[0:4] 3
+""")
+    assert r[2].errno == 0
+    assert r[4].node_status == (1, 1, 1, 1)
+    assert seen(r[5].pages) == [pattern(program, 1, "a", i) for i in range(4)]
+    # a node without memory leaves no node to bind to (mpol_set_nodemask)
+    assert r[6].errno == errno.EINVAL
+
+
+def test_uffd_write_protect_sets_the_pagemap_bit_and_a_write_gets_sigbus(each_kernel):
+    program, r = run(each_kernel, """\
+region a pages=4
+p0 map a[0:4]
+p0 write a[0:4] seed=1
+p0 uffd_register a[0:4]
+p0 uffd_wp a[0:2] on
+p0 pagemap a[0:4]
+p0 write a[0:4] seed=2
+p0 read a[0:4]
+p0 uffd_wp a[0:1] off
+p0 write a[0:2] seed=3
+p0 pagemap a[0:2]
+p0 uffd_unregister a[0:4]
+p0 write a[1:2] seed=3
+""")
+    assert [x.errno for x in r] == [0] * len(r)
+    assert [e.uffd_wp for e in r[4].pagemap] == [True, True, False, False]
+    # UFFD_FEATURE_SIGBUS: handle_userfault answers the wp fault with VM_FAULT_SIGBUS
+    assert [p.signal for p in r[5].pages] == [signal.SIGBUS, signal.SIGBUS, 0, 0]
+    assert seen(r[6].pages) == [pattern(program, 1, "a", 0), pattern(program, 1, "a", 1),
+                                pattern(program, 2, "a", 2), pattern(program, 2, "a", 3)]
+    assert [p.signal for p in r[8].pages] == [0, signal.SIGBUS]
+    assert [e.uffd_wp for e in r[9].pagemap] == [False, True]
+    # unregistering clears the bit (userfaultfd_clear_vma): the write goes through
+    assert r[11].pages[0].signal == 0
+
+
+def test_the_device_sees_a_uffd_write_protected_page_as_a_fault(each_kernel):
+    program, r = run(each_kernel, """\
+region a pages=4
+p0 map a[0:4]
+p0 write a[0:4] seed=1
+p0 open d0 dmirror0
+p0 uffd_register a[0:4]
+p0 uffd_wp a[0:4] on
+p0 dev_read d0 a[0:1]
+p0 dev_write d0 a[1:2] seed=2
+p0 exclusive d0 a[2:3]
+p0 migrate_to_dev d0 a[3:4]
+p0 pagemap a[3:4]
+p0 read a[3:4]
+p0 write a[3:4] seed=2
+""")
+    # a read needs no write: hmm_range_fault mirrors the page
+    assert r[5].errno == 0 and seen(r[5].pages) == [pattern(program, 1, "a", 0)]
+    # the device's write fault reaches handle_userfault, SIGBUS: hmm_range_fault -EFAULT
+    assert r[6].errno == errno.EFAULT
+    # make_device_exclusive's write fault fails too; 6.1/6.12's dmirror_exclusive turns
+    # any page it did not get into -EBUSY, 7.2 passes the fault's error on
+    assert r[7].errno == (errno.EFAULT if version(each_kernel) > (6, 12) else errno.EBUSY)
+    # migration copies the bit into the device-private entry and back
+    assert r[8].errno == 0 and r[8].cpages == 1
+    assert r[9].pagemap[0].swapped and r[9].pagemap[0].uffd_wp
+    assert seen(r[10].pages) == [pattern(program, 1, "a", 3)]
+    assert r[11].pages[0].signal == signal.SIGBUS
+
+
+def test_ksm_merges_identical_pages_into_one_shared_page(each_kernel):
+    program, r = run(each_kernel, """\
+region a pages=4
+region b pages=4
+region z pages=8
+p0 map a[0:4]
+p0 write a[0:4] seed=1
+p0 mremap a[0:4] b[0:4] dontunmap
+p0 write a[0:4] seed=1
+p0 map z[0:8]
+p0 madvise z[0:8] populate_write
+p0 madvise a[0:4] mergeable
+p0 madvise b[0:4] mergeable
+p0 madvise z[0:8] mergeable
+p0 ksm_merge
+p0 pagemap a[0:4]
+p0 pagemap b[0:4]
+p0 pagemap z[0:8]
+p0 smaps z[0:8]
+p0 write a[0:1] seed=3
+p0 pagemap a[0:1]
+p0 read b[0:1]
+""")
+    # b holds the bytes a had, and a was written with the same pattern again: each a[i]
+    # equals b[i]; z is eight zero-filled pages
+    ksm = r[9].ksm
+    assert r[9].errno == 0 and ksm.full_scans >= 3
+    assert (ksm.pages_shared, ksm.pages_sharing) == (4 + 1, 4 + 7)
+    for a_page, b_page in zip(r[10].pagemap, r[11].pagemap):
+        assert a_page.pfn == b_page.pfn and a_page.count == 2 and a_page.has_flag("KSM")
+        assert not a_page.exclusive
+    assert len({e.pfn for e in r[12].pagemap}) == 1 and r[12].pagemap[0].count == 8
+    assert r[13].smaps[0]["Pss"] == 4 and r[13].smaps[0]["Shared_Dirty"] == 32
+    # a write breaks the sharing: a private copy again
+    fresh = r[15].pagemap[0]
+    assert fresh.count == 1 and fresh.exclusive and fresh.pfn != r[10].pagemap[0].pfn
+    assert seen(r[16].pages) == [pattern(program, 1, "a", 0)]
+
+
+def test_smaps_reports_each_vma_overlapping_the_range(each_kernel):
+    _, r = run(each_kernel, """\
+region a pages=8
+p0 map a[0:8]
+p0 write a[0:8] seed=1
+p0 mprotect a[2:4] r
+p0 mlock a[6:8]
+p0 madvise a[4:5] pageout
+p0 smaps a[1:7]
+p0 smaps a[3:4]
+""")
+    base = 0x2000_0000_0000
+    vmas = r[5].smaps
+    assert [(v.start - base) // 4096 for v in vmas] == [0, 2, 4, 6]
+    assert [(v.end - base) // 4096 for v in vmas] == [2, 4, 6, 8]
+    assert [v["Rss"] for v in vmas] == [8, 8, 4, 8]
+    assert [v["Swap"] for v in vmas] == [0, 0, 4, 0]
+    assert [v["Locked"] for v in vmas] == [0, 0, 0, 8]
+    assert all(v["Anonymous"] == v["Rss"] and v["AnonHugePages"] == 0 for v in vmas)
+    assert len(r[6].smaps) == 1 and r[6].smaps[0].start == base + 2 * 4096

@@ -111,6 +111,41 @@ class PagemapEntry:
         return text
 
 
+# The /proc/<pid>/smaps fields a `smaps` op reports, in kB, in the order of the wire format
+# (wire.h enum wire_smaps_field). Rss..Locked exist on every supported kernel (6.1+).
+SMAPS_FIELDS = (
+    "Rss", "Pss", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty",
+    "Referenced", "Anonymous", "AnonHugePages", "Swap", "SwapPss", "Locked",
+)
+
+
+@dataclass(frozen=True)
+class SmapsVma:
+    """One VMA of a `smaps` op: its bounds (virtual addresses, end exclusive) and its
+    fields in kB (name -> value; SMAPS_FIELDS, a field the kernel did not print is absent)."""
+
+    start: int
+    end: int
+    fields: tuple[tuple[str, int], ...]
+
+    def __getitem__(self, name: str) -> int:
+        return dict(self.fields)[name]
+
+    def __str__(self) -> str:
+        values = " ".join(f"{name}={kb}" for name, kb in self.fields if kb)
+        return f"{self.start:#x}-{self.end:#x} {values or 'empty'}"
+
+
+@dataclass(frozen=True)
+class KsmScan:
+    """What a `ksm_merge` op saw: full scans ksmd completed while it ran, and
+    /sys/kernel/mm/ksm/pages_shared and pages_sharing once it had stopped."""
+
+    full_scans: int
+    pages_shared: int
+    pages_sharing: int
+
+
 @dataclass(frozen=True)
 class OpResult:
     """The observations of one op.
@@ -121,6 +156,8 @@ class OpResult:
     does not stop the op) and for a successful dev_read/exclusive (the bytes the device
     returned, also for a successful migrate_to_dev); a failed ioctl reports only its errno.
     `snapshot` holds SNAPSHOT's bytes, `pagemap` a `pagemap` op's per-page records.
+    `node_status` holds move_pages()'s status array (per page: its node, or -errno),
+    `smaps` a `smaps` op's VMAs, `ksm` a `ksm_merge` op's counters.
     """
 
     errno: int = 0
@@ -129,6 +166,9 @@ class OpResult:
     pages: tuple[Page, ...] = ()
     snapshot: bytes | None = None
     pagemap: tuple[PagemapEntry, ...] | None = None
+    node_status: tuple[int, ...] | None = None
+    smaps: tuple[SmapsVma, ...] | None = None
+    ksm: KsmScan | None = None
 
 
 class Ending(Enum):

@@ -26,6 +26,9 @@ DEVICES = ("dmirror0", "dmirror1")
 # them; campaigns draw from DEVICES only, and the model refuses them.
 COHERENT_DEVICES = ("dmirror2", "dmirror3")
 MAX_FLAGS = 0xFFFF  # HMM_DMIRROR_FLAGS values a program may set (bit 0: FAIL_ALLOC)
+# NUMA nodes a program may name: the guest has nodes 0 and 1; 2 and 3 do not exist, so a
+# program can also ask for a node that is not there (the kernel answers ENODEV/EINVAL).
+MAX_NODE = 3
 
 
 class Prot(Enum):
@@ -323,6 +326,127 @@ class Flags(Op):
     keyword = "flags"
 
 
+class ThpEnabled(Enum):
+    """/sys/kernel/mm/transparent_hugepage/enabled"""
+
+    ALWAYS = "always"
+    MADVISE = "madvise"
+    NEVER = "never"
+
+
+class ThpDefrag(Enum):
+    """/sys/kernel/mm/transparent_hugepage/defrag"""
+
+    ALWAYS = "always"
+    DEFER = "defer"
+    DEFER_MADVISE = "defer+madvise"
+    MADVISE = "madvise"
+    NEVER = "never"
+
+
+# What every program starts with, whatever the program before it set: no THP on fault
+# (the v1 model knows 4 KiB pages only) and the kernel's default defrag mode.
+THP_DEFAULT = (ThpEnabled.NEVER, ThpDefrag.MADVISE)
+
+
+class Switch(Enum):
+    ON = "on"
+    OFF = "off"
+
+
+@dataclass(frozen=True)
+class Thp(Op):
+    """Set the system's THP mode and defrag mode (both sysfs files). System-wide, for the
+    rest of the program only: every program starts from THP_DEFAULT."""
+
+    enabled: ThpEnabled
+    defrag: ThpDefrag
+    keyword = "thp"
+
+
+@dataclass(frozen=True)
+class Compact(Op):
+    """Compact all memory of all nodes: write 1 to /proc/sys/vm/compact_memory (it drains
+    the per-CPU LRU batches first, then migrates movable pages of every zone)."""
+
+    keyword = "compact"
+
+
+@dataclass(frozen=True)
+class ClearSoftDirty(Op):
+    """Clear the soft-dirty bits of the process: write 4 to /proc/<pid>/clear_refs (the
+    next write to a page sets its bit again; pagemap shows it)."""
+
+    keyword = "clear_soft_dirty"
+
+
+@dataclass(frozen=True)
+class MovePages(Op):
+    """move_pages(2) of the range to `node` with MPOL_MF_MOVE; without a node, only ask
+    where each page is (nodes == NULL). Observed: the per-page status array (the node a
+    page is on, or -errno)."""
+
+    range: PageRange
+    node: int | None = None
+    keyword = "move_pages"
+
+
+@dataclass(frozen=True)
+class Mbind(Op):
+    """mbind(2) of the range: MPOL_BIND to `node` with MPOL_MF_MOVE (pages already there
+    move; later faults allocate on the node)."""
+
+    range: PageRange
+    node: int
+    keyword = "mbind"
+
+
+@dataclass(frozen=True)
+class UffdRegister(Op):
+    """UFFDIO_REGISTER of the range with UFFDIO_REGISTER_MODE_WP on the process's own
+    userfaultfd (created at its first uffd op, with UFFD_FEATURE_SIGBUS: a write to a
+    write-protected page raises SIGBUS instead of waiting for a handler)."""
+
+    range: PageRange
+    keyword = "uffd_register"
+
+
+@dataclass(frozen=True)
+class UffdUnregister(Op):
+    """UFFDIO_UNREGISTER of the range."""
+
+    range: PageRange
+    keyword = "uffd_unregister"
+
+
+@dataclass(frozen=True)
+class UffdWriteprotect(Op):
+    """UFFDIO_WRITEPROTECT of the range: `on` sets the uffd-wp bit of its entries (pagemap
+    bit 57), `off` clears it."""
+
+    range: PageRange
+    protect: Switch
+    keyword = "uffd_wp"
+
+
+@dataclass(frozen=True)
+class KsmMerge(Op):
+    """Run KSM until it has scanned every MADV_MERGEABLE page at least twice (ksmd as fast
+    as it goes, full_scans advanced by at least 3), then stop it. Observed: how many full
+    scans it did and /sys/kernel/mm/ksm/pages_shared and pages_sharing after; ETIMEDOUT if
+    the scans did not finish in time."""
+
+    keyword = "ksm_merge"
+
+
+@dataclass(frozen=True)
+class Smaps(Op):
+    """Observe /proc/<pid>/smaps of every VMA overlapping the range. Changes nothing."""
+
+    range: PageRange
+    keyword = "smaps"
+
+
 V1_OP_KINDS: tuple[type[Op], ...] = (
     Map, Munmap, Mprotect, CpuWrite, CpuRead, Fork, OpenDevice,
     DevRead, DevWrite, Snapshot, Exclusive, CheckExclusive,
@@ -330,6 +454,8 @@ V1_OP_KINDS: tuple[type[Op], ...] = (
 OP_KINDS: tuple[type[Op], ...] = V1_OP_KINDS + (
     Mremap, Madvise, Mlock, Munlock, Pagemap, Exit, CloseDevice,
     MigrateToDev, MigrateToSys, Release, Flags,
+    Thp, Compact, ClearSoftDirty, MovePages, Mbind, UffdRegister, UffdUnregister,
+    UffdWriteprotect, KsmMerge, Smaps,
 )
 OP_BY_KEYWORD: dict[str, type[Op]] = {kind.keyword: kind for kind in OP_KINDS}
 

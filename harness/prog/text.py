@@ -20,6 +20,15 @@ Ops beyond v1 (the reference model does not judge them yet):
     p0 pagemap a[0:4]             # observe /proc/self/pagemap, kpagecount, kpageflags
     p1 close d0
     p1 exit                       # later lines may not name p1
+    p0 thp always defer+madvise   # THP enabled and defrag modes (each program starts never/madvise)
+    p0 compact                    # /proc/sys/vm/compact_memory
+    p0 clear_soft_dirty           # 4 > /proc/<pid>/clear_refs
+    p0 move_pages a[0:4] 1        # move_pages(2) to node 1; without a node: where are they
+    p0 mbind a[0:4] 1             # MPOL_BIND to node 1, MPOL_MF_MOVE
+    p0 uffd_register a[0:4]       # userfaultfd, UFFDIO_REGISTER_MODE_WP (and uffd_unregister)
+    p0 uffd_wp a[0:4] on          # UFFDIO_WRITEPROTECT on|off
+    p0 ksm_merge                  # KSM full scans, then stopped
+    p0 smaps a[0:4]               # observe /proc/<pid>/smaps of the VMAs there
 
 One statement per line; `#` starts a comment. Every error names the file, the line and what
 was expected there. Parsing also checks the program is meaningful (regions declared before
@@ -33,11 +42,23 @@ import dataclasses
 import re
 from pathlib import Path
 
+from enum import Enum
+
 from .ops import (
-    COHERENT_DEVICES, DEVICES, MAX_FLAGS, MAX_PROCESSES, MAX_REGION_PAGES, MAX_REGIONS,
-    MAX_SEED, OP_BY_KEYWORD, Advice, Blank, CloseDevice, Comment, Exit, Fork, Located, Map,
-    MapKind, Mremap, Op, OpenDevice, PageRange, Program, Prot, Region,
+    COHERENT_DEVICES, DEVICES, MAX_FLAGS, MAX_NODE, MAX_PROCESSES, MAX_REGION_PAGES,
+    MAX_REGIONS, MAX_SEED, OP_BY_KEYWORD, Advice, Blank, CloseDevice, Comment, Exit, Fork,
+    Located, Map, MapKind, MovePages, Mremap, Op, OpenDevice, PageRange, Program, Prot, Region,
+    Switch, ThpDefrag, ThpEnabled,
 )
+
+# Enum-valued fields and how a message names what they take
+ENUM_FIELDS: dict[str, tuple[type[Enum], str]] = {
+    "Prot": (Prot, "a protection"),
+    "Advice": (Advice, "an advice"),
+    "ThpEnabled": (ThpEnabled, "a THP mode"),
+    "ThpDefrag": (ThpDefrag, "a THP defrag mode"),
+    "Switch": (Switch, "a switch"),
+}
 
 NAME = re.compile(r"[a-z][a-z0-9_]{0,15}\Z")
 PROC = re.compile(r"p[0-9]\Z")
@@ -68,6 +89,8 @@ def _usage(kind: type[Op]) -> str:
     if kind is Mremap:
         return ("`<proc> mremap <range> <new_npages>` or "
                 "`<proc> mremap <range> <to_range> [dontunmap]`")
+    if kind is MovePages:
+        return "`<proc> move_pages <range>` or `<proc> move_pages <range> <node>`"
     words = [f"<{f.name}>" if f.name != "seed" else "seed=<n>" for f in _op_fields(kind)]
     return "`" + " ".join(["<proc>", kind.keyword, *words]) + "`"
 
@@ -75,7 +98,7 @@ def _usage(kind: type[Op]) -> str:
 # ---------------------------------------------------------------- formatting
 
 def _format_value(value) -> str:
-    if isinstance(value, (Prot, Advice, MapKind)):
+    if isinstance(value, Enum):
         return value.value
     return str(value)
 
@@ -91,6 +114,11 @@ def format_op(op: Op) -> str:
         words += [str(op.range), str(op.to) if op.to is not None else str(op.new_npages)]
         if op.dontunmap:
             words.append(DONTUNMAP)
+        return " ".join(words)
+    if isinstance(op, MovePages):
+        words.append(str(op.range))
+        if op.node is not None:
+            words.append(str(op.node))
         return " ".join(words)
     for f in _op_fields(type(op)):
         value = getattr(op, f.name)
@@ -170,6 +198,11 @@ class _LineParser:
             op = self.map(proc, args)
         elif kind is Mremap:
             op = self.mremap(proc, args)
+        elif kind is MovePages:
+            if len(args) not in (1, 2):
+                self.fail(f"expected {_usage(MovePages)}")
+            node = self.node(args[1]) if len(args) == 2 else None
+            op = MovePages(proc, self.page_range(args[0]), node)
         else:
             fields = _op_fields(kind)
             if len(args) != len(fields):
@@ -224,17 +257,15 @@ class _LineParser:
             return int(match.group(1))
         if f.type == "PageRange":
             return self.page_range(word)
-        if f.type == "Prot":
+        if f.type in ENUM_FIELDS:
+            enum, what = ENUM_FIELDS[f.type]
             try:
-                return Prot(word)
+                return enum(word)
             except ValueError:
-                self.fail(f"{word!r}: expected a protection, one of none, r, rw")
-        if f.type == "Advice":
-            try:
-                return Advice(word)
-            except ValueError:
-                self.fail(f"{word!r}: expected an advice, one of "
-                          f"{', '.join(a.value for a in Advice)}")
+                self.fail(f"{word!r}: expected {what}, one of "
+                          f"{', '.join(member.value for member in enum)}")
+        if f.name == "node":
+            return self.node(word)
         if f.name == "flags":
             match = COUNT.match(word)
             if not match or int(match.group(1)) > MAX_FLAGS:
@@ -254,6 +285,12 @@ class _LineParser:
                 self.fail(f"{word!r}: expected an fd name (lower-case identifier)")
             return word
         raise AssertionError(f"no parser for field {f.name}")
+
+    def node(self, word: str) -> int:
+        match = COUNT.match(word)
+        if not match or int(match.group(1)) > MAX_NODE:
+            self.fail(f"{word!r}: expected a NUMA node 0..{MAX_NODE}")
+        return int(match.group(1))
 
     def page_range(self, word: str) -> PageRange:
         match = RANGE.match(word)

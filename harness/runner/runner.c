@@ -27,6 +27,8 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/swap.h>
@@ -35,6 +37,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <linux/mempolicy.h>
+#include <linux/userfaultfd.h>
 
 #include "test_hmm_uapi.h"
 #include "wire.h"
@@ -92,6 +97,7 @@ struct control {
 	struct wire_page pages[WIRE_MAX_OP_PAGES];
 	uint8_t snapshot[WIRE_MAX_OP_PAGES];
 	struct wire_pagemap pagemap[WIRE_MAX_OP_PAGES];
+	int64_t values[WIRE_MAX_VALUES];
 };
 
 static int channel = -1;
@@ -104,6 +110,11 @@ static uint32_t nregions;
  * creates them before the first program process, so every process inherits them. */
 static int memfds[WIRE_MAX_REGIONS];
 static int files[WIRE_MAX_REGIONS];
+static uint32_t op_timeout_ms;
+/* The userfaultfd of the process running an op (an inherited one belongs to the parent's
+ * mm, so a child makes its own): see own_uffd() */
+static int uffd = -1;
+static pid_t uffd_owner;
 
 /* ------------------------------------------------------------------ utilities */
 
@@ -171,23 +182,20 @@ static int read_all(void *buf, size_t len)
 	return 0;
 }
 
-static void send_message(uint32_t type, const void *a, size_t alen, const void *b,
-			 size_t blen, const void *c, size_t clen, const void *d, size_t dlen)
+/* One frame: the header, then the parts of the payload in order (empty ones allowed). */
+static void send_message(uint32_t type, const struct iovec *parts, int nparts)
 {
-	struct wire_frame frame = {
-		.magic = WIRE_MAGIC, .type = type, .length = alen + blen + clen + dlen,
-	};
+	struct wire_frame frame = { .magic = WIRE_MAGIC, .type = type };
 
+	for (int i = 0; i < nparts; i++)
+		frame.length += parts[i].iov_len;
 	write_all(&frame, sizeof(frame));
-	if (alen)
-		write_all(a, alen);
-	if (blen)
-		write_all(b, blen);
-	if (clen)
-		write_all(c, clen);
-	if (dlen)
-		write_all(d, dlen);
+	for (int i = 0; i < nparts; i++)
+		if (parts[i].iov_len)
+			write_all(parts[i].iov_base, parts[i].iov_len);
 }
+
+#define PART(pointer, length) ((struct iovec){ .iov_base = (void *)(pointer), .iov_len = (length) })
 
 static void write_file(const char *path, const char *text)
 {
@@ -199,6 +207,8 @@ static void write_file(const char *path, const char *text)
 		say("write %s: %s", path, strerror(errno));
 	close(fd);
 }
+
+static long elapsed_ms(const struct timespec *start);
 
 /* zlib's CRC-32, so the host can check digests with zlib.crc32 */
 static uint32_t crc_table[256];
@@ -330,7 +340,9 @@ static void send_hello(void)
 		if (access(path, R_OK | W_OK) == 0)
 			hello.devices |= 1U << i;
 	}
-	send_message(MSG_HELLO, &hello, sizeof(hello), config, config_len, NULL, 0, NULL, 0);
+	struct iovec parts[] = { PART(&hello, sizeof(hello)), PART(config, config_len) };
+
+	send_message(MSG_HELLO, parts, 2);
 }
 
 /* Swap on a zram disk, so that reclaim (MADV_PAGEOUT, memory pressure) can swap anonymous
@@ -357,6 +369,17 @@ static void setup_swap(void)
 		say("no zram swap: swapon: %s", strerror(errno));
 }
 
+/* System-wide settings ops may change, back to one fixed state before every program so
+ * that nothing one program set leaks into the next: THP as harness/prog/ops.py's
+ * THP_DEFAULT says (v1 programs model 4 KiB pages only: no THP unless a program asks for
+ * it), KSM stopped. */
+static void reset_system_knobs(void)
+{
+	write_file("/sys/kernel/mm/transparent_hugepage/enabled", "never");
+	write_file("/sys/kernel/mm/transparent_hugepage/defrag", "madvise");
+	write_file("/sys/kernel/mm/ksm/run", "0");
+}
+
 static void boot(void)
 {
 	mount_fs("devtmpfs", "/dev", "devtmpfs");
@@ -365,12 +388,11 @@ static void boot(void)
 	mount_fs("sysfs", "/sys", "sysfs");
 	mount_fs("debugfs", "/sys/kernel/debug", "debugfs");
 	mount_fs("tmpfs", "/tmp", "tmpfs");
-	/* v1 programs model 4 KiB pages only: no THP unless a program asks for it */
-	write_file("/sys/kernel/mm/transparent_hugepage/enabled", "never");
 	write_file("/proc/sys/kernel/hung_task_timeout_secs", "20");
 	/* No background compaction: it would move pages and invalidate device mirrors
 	 * between ops, which the model would (rightly) not expect. */
 	write_file("/proc/sys/vm/compaction_proactiveness", "0");
+	reset_system_knobs();
 	setup_swap();
 	crc_init();
 	ctl = mmap(NULL, sizeof(*ctl), PROT_READ | PROT_WRITE,
@@ -624,6 +646,243 @@ out:
 		close(kpageflags);
 }
 
+/* write_file for an op: the errno of the open or write, 0 if it worked */
+static int write_knob(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY), err = 0;
+
+	if (fd < 0)
+		return errno;
+	if (write(fd, text, strlen(text)) < 0)
+		err = errno;
+	close(fd);
+	return err;
+}
+
+static int64_t read_number(const char *path)
+{
+	char text[32] = "";
+	int fd = open(path, O_RDONLY);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, text, sizeof(text) - 1);
+	close(fd);
+	return n > 0 ? strtoll(text, NULL, 10) : -1;
+}
+
+#define THP_DIR "/sys/kernel/mm/transparent_hugepage/"
+#define KSM_DIR "/sys/kernel/mm/ksm/"
+
+static const char *const thp_enabled_names[] = {
+	[WTHP_ALWAYS] = "always", [WTHP_MADVISE] = "madvise", [WTHP_NEVER] = "never",
+};
+static const char *const thp_defrag_names[] = {
+	[WDEFRAG_ALWAYS] = "always", [WDEFRAG_DEFER] = "defer",
+	[WDEFRAG_DEFER_MADVISE] = "defer+madvise", [WDEFRAG_MADVISE] = "madvise",
+	[WDEFRAG_NEVER] = "never",
+};
+#define THP_ENABLED_OF(arg) ((arg) & 0xff)
+#define THP_DEFRAG_OF(arg) ((arg) >> 8)
+
+static void set_thp(const struct wire_op *op, struct wire_result *res)
+{
+	res->err = write_knob(THP_DIR "enabled", thp_enabled_names[THP_ENABLED_OF(op->arg)]);
+	if (!res->err)
+		res->err = write_knob(THP_DIR "defrag", thp_defrag_names[THP_DEFRAG_OF(op->arg)]);
+}
+
+/* move_pages(2): to a node, or (WIRE_NODE_QUERY) only where each page is */
+static void move_pages_op(const struct wire_op *op, struct wire_result *res)
+{
+	static void *pages[WIRE_MAX_OP_PAGES];
+	static int nodes[WIRE_MAX_OP_PAGES], status[WIRE_MAX_OP_PAGES];
+	int query = op->arg == WIRE_NODE_QUERY;
+
+	for (uint64_t i = 0; i < op->npages; i++) {
+		pages[i] = (void *)(op->addr + i * PAGE_SIZE);
+		nodes[i] = op->arg;
+		status[i] = -EINVAL;
+	}
+	/* a positive return counts pages not migrated: the status array says which */
+	if (syscall(SYS_move_pages, 0, op->npages, pages, query ? NULL : nodes, status,
+		    query ? 0 : MPOL_MF_MOVE) < 0)
+		res->err = errno;
+	for (uint64_t i = 0; i < op->npages; i++)
+		ctl->values[i] = status[i];
+	res->nvalues = op->npages;
+	res->values_kind = WVAL_NODE_STATUS;
+}
+
+static void mbind_op(const struct wire_op *op, struct wire_result *res)
+{
+	unsigned long mask = 1UL << op->arg;
+
+	/* maxnode counts one more than the bits the kernel reads (get_nodes: --maxnode) */
+	if (syscall(SYS_mbind, op->addr, op->npages * PAGE_SIZE, MPOL_BIND, &mask,
+		    sizeof(mask) * 8 + 1, MPOL_MF_MOVE))
+		res->err = errno;
+}
+
+/* The process's own userfaultfd, made at its first uffd op: UFFD_FEATURE_SIGBUS, so a
+ * fault a handler would have to resolve raises SIGBUS instead (handle_userfault). */
+static int own_uffd(void)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_SIGBUS };
+
+	if (uffd >= 0 && uffd_owner == getpid())
+		return 0;
+	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (uffd < 0)
+		return errno;
+	uffd_owner = getpid();
+	if (ioctl(uffd, UFFDIO_API, &api)) {
+		int err = errno;
+
+		close(uffd);
+		uffd = -1;
+		return err;
+	}
+	return 0;
+}
+
+static void uffd_op(const struct wire_op *op, struct wire_result *res)
+{
+	struct uffdio_range range = { .start = op->addr, .len = op->npages * PAGE_SIZE };
+	struct uffdio_register reg = { .range = range, .mode = UFFDIO_REGISTER_MODE_WP };
+	struct uffdio_writeprotect wp = {
+		.range = range, .mode = op->arg ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+	int failed;
+
+	res->err = own_uffd();
+	if (res->err)
+		return;
+	switch (op->kind) {
+	case WOP_UFFD_REGISTER:
+		failed = ioctl(uffd, UFFDIO_REGISTER, &reg);
+		break;
+	case WOP_UFFD_UNREGISTER:
+		failed = ioctl(uffd, UFFDIO_UNREGISTER, &range);
+		break;
+	default:
+		failed = ioctl(uffd, UFFDIO_WRITEPROTECT, &wp);
+		break;
+	}
+	if (failed)
+		res->err = errno;
+}
+
+/* KSM scans each page twice before it merges it: the first full scan records a
+ * checksum, the next inserts an unchanged page into the unstable tree or merges it
+ * (cmp_and_merge_page). The first full scan counted may have started before the op,
+ * so it waits for three. */
+#define KSM_FULL_SCANS 3
+#define KSM_MAX_WAIT_MS 10000
+
+static void ksm_merge(struct wire_result *res)
+{
+	struct timespec start, pause = { .tv_nsec = 1000000 };
+	int64_t first, scans = 0;
+	long budget = op_timeout_ms / 2 < KSM_MAX_WAIT_MS ? op_timeout_ms / 2 : KSM_MAX_WAIT_MS;
+
+	/* smart_scan (6.7+) skips pages that did not merge before: off, so every scan looks
+	 * at every page (absent on older kernels, where every scan does) */
+	write_knob(KSM_DIR "smart_scan", "0");
+	res->err = write_knob(KSM_DIR "pages_to_scan", "100000");
+	if (!res->err)
+		res->err = write_knob(KSM_DIR "sleep_millisecs", "0");
+	first = read_number(KSM_DIR "full_scans");
+	if (!res->err && first < 0)
+		res->err = ENOENT;
+	if (!res->err)
+		res->err = write_knob(KSM_DIR "run", "1");
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	while (!res->err) {
+		scans = read_number(KSM_DIR "full_scans") - first;
+		if (scans >= KSM_FULL_SCANS)
+			break;
+		if (elapsed_ms(&start) > budget)
+			res->err = ETIMEDOUT;
+		nanosleep(&pause, NULL);
+	}
+	write_knob(KSM_DIR "run", "0");
+	ctl->values[WKSM_FULL_SCANS] = scans;
+	ctl->values[WKSM_PAGES_SHARED] = read_number(KSM_DIR "pages_shared");
+	ctl->values[WKSM_PAGES_SHARING] = read_number(KSM_DIR "pages_sharing");
+	res->nvalues = WKSM_NVALUES;
+	res->values_kind = WVAL_KSM;
+}
+
+static const char *const smaps_names[WSMAPS_NFIELDS] = {
+	[WSMAPS_RSS] = "Rss", [WSMAPS_PSS] = "Pss", [WSMAPS_SHARED_CLEAN] = "Shared_Clean",
+	[WSMAPS_SHARED_DIRTY] = "Shared_Dirty", [WSMAPS_PRIVATE_CLEAN] = "Private_Clean",
+	[WSMAPS_PRIVATE_DIRTY] = "Private_Dirty", [WSMAPS_REFERENCED] = "Referenced",
+	[WSMAPS_ANONYMOUS] = "Anonymous", [WSMAPS_ANON_HUGE_PAGES] = "AnonHugePages",
+	[WSMAPS_SWAP] = "Swap", [WSMAPS_SWAP_PSS] = "SwapPss", [WSMAPS_LOCKED] = "Locked",
+};
+#define SMAPS_RECORD (2 + WSMAPS_NFIELDS)
+
+/* A field line "Name:   <n> kB" into the record's slot for Name, if it has one */
+static void smaps_field(int64_t *record, const char *line)
+{
+	const char *colon = strchr(line, ':');
+
+	if (!colon)
+		return;
+	for (int f = 0; f < WSMAPS_NFIELDS; f++)
+		if ((size_t)(colon - line) == strlen(smaps_names[f]) &&
+		    strncmp(line, smaps_names[f], colon - line) == 0)
+			record[2 + f] = strtoll(colon + 1, NULL, 10);
+}
+
+/* /proc/self/smaps of every VMA overlapping the range, one record per VMA */
+static void read_smaps(const struct wire_op *op, struct wire_result *res)
+{
+	static char text[1 << 20];
+	uint64_t end = op->addr + op->npages * PAGE_SIZE;
+	int64_t *record = NULL;
+	size_t len = 0;
+	ssize_t n;
+	int fd = open("/proc/self/smaps", O_RDONLY);
+
+	if (fd < 0) {
+		res->err = errno;
+		return;
+	}
+	while (len < sizeof(text) - 1 && (n = read(fd, text + len, sizeof(text) - 1 - len)) > 0)
+		len += n;
+	close(fd);
+	text[len] = 0;
+	res->values_kind = WVAL_SMAPS;
+	for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+		unsigned long long vma_start, vma_end;
+
+		/* a VMA's first line starts with its lower-case hex bounds, a field's with a
+		 * capital letter */
+		if (line[0] >= 'A' && line[0] <= 'Z') {
+			if (record)
+				smaps_field(record, line);
+			continue;
+		}
+		record = NULL;
+		if (sscanf(line, "%llx-%llx", &vma_start, &vma_end) != 2 ||
+		    vma_end <= op->addr || vma_start >= end)
+			continue;
+		if (res->nvalues + SMAPS_RECORD > WIRE_MAX_VALUES) {
+			res->err = E2BIG;
+			break;
+		}
+		record = &ctl->values[res->nvalues];
+		res->nvalues += SMAPS_RECORD;
+		record[0] = vma_start;
+		record[1] = vma_end;
+		for (int f = 0; f < WSMAPS_NFIELDS; f++)
+			record[2 + f] = -1;
+	}
+}
+
 static void run_op(const struct wire_op *op, struct wire_result *res)
 {
 	size_t len = op->npages * PAGE_SIZE;
@@ -651,6 +910,32 @@ static void run_op(const struct wire_op *op, struct wire_result *res)
 		break;
 	case WOP_PAGEMAP:
 		read_pagemap(op, res);
+		break;
+	case WOP_THP:
+		set_thp(op, res);
+		break;
+	case WOP_COMPACT:
+		res->err = write_knob("/proc/sys/vm/compact_memory", "1");
+		break;
+	case WOP_CLEAR_SOFT_DIRTY:
+		res->err = write_knob("/proc/self/clear_refs", "4");
+		break;
+	case WOP_MOVE_PAGES:
+		move_pages_op(op, res);
+		break;
+	case WOP_MBIND:
+		mbind_op(op, res);
+		break;
+	case WOP_UFFD_REGISTER:
+	case WOP_UFFD_UNREGISTER:
+	case WOP_UFFD_WP:
+		uffd_op(op, res);
+		break;
+	case WOP_KSM_MERGE:
+		ksm_merge(res);
+		break;
+	case WOP_SMAPS:
+		read_smaps(op, res);
 		break;
 	case WOP_CLOSE:
 		if (close(device_fds[op->target]))
@@ -839,7 +1124,7 @@ static void send_done(uint32_t status, uint32_t ops_run, int32_t failed_op, int3
 		silent_status = status;
 		return;
 	}
-	send_message(MSG_DONE, &done, sizeof(done), NULL, 0, NULL, 0, NULL, 0);
+	send_message(MSG_DONE, &PART(&done, sizeof(done)), 1);
 }
 
 static void send_result(void)
@@ -848,9 +1133,15 @@ static void send_result(void)
 
 	if (silent)
 		return;
-	send_message(MSG_RESULT, res, sizeof(*res), ctl->pages,
-		     res->npages * sizeof(struct wire_page), ctl->snapshot, res->nsnapshot,
-		     ctl->pagemap, res->npagemap * sizeof(struct wire_pagemap));
+	struct iovec parts[] = {
+		PART(res, sizeof(*res)),
+		PART(ctl->pages, res->npages * sizeof(struct wire_page)),
+		PART(ctl->snapshot, res->nsnapshot),
+		PART(ctl->pagemap, res->npagemap * sizeof(struct wire_pagemap)),
+		PART(ctl->values, res->nvalues * sizeof(int64_t)),
+	};
+
+	send_message(MSG_RESULT, parts, 5);
 }
 
 static int valid_op(const struct wire_op *op)
@@ -885,7 +1176,20 @@ static int valid_op(const struct wire_op *op)
 	case WOP_MLOCK:
 	case WOP_MUNLOCK:
 	case WOP_PAGEMAP:
+	case WOP_COMPACT:
+	case WOP_CLEAR_SOFT_DIRTY:
+	case WOP_MBIND:
+	case WOP_UFFD_REGISTER:
+	case WOP_UFFD_UNREGISTER:
+	case WOP_UFFD_WP:
+	case WOP_KSM_MERGE:
+	case WOP_SMAPS:
 		return 1;
+	case WOP_MOVE_PAGES:
+		return op->npages <= WIRE_MAX_VALUES;
+	case WOP_THP:
+		return THP_ENABLED_OF(op->arg) <= WTHP_NEVER &&
+		       THP_DEFRAG_OF(op->arg) <= WDEFRAG_NEVER;
 	default:
 		return 0;
 	}
@@ -947,6 +1251,8 @@ static void run_program(const struct wire_program *program)
 			return;
 		}
 	}
+	reset_system_knobs();
+	op_timeout_ms = program->op_timeout_ms;
 	memset(ctl->pid, 0, sizeof(ctl->pid));
 	for (int p = 0; p < WIRE_MAX_PROCS; p++)
 		sem_init(&ctl->go[p], 1, 0);
@@ -1054,7 +1360,9 @@ static void exec_binary(uint32_t length)
 	if (fd < 0 || close(fd) || pipe2(out, O_CLOEXEC)) {
 		done.output_len = snprintf(output, sizeof(output), "hmmfuzz-runner: cannot stage the executable: %s\n",
 					   strerror(errno));
-		send_message(MSG_EXEC_DONE, &done, sizeof(done), output, done.output_len, NULL, 0, NULL, 0);
+		struct iovec parts[] = { PART(&done, sizeof(done)), PART(output, done.output_len) };
+
+		send_message(MSG_EXEC_DONE, parts, 2);
 		return;
 	}
 	pid = fork();
@@ -1083,7 +1391,8 @@ static void exec_binary(uint32_t length)
 	while (pid > 0 && waitpid(pid, &done.status, 0) < 0 && errno == EINTR)
 		;
 	unlink(path);
-	send_message(MSG_EXEC_DONE, &done, sizeof(done), output, done.output_len, NULL, 0, NULL, 0);
+	send_message(MSG_EXEC_DONE, (struct iovec[]){ PART(&done, sizeof(done)),
+						    PART(output, done.output_len) }, 2);
 }
 
 static void bench_program(const struct wire_program *program)
@@ -1101,7 +1410,7 @@ static void bench_program(const struct wire_program *program)
 	silent = 0;
 	result.nanoseconds = (uint64_t)(end.tv_sec - start.tv_sec) * 1000000000ULL +
 			     (uint64_t)(end.tv_nsec - start.tv_nsec);
-	send_message(MSG_BENCH_DONE, &result, sizeof(result), NULL, 0, NULL, 0, NULL, 0);
+	send_message(MSG_BENCH_DONE, &PART(&result, sizeof(result)), 1);
 }
 
 static void serve(void)

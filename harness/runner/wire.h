@@ -12,9 +12,10 @@
 #include <stdint.h>
 
 #define WIRE_MAGIC 0x484d4d46
-#define WIRE_VERSION 2
+#define WIRE_VERSION 3
 #define WIRE_MAX_OPS 512
 #define WIRE_MAX_OP_PAGES 8192
+#define WIRE_MAX_VALUES 8192
 #define WIRE_MAX_PROCS 4
 #define WIRE_MAX_FDS 16
 #define WIRE_MAX_REGIONS 16
@@ -24,7 +25,7 @@ enum wire_msg {
 	MSG_HELLO = 1,    /* guest -> host: wire_hello, then the bytes of /proc/config.gz */
 	MSG_PROGRAM = 2,  /* host -> guest: wire_program, nregions x wire_region, nops x wire_op */
 	MSG_RESULT = 3,   /* guest -> host: wire_result, npages x wire_page, nsnapshot bytes,
-			     npagemap x wire_pagemap */
+			     npagemap x wire_pagemap, nvalues x int64_t */
 	MSG_DONE = 4,     /* guest -> host: wire_done */
 	MSG_POWEROFF = 5, /* host -> guest: no payload */
 	MSG_PROVOKE = 6,  /* host -> guest: an LKDTM crash type (text); answered by MSG_DONE */
@@ -72,7 +73,68 @@ enum wire_op_kind {
 	WOP_MREMAP = 20,    /* arg: enum wire_mremap bits; addr2: destination; npages2: new size */
 	WOP_MLOCK = 21,
 	WOP_MUNLOCK = 22,
-	WOP_PAGEMAP = 23
+	WOP_PAGEMAP = 23,
+	WOP_THP = 24,           /* arg: wire_thp_enabled | wire_thp_defrag << 8 */
+	WOP_COMPACT = 25,
+	WOP_CLEAR_SOFT_DIRTY = 26,
+	WOP_MOVE_PAGES = 27,    /* arg: target node, or WIRE_NODE_QUERY; values: status array */
+	WOP_MBIND = 28,         /* arg: node */
+	WOP_UFFD_REGISTER = 29,
+	WOP_UFFD_UNREGISTER = 30,
+	WOP_UFFD_WP = 31,       /* arg: 1 write-protect, 0 un-protect */
+	WOP_KSM_MERGE = 32,     /* values: wire_ksm_value */
+	WOP_SMAPS = 33          /* values: per VMA, start, end, then WSMAPS_NFIELDS fields */
+};
+
+/* WOP_MOVE_PAGES's arg without a target node: only ask where the pages are */
+#define WIRE_NODE_QUERY 0xFFFFFFFF
+
+/* WOP_THP: /sys/kernel/mm/transparent_hugepage/enabled and defrag */
+enum wire_thp_enabled {
+	WTHP_ALWAYS = 0,
+	WTHP_MADVISE = 1,
+	WTHP_NEVER = 2
+};
+
+enum wire_thp_defrag {
+	WDEFRAG_ALWAYS = 0,
+	WDEFRAG_DEFER = 1,
+	WDEFRAG_DEFER_MADVISE = 2,
+	WDEFRAG_MADVISE = 3,
+	WDEFRAG_NEVER = 4
+};
+
+/* What the int64 values after a result's pagemap records are */
+enum wire_values_kind {
+	WVAL_NONE = 0,
+	WVAL_NODE_STATUS = 1,  /* move_pages status per page: node, or -errno */
+	WVAL_SMAPS = 2,        /* per VMA: start, end, WSMAPS_NFIELDS fields in kB (-1: absent) */
+	WVAL_KSM = 3           /* enum wire_ksm_value */
+};
+
+/* /proc/<pid>/smaps fields of a WOP_SMAPS VMA record, in this order */
+enum wire_smaps_field {
+	WSMAPS_RSS = 0,
+	WSMAPS_PSS = 1,
+	WSMAPS_SHARED_CLEAN = 2,
+	WSMAPS_SHARED_DIRTY = 3,
+	WSMAPS_PRIVATE_CLEAN = 4,
+	WSMAPS_PRIVATE_DIRTY = 5,
+	WSMAPS_REFERENCED = 6,
+	WSMAPS_ANONYMOUS = 7,
+	WSMAPS_ANON_HUGE_PAGES = 8,
+	WSMAPS_SWAP = 9,
+	WSMAPS_SWAP_PSS = 10,
+	WSMAPS_LOCKED = 11,
+	WSMAPS_NFIELDS = 12
+};
+
+/* WOP_KSM_MERGE's values */
+enum wire_ksm_value {
+	WKSM_FULL_SCANS = 0,     /* full scans completed while it ran */
+	WKSM_PAGES_SHARED = 1,
+	WKSM_PAGES_SHARING = 2,
+	WKSM_NVALUES = 3
 };
 
 /* What backs a mapping (WOP_MAP's arg) */
@@ -183,6 +245,8 @@ struct wire_result {
 	uint64_t faults;
 	uint32_t nsnapshot;   /* snapshot bytes that follow the pages */
 	uint32_t npagemap;    /* wire_pagemap records that follow the snapshot bytes */
+	uint32_t nvalues;     /* int64_t values that follow the pagemap records */
+	uint32_t values_kind; /* enum wire_values_kind */
 };
 
 /* One page of a WOP_PAGEMAP */

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.prog import OpResult, Page, Program
-from harness.prog.observation import PagemapEntry
+from harness.prog.observation import SMAPS_FIELDS, KsmScan, PagemapEntry, SmapsVma
 from harness.prog.ops import (
-    REGION_BASE, Advice, CheckExclusive, CloseDevice, CpuRead, CpuWrite, DevRead, DevWrite,
-    Exclusive, Exit, Flags, Fork, Madvise, Map, MapKind, MigrateToDev, MigrateToSys, Mlock,
-    Mprotect, Mremap, Munlock, Munmap, OpenDevice, Pagemap, Prot, Release, Snapshot,
+    REGION_BASE, Advice, CheckExclusive, ClearSoftDirty, CloseDevice, Compact, CpuRead,
+    CpuWrite, DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge, Madvise, Map, MapKind,
+    Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap, Munlock, Munmap,
+    OpenDevice, Pagemap, Prot, Release, Smaps, Snapshot, Switch, Thp, ThpDefrag, ThpEnabled,
+    UffdRegister, UffdUnregister, UffdWriteprotect,
 )
 from harness.prog.cheaders import load_headers
 
@@ -32,8 +34,15 @@ OP_KIND = {
     CheckExclusive: C.WOP_CHECK_EXCLUSIVE, MigrateToDev: C.WOP_MIGRATE_TO_DEV,
     MigrateToSys: C.WOP_MIGRATE_TO_SYS, Release: C.WOP_RELEASE, Flags: C.WOP_FLAGS,
     Exit: C.WOP_EXIT, CloseDevice: C.WOP_CLOSE, Madvise: C.WOP_MADVISE, Mremap: C.WOP_MREMAP,
-    Mlock: C.WOP_MLOCK, Munlock: C.WOP_MUNLOCK, Pagemap: C.WOP_PAGEMAP,
+    Mlock: C.WOP_MLOCK, Munlock: C.WOP_MUNLOCK, Pagemap: C.WOP_PAGEMAP, Thp: C.WOP_THP,
+    Compact: C.WOP_COMPACT, ClearSoftDirty: C.WOP_CLEAR_SOFT_DIRTY,
+    MovePages: C.WOP_MOVE_PAGES, Mbind: C.WOP_MBIND, UffdRegister: C.WOP_UFFD_REGISTER,
+    UffdUnregister: C.WOP_UFFD_UNREGISTER, UffdWriteprotect: C.WOP_UFFD_WP,
+    KsmMerge: C.WOP_KSM_MERGE, Smaps: C.WOP_SMAPS,
 }
+THP_ENABLED = {mode: getattr(C, f"WTHP_{mode.name}") for mode in ThpEnabled}
+THP_DEFRAG = {mode: getattr(C, f"WDEFRAG_{mode.name}") for mode in ThpDefrag}
+SMAPS_RECORD = 2 + C.WSMAPS_NFIELDS
 PROT = {Prot.NONE: C.WPROT_NONE, Prot.R: C.WPROT_R, Prot.RW: C.WPROT_RW}
 MAP_KIND = {MapKind.ANON: C.WMAP_ANON, MapKind.SHARED: C.WMAP_SHARED,
             MapKind.MEMFD: C.WMAP_MEMFD, MapKind.FILE: C.WMAP_FILE}
@@ -107,6 +116,14 @@ def encode_ops(program: Program) -> list[dict]:
             fields["addr"], fields["npages"] = REGION_BASE, 1
         if isinstance(op, Flags):
             fields["addr"], fields["arg"] = REGION_BASE, op.flags
+        if isinstance(op, Thp):
+            fields["arg"] = THP_ENABLED[op.enabled] | THP_DEFRAG[op.defrag] << 8
+        if isinstance(op, MovePages):
+            fields["arg"] = C.WIRE_NODE_QUERY if op.node is None else op.node
+        if isinstance(op, Mbind):
+            fields["arg"] = op.node
+        if isinstance(op, UffdWriteprotect):
+            fields["arg"] = int(op.protect is Switch.ON)
         encoded.append(fields)
     if len(encoded) > C.WIRE_MAX_OPS:
         raise ProtocolError(f"{len(encoded)} ops: the runner takes at most {C.WIRE_MAX_OPS}")
@@ -198,12 +215,15 @@ def decode_result(payload: bytes) -> tuple[int, OpResult]:
     )
     end_snapshot = end_pages + res.nsnapshot
     snapshot = payload[end_pages:end_snapshot] if res.nsnapshot else None
+    end_pagemap = end_snapshot + res.npagemap * ffi.sizeof("struct wire_pagemap")
     pagemap = None
     if res.npagemap:
-        end_pagemap = end_snapshot + res.npagemap * ffi.sizeof("struct wire_pagemap")
         records = ffi.from_buffer("struct wire_pagemap[]", payload[end_snapshot:end_pagemap])
         pagemap = tuple(PagemapEntry(r.entry, r.count, r.flags) if r.has_page
                         else PagemapEntry(r.entry) for r in records)
+    end_values = end_pagemap + res.nvalues * ffi.sizeof("int64_t")
+    values = tuple(ffi.from_buffer("int64_t[]", payload[end_pagemap:end_values])) \
+        if res.nvalues else ()
     has_cmd = bool(res.has_cmd)
     return res.op_index, OpResult(
         errno=res.err,
@@ -212,7 +232,29 @@ def decode_result(payload: bytes) -> tuple[int, OpResult]:
         pages=pages,
         snapshot=snapshot,
         pagemap=pagemap,
+        **_decode_values(res.values_kind, values),
     )
+
+
+def _decode_values(kind: int, values: tuple[int, ...]) -> dict:
+    """The OpResult fields a result's int64 values stand for (wire.h enum wire_values_kind)."""
+    if kind == C.WVAL_NODE_STATUS:
+        return {"node_status": values}
+    if kind == C.WVAL_SMAPS:
+        if len(values) % SMAPS_RECORD:
+            raise ProtocolError(f"{len(values)} smaps values: not whole VMA records")
+        vmas = []
+        for at in range(0, len(values), SMAPS_RECORD):
+            start, end, *fields = values[at:at + SMAPS_RECORD]
+            vmas.append(SmapsVma(start, end, tuple(
+                (name, kb) for name, kb in zip(SMAPS_FIELDS, fields) if kb >= 0)))
+        return {"smaps": tuple(vmas)}
+    if kind == C.WVAL_KSM:
+        if len(values) != C.WKSM_NVALUES:
+            raise ProtocolError(f"{len(values)} KSM values, expected {C.WKSM_NVALUES}")
+        return {"ksm": KsmScan(values[C.WKSM_FULL_SCANS], values[C.WKSM_PAGES_SHARED],
+                               values[C.WKSM_PAGES_SHARING])}
+    return {}
 
 
 @dataclass(frozen=True)
