@@ -230,42 +230,120 @@ def fuzz(seconds, jobs, seed_dirs, kernel, source, bzimage, accel, workdir):
 @main.command("random")
 @click.option("--count", default=100, show_default=True, help="Programs to generate and run.")
 @click.option("--seed", default=0, show_default=True, help="Generator seed (same seed, same programs).")
+@click.option("--ops", "op_set", type=click.Choice(["modelled", "all", "v1"]), default="modelled",
+              show_default=True, help="modelled: the ops the reference model states (the fuzzer's "
+              "generator); all: every op of the language (checking stops at the first op the "
+              "model does not state); v1: the first op set.")
+@click.option("--archive", type=click.Path(dir_okay=False, path_type=Path),
+              help="Keep every program and trace here, for `hmmfuzz rejudge`.")
 @kernel_options
-def random_programs(count, seed, kernel, source, bzimage, accel, workdir):
+def random_programs(count, seed, op_set, archive, kernel, source, bzimage, accel, workdir):
     """Unguided random programs: run each on the kernel, judge it, keep every finding."""
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis import seed as hypothesis_seed
-
+    from .archive import ArchiveWriter
     from .findings import FindingStore
-    from .strategies import programs
 
     session = _booted(kernel, source, bzimage, accel, workdir)
     store = FindingStore(workdir / "findings")
-    counts = {s: 0 for s in Status}
+    tally = Tally()
+    writer = ArchiveWriter(archive) if archive else None
     started = time.monotonic()
+    with session:
+        try:
+            for program in _random_programs(op_set, count, seed):
+                trace = session.run(program)
+                died = session.last_info.died_signal
+                if writer:
+                    writer.add(program, trace, died)
+                verdict = judge(program, trace, died)
+                tally.add(verdict)
+                recorded = store.record(verdict)
+                if recorded and recorded.new:
+                    click.echo(f"new finding: {recorded.signature}  ({recorded.directory})")
+        except MachineError as error:
+            infrastructure_failure(error)
+        finally:
+            if writer:
+                writer.close()
+    elapsed = time.monotonic() - started
+    click.echo(f"{tally.summary()} in {elapsed:.0f} s ({tally.programs / elapsed:.1f}/s); "
+               f"{len(store.all())} distinct findings in {store.root}")
+    sys.exit(tally.worst())
+
+
+def _random_programs(op_set: str, count: int, seed: int):
+    """`count` programs from the chosen generator, reproducible from `seed`."""
+    if op_set == "modelled":
+        import random
+
+        from .mutate import Chooser, generate
+
+        chooser = Chooser(random.Random(seed))
+        for _ in range(count):
+            yield generate(chooser)
+        return
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hypothesis_seed
+
+    from .strategies import programs
+
+    drawn: list[Program] = []
 
     @hypothesis_seed(seed)
     @settings(max_examples=count, database=None, deadline=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(programs(comments=False))
-    def one(program):
-        verdict = judge(program, session.run(program), session.last_info.died_signal)
-        counts[verdict.status] += 1
-        recorded = store.record(verdict)
-        if recorded and recorded.new:
-            click.echo(f"new finding: {recorded.signature}  ({recorded.directory})")
+    @given(programs(comments=False, extended=op_set == "all"))
+    def draw(program):
+        drawn.append(program)
 
-    with session:
-        try:
-            one()
-        except MachineError as error:
-            infrastructure_failure(error)
-    elapsed = time.monotonic() - started
-    total = sum(counts.values())
-    click.echo(f"{total} programs in {elapsed:.0f} s ({total / elapsed:.1f}/s): {counts[Status.OK]} ok, "
-               f"{counts[Status.DIVERGENCE]} diverged, {counts[Status.KERNEL_CRASH]} crashed or hung; "
-               f"{len(store.all())} distinct findings in {store.root}")
-    sys.exit(max((s for s in Status if counts[s]), default=Status.OK))
+    draw()  # drawing is cheap next to running; the programs are then run in order
+    yield from drawn
+
+
+class Tally:
+    """Counts of a batch of judged programs, and how much of them the model checked."""
+
+    def __init__(self):
+        self.statuses = {s: 0 for s in Status}
+        self.programs = self.ops = self.checked_ops = self.fully_checked = 0
+        self.signatures: dict[str, int] = {}
+
+    def add(self, verdict: ProgramVerdict):
+        from .minimize import signature
+
+        self.programs += 1
+        self.statuses[verdict.status] += 1
+        self.ops += len(verdict.program.ops)
+        self.checked_ops += verdict.model.checked
+        self.fully_checked += verdict.model.unmodelled_from is None
+        found = signature(verdict)
+        if found:
+            self.signatures[found] = self.signatures.get(found, 0) + 1
+
+    def summary(self) -> str:
+        s = self.statuses
+        return (f"{self.programs} programs: {s[Status.OK]} ok, {s[Status.DIVERGENCE]} diverged, "
+                f"{s[Status.KERNEL_CRASH]} crashed or hung; {self.fully_checked} checked to the "
+                f"end, {self.checked_ops}/{self.ops} ops checked")
+
+    def worst(self) -> Status:
+        return max((s for s in Status if self.statuses[s]), default=Status.OK)
+
+
+@main.command()
+@click.argument("archives", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def rejudge(archives):
+    """Judge archived runs again with this tree's model (no VM): what a model change does to
+    every program run so far. Lists each distinct divergence or crash with its count."""
+    from .archive import runs
+
+    tally = Tally()
+    for path in archives:
+        for run in runs(path):
+            tally.add(judge(run.program, run.trace, run.died_signal))
+    for found, hits in sorted(tally.signatures.items(), key=lambda item: -item[1]):
+        click.echo(f"{hits:6d}  {found}")
+    click.echo(tally.summary())
+    sys.exit(tally.worst())
 
 
 # ---------------------------------------------------------------------- replay, triage
