@@ -42,8 +42,8 @@ def test_each_corpus_program_compiles_as_reproducer_and_selftest(path, tmp_path)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
-@given(programs(comments=False))
-def test_random_programs_compile(program):
+@given(programs(comments=False, extended=True))
+def test_random_programs_of_every_op_compile(program):
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,9 +16,10 @@ from pathlib import Path
 from harness.prog import Content, Page, Program, format_op, format_program
 from harness.prog.content import recognise
 from harness.prog.ops import (
-    PAGE_SIZE, REGION_BASE, Advice, CheckExclusive, CloseDevice, CpuRead, CpuWrite, DevRead,
-    DevWrite, Exclusive, Exit, Flags, Fork, Madvise, Map, MapKind, MigrateToDev, MigrateToSys,
-    Mlock, Mprotect, Mremap, Munlock, Munmap, Op, OpenDevice, Pagemap, Prot, Release, Snapshot,
+    CheckExclusive, ClearSoftDirty, CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite,
+    Exclusive, Exit, Flags, Fork, KsmMerge, Madvise, Map, MapKind, Mbind, MigrateToDev,
+    MigrateToSys, Mlock, MovePages, Mprotect, Mremap, Munlock, Munmap, Op, OpenDevice, Pagemap,
+    Prot, Release, Smaps, Snapshot, Switch, Thp, UffdRegister, UffdUnregister, UffdWriteprotect,
 )
 
 HERE = Path(__file__).parent
@@ -109,6 +110,26 @@ def call(program: Program, op: Op, names: _Names) -> str:
         return f"cpu_read({_address(program, op)}, {op.range.npages});"
     if isinstance(op, Pagemap):
         return f"show_pagemap({_address(program, op)}, {op.range.npages});"
+    if isinstance(op, Thp):
+        return f'set_thp("{op.enabled.value}", "{op.defrag.value}");'
+    if isinstance(op, Compact):
+        return 'knob("/proc/sys/vm/compact_memory", "1");'
+    if isinstance(op, ClearSoftDirty):
+        return 'knob("/proc/self/clear_refs", "4");'
+    if isinstance(op, MovePages):
+        node = -1 if op.node is None else op.node
+        return f"move_range({_address(program, op)}, {op.range.npages}, {node});"
+    if isinstance(op, Mbind):
+        return f"bind_range({_address(program, op)}, {op.range.npages}, {op.node});"
+    if isinstance(op, (UffdRegister, UffdUnregister, UffdWriteprotect)):
+        request = ("REGISTER_WP" if isinstance(op, UffdRegister) else "UNREGISTER"
+                   if isinstance(op, UffdUnregister) else
+                   "WRITEPROTECT" if op.protect is Switch.ON else "UNPROTECT")
+        return f"uffd_range({request}, {_address(program, op)}, {op.range.npages});"
+    if isinstance(op, KsmMerge):
+        return "ksm_merge();"
+    if isinstance(op, Smaps):
+        return f"show_smaps({_address(program, op)}, {op.range.npages});"
     if isinstance(op, OpenDevice):
         return f"device_open({names.fd(op.fd)}, {int(op.device.removeprefix('dmirror'))});"
     if isinstance(op, CloseDevice):

@@ -19,9 +19,12 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <linux/mempolicy.h>
+#include <linux/userfaultfd.h>
 
 /* A reproducer uses only some of the helpers below */
 #pragma GCC diagnostic ignored "-Wunused-function"
@@ -248,6 +251,174 @@ static void show_pagemap(uint64_t addr, unsigned long npages)
 		close(kpageflags);
 }
 
+/* ------------------------------------------------------------------ system-wide knobs */
+
+static int write_knob(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY), err = 0;
+
+	if (fd < 0)
+		return errno;
+	if (write(fd, text, strlen(text)) < 0)
+		err = errno;
+	close(fd);
+	return err;
+}
+
+static long long read_number(const char *path)
+{
+	char text[32] = "";
+	int fd = open(path, O_RDONLY);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, text, sizeof(text) - 1);
+	close(fd);
+	return n > 0 ? strtoll(text, NULL, 10) : -1;
+}
+
+#define THP_DIR "/sys/kernel/mm/transparent_hugepage/"
+#define KSM_DIR "/sys/kernel/mm/ksm/"
+
+static void set_thp(const char *enabled, const char *defrag)
+{
+	begin();
+	result.err = write_knob(THP_DIR "enabled", enabled);
+	if (!result.err)
+		result.err = write_knob(THP_DIR "defrag", defrag);
+}
+
+static void knob(const char *path, const char *text)
+{
+	begin();
+	result.err = write_knob(path, text);
+}
+
+/* move_pages(2) of the range to `node`, or (node < 0) only where each page is */
+static void move_range(uint64_t addr, unsigned long npages, int node)
+{
+	static void *pages[8192];
+	static int nodes[8192], status[8192];
+
+	begin();
+	for (unsigned long i = 0; i < npages; i++) {
+		pages[i] = (void *)(addr + i * PAGE_SIZE);
+		nodes[i] = node;
+		status[i] = -EINVAL;
+	}
+	syscall_done(syscall(SYS_move_pages, 0, npages, pages, node < 0 ? NULL : nodes, status,
+			     node < 0 ? 0 : MPOL_MF_MOVE));
+	for (unsigned long i = 0; i < npages; i++)
+		printf("  page %lu: status %d\n", i, status[i]);
+}
+
+static void bind_range(uint64_t addr, unsigned long npages, int node)
+{
+	unsigned long mask = 1UL << node;
+
+	begin();
+	/* maxnode counts one more than the bits the kernel reads (get_nodes: --maxnode) */
+	syscall_done(syscall(SYS_mbind, addr, npages * PAGE_SIZE, MPOL_BIND, &mask,
+			     sizeof(mask) * 8 + 1, MPOL_MF_MOVE));
+}
+
+/* The process's own userfaultfd, made at its first uffd op: UFFD_FEATURE_SIGBUS, so a
+ * fault a handler would have to resolve raises SIGBUS instead (handle_userfault). */
+static int uffd = -1;
+static pid_t uffd_owner;
+
+static int own_uffd(void)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_SIGBUS };
+
+	if (uffd >= 0 && uffd_owner == getpid())
+		return 0;
+	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (uffd < 0)
+		return errno;
+	uffd_owner = getpid();
+	if (ioctl(uffd, UFFDIO_API, &api)) {
+		int err = errno;
+
+		close(uffd);
+		uffd = -1;
+		return err;
+	}
+	return 0;
+}
+
+enum uffd_request { REGISTER_WP, UNREGISTER, WRITEPROTECT, UNPROTECT };
+
+static void uffd_range(enum uffd_request request, uint64_t addr, unsigned long npages)
+{
+	struct uffdio_range range = { .start = addr, .len = npages * PAGE_SIZE };
+	struct uffdio_register reg = { .range = range, .mode = UFFDIO_REGISTER_MODE_WP };
+	struct uffdio_writeprotect wp = {
+		.range = range, .mode = request == WRITEPROTECT ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+
+	begin();
+	result.err = own_uffd();
+	if (result.err)
+		return;
+	if (request == REGISTER_WP)
+		syscall_done(ioctl(uffd, UFFDIO_REGISTER, &reg));
+	else if (request == UNREGISTER)
+		syscall_done(ioctl(uffd, UFFDIO_UNREGISTER, &range));
+	else
+		syscall_done(ioctl(uffd, UFFDIO_WRITEPROTECT, &wp));
+}
+
+/* Run KSM until it has done three more full scans (a page merges on its second scan, and
+ * the first one counted may have begun before), then stop it; ETIMEDOUT after 10 s. */
+static void ksm_merge(void)
+{
+	struct timespec pause = { .tv_nsec = 1000000 };
+	long long first, scans = 0;
+
+	begin();
+	write_knob(KSM_DIR "smart_scan", "0"); /* 6.7+: else pages that never merged are skipped */
+	result.err = write_knob(KSM_DIR "pages_to_scan", "100000");
+	if (!result.err)
+		result.err = write_knob(KSM_DIR "sleep_millisecs", "0");
+	first = read_number(KSM_DIR "full_scans");
+	if (!result.err)
+		result.err = first < 0 ? ENOENT : write_knob(KSM_DIR "run", "1");
+	for (int waited = 0; !result.err && scans < 3; waited++) {
+		scans = read_number(KSM_DIR "full_scans") - first;
+		if (waited > 10000)
+			result.err = ETIMEDOUT;
+		nanosleep(&pause, NULL);
+	}
+	write_knob(KSM_DIR "run", "0");
+	printf("  ksm: %lld full scans, pages_shared %lld, pages_sharing %lld\n", scans,
+	       read_number(KSM_DIR "pages_shared"), read_number(KSM_DIR "pages_sharing"));
+}
+
+/* Not checked in C: prints the smaps lines of the VMAs that overlap the range */
+static void show_smaps(uint64_t addr, unsigned long npages)
+{
+	char line[256];
+	int inside = 0;
+	FILE *smaps = fopen("/proc/self/smaps", "r");
+
+	begin();
+	if (!smaps) {
+		result.err = errno;
+		return;
+	}
+	while (fgets(line, sizeof(line), smaps)) {
+		unsigned long long start, end;
+
+		if (sscanf(line, "%llx-%llx ", &start, &end) == 2 && strchr(line, '-') < strchr(line, ' '))
+			inside = start < addr + npages * PAGE_SIZE && end > addr;
+		if (inside)
+			printf("  %s", line);
+	}
+	fclose(smaps);
+}
+
 static void device_open(int fd_slot, int device)
 {
 	char path[64];
@@ -410,6 +581,8 @@ static void settle_system(void)
 {
 	static const char *const settings[][2] = {
 		{ "/sys/kernel/mm/transparent_hugepage/enabled", "never" },
+		{ "/sys/kernel/mm/transparent_hugepage/defrag", "madvise" },
+		{ "/sys/kernel/mm/ksm/run", "0" },
 		{ "/proc/sys/vm/compaction_proactiveness", "0" },
 	};
 
