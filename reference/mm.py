@@ -258,9 +258,10 @@ def fork(world: World, parent_id: int, child_id: int) -> None:
     child_vmas = vmas.fork_vmas(world, parent)
     child_ptes: dict[int, Pte] = {}
     for vma in parent.vmas:
-        if vma.anon is None:
-            # vma_needs_copy is false: no page table is copied (the child faults the zero page
-            # in again) and no MMU notifier fires for this VMA.
+        if vma.anon is None or vma.flags & {"dontcopy", "wipeonfork"}:
+            # Not copied (VM_DONTCOPY), or copy_page_range is not called (VM_WIPEONFORK), or
+            # vma_needs_copy is false: no page table is copied (the child faults the zero
+            # page in again) and no MMU notifier fires for this VMA.
             continue
         # is_cow_mapping: MMU_NOTIFY_PROTECTION_PAGE over the whole parent VMA.
         invalidate(world, parent_id, vma.start, vma.end)

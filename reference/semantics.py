@@ -13,11 +13,11 @@ from harness.prog import (
 )
 from harness.prog.ops import (
     COHERENT_DEVICES, Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev,
-    MigrateToSys, Pagemap, Release,
+    MigrateToSys, Mlock, Munlock, Pagemap, Release,
 )
 
 from . import device, hmm, mm as cpu, pagemap, reclaim, vma as vmas
-from .expect import EEXIST, ENOMEM, SEGV, WRITTEN, Expect, done, fail, read_page
+from .expect import EEXIST, EINVAL, ENOMEM, SEGV, WRITTEN, Expect, done, fail, read_page
 from .places import Places
 from .refuse import Unmodelled
 from .state import Dmirror, World
@@ -62,6 +62,12 @@ def _mprotect(world: World, op: Mprotect, places: Places) -> list[Outcome]:
         cpu.split_pmd(world, mm_id, vma, vpn)
     for piece_start, piece_end in changed:
         cpu.change_protection(world, mm_id, mm, piece_start, piece_end)
+        vma = mm.vma_at(piece_start)
+        if op.prot.writable and "locked" in vma.flags:
+            # mprotect_fixup: "Private VM_LOCKED VMA becoming writable: trigger COW to avoid
+            # major fault on access" -> populate_vma_page_range (write faults).
+            for vpn in range(piece_start, piece_end):
+                _populate_page(world, mm_id, mm, vma, vpn, True)
     if err:
         return [(fail(err, "do_mprotect_pkey: part of the range is not mapped -> -ENOMEM "
                            "(VMAs before the hole keep their new protection)"), world)]
@@ -139,31 +145,45 @@ def _open(world: World, op: OpenDevice, places: Places) -> list[Outcome]:
 
 # ------------------------------------------------------------------ madvise
 
-# Advice that changes VMA flags (madvise_update_vma: split/merge, vma_adjust_trans_huge):
-# the model keeps no such flags, so these are refused unless they change nothing.
-_FLAG_ADVICE = {Advice.HUGEPAGE, Advice.NOHUGEPAGE, Advice.MERGEABLE, Advice.DONTFORK,
-                Advice.WIPEONFORK}
-# Advice whose flag is never set in a modelled VMA, so madvise_update_vma finds
-# new_flags == vma->vm_flags and returns early (UNMERGEABLE: ksm_madvise returns at once
-# without VM_MERGEABLE): nothing happens.
-_NOOP_ADVICE = {Advice.DOFORK, Advice.KEEPONFORK, Advice.UNMERGEABLE,
-                # madvise_cold: deactivates folios and clears the young bit
-                # (ptep_test_and_clear_young, no invalidation): nothing observable.
-                Advice.COLD}
+# Advice that sets or clears a VMA flag (madvise_update_vma -> vma_modify_flags: merge or
+# split like mprotect, vma_adjust_trans_huge included), as (flag, set?, cleared flags).
+_FLAG_ADVICE = {
+    Advice.DONTFORK: ("dontcopy", True, ()), Advice.DOFORK: ("dontcopy", False, ()),
+    Advice.WIPEONFORK: ("wipeonfork", True, ()), Advice.KEEPONFORK: ("wipeonfork", False, ()),
+    # ksm_madvise: VM_MERGEABLE only (ksmd does not run: /sys/kernel/mm/ksm/run is 0, so
+    # nothing is merged); UNMERGEABLE first breaks KSM pages, of which there are none.
+    Advice.MERGEABLE: ("mergeable", True, ()), Advice.UNMERGEABLE: ("mergeable", False, ()),
+    # hugepage_madvise: the two flags exclude each other; with THP "never" (the runner's
+    # setting) neither changes what a fault maps, and khugepaged_enter_vma does nothing.
+    Advice.HUGEPAGE: ("hugepage", True, ("nohugepage",)),
+    Advice.NOHUGEPAGE: ("nohugepage", True, ("hugepage",)),
+}
+# Advice refused on a VM_LOCKED VMA with -EINVAL, which stops madvise_walk_vmas there:
+# can_madv_lru_vma (cold, pageout), madvise_dontneed_free_valid_vma (dontneed, free).
+_NOT_ON_LOCKED = {Advice.COLD, Advice.PAGEOUT, Advice.DONTNEED, Advice.FREE}
 
 
 def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
-    """madvise(2) on private anonymous memory (mm/madvise.c, 7.2)."""
+    """madvise(2) on private anonymous memory (mm/madvise.c, 7.2): madvise_walk_vmas
+    advises VMA by VMA; a hole makes the result -ENOMEM but the walk goes on; an error of
+    one VMA ends it there."""
     advice = op.advice
-    if advice is Advice.COLLAPSE or advice in _FLAG_ADVICE:
-        raise Unmodelled(f"madvise {advice.value}",
-                         "THP collapse and VMA flags are not modelled")
+    if advice is Advice.COLLAPSE:
+        raise Unmodelled("madvise collapse", "THP collapse is not modelled")
     mm_id = world.procs[op.proc]
     mm = world.mms[mm_id]
     start, end = places.vpns(op.range)
     if advice in (Advice.POPULATE_READ, Advice.POPULATE_WRITE):
         return _populate(world, mm_id, mm, start, end, advice is Advice.POPULATE_WRITE, op)
-    pieces = [(max(start, v.start), min(end, v.end)) for v in vmas.overlaps(mm, start, end)]
+    if advice in _FLAG_ADVICE:
+        return _madvise_flag(world, mm_id, mm, start, end, advice)
+    pieces = []
+    einval = None
+    for vma in vmas.overlaps(mm, start, end):
+        if advice in _NOT_ON_LOCKED and "locked" in vma.flags:
+            einval = max(start, vma.start)
+            break
+        pieces.append((max(start, vma.start), min(end, vma.end)))
     worlds = [world]
     for piece_start, piece_end in pieces:
         if advice is Advice.DONTNEED:
@@ -178,17 +198,42 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
             reclaim.mark_lazyfree(world, mm, piece_start, piece_end)
         elif advice is Advice.WILLNEED:
             reclaim.willneed(world, mm, piece_start, piece_end)
+        # COLD: madvise_cold deactivates folios and clears young bits
+        # (clear_young_dirty_ptes, no invalidation): nothing observable.
     if advice is Advice.PAGEOUT:
         worlds = reclaim.pageout(world, mm_id, pieces)
-    covered = sum(e - s for s, e in pieces)
-    if covered < end - start:
-        # madvise_walk_vmas: unmapped parts make the result -ENOMEM, after the advice was
-        # applied to every VMA in the range.
-        expect = fail(ENOMEM, "madvise_walk_vmas: part of the range is not mapped -> "
-                              "-ENOMEM (the mapped parts were advised)")
+    if einval is not None:
+        expect = fail(EINVAL, f"madvise {advice.value}: {places.name(einval)}'s VMA is "
+                              "VM_LOCKED (can_madv_lru_vma / madvise_dontneed_free_valid_vma)"
+                              " -> -EINVAL; the VMAs before it were advised")
+    elif sum(e - s for s, e in pieces) < end - start:
+        expect = _madvise_hole()
     else:
         expect = done(f"madvise {advice.value}: the whole range is mapped")
     return [(expect, w) for w in worlds]
+
+
+def _madvise_hole() -> Expect:
+    # madvise_walk_vmas: unmapped parts make the result -ENOMEM, after the advice was
+    # applied to every VMA in the range.
+    return fail(ENOMEM, "madvise_walk_vmas: part of the range is not mapped -> -ENOMEM "
+                        "(the mapped parts were advised)")
+
+
+def _madvise_flag(world: World, mm_id: int, mm, start: int, end: int,
+                  advice: Advice) -> list[Outcome]:
+    flag, setting, cleared = _FLAG_ADVICE[advice]
+
+    def update(vma):
+        flags = vma.flags - set(cleared)
+        return {"flags": flags | {flag} if setting else flags - {flag}}
+
+    err, _, splits = vmas.modify(mm, start, end, update, world.profile, stop_at_hole=False)
+    for vma, vpn in splits:
+        cpu.split_pmd(world, mm_id, vma, vpn)
+    if err:
+        return [(_madvise_hole(), world)]
+    return [(done(f"madvise {advice.value}: madvise_update_vma over the whole range"), world)]
 
 
 def _populate(world: World, mm_id: int, mm, start: int, end: int, write: bool,
@@ -200,12 +245,59 @@ def _populate(world: World, mm_id: int, mm, start: int, end: int, write: bool,
         if vma is None or not (vma.prot.writable if write else vma.prot.readable):
             raise Unmodelled(f"madvise {op.advice.value} over a page without a suitable VMA")
     for vpn in range(start, end):
-        vma = mm.vma_at(vpn)
-        (cpu.write_fault if write else cpu.read_fault)(world, mm_id, mm, vma, vpn)
-        if write:
-            # GUP with FOLL_TOUCH | FOLL_WRITE marks the folio dirty (follow_page_pte).
-            reclaim.dirtied(world, mm, vpn)
+        _populate_page(world, mm_id, mm, mm.vma_at(vpn), vpn, write)
     return [(done("madvise_populate: every page of the range can be faulted in"), world)]
+
+
+# ------------------------------------------------------------------ mlock
+
+def _mlock(world: World, op, places: Places) -> list[Outcome]:
+    """mlock(2): do_mlock -> apply_vma_lock_flags sets VM_LOCKED VMA by VMA (mlock_fixup:
+    vma_modify_flags, merge or split; mlock_vma_pages_range marks the present folios
+    mlocked, no MMU notifier), then __mm_populate faults the range in:
+    populate_vma_page_range uses FOLL_WRITE on a private writable VMA (write faults: COW
+    breaks, the zero page is replaced) and a read fault (FOLL_FORCE) otherwise; a PROT_NONE
+    VMA makes it -EFAULT, which __mlock_posix_error_return turns into -ENOMEM (the VMAs
+    before it were populated)."""
+    return _lock(world, op, places, lock=True)
+
+
+def _munlock(world: World, op, places: Places) -> list[Outcome]:
+    """munlock(2): apply_vma_lock_flags clears VM_LOCKED (munlock_folio), nothing else."""
+    return _lock(world, op, places, lock=False)
+
+
+def _lock(world: World, op, places: Places, lock: bool) -> list[Outcome]:
+    mm_id = world.procs[op.proc]
+    mm = world.mms[mm_id]
+    start, end = places.vpns(op.range)
+
+    def update(vma):
+        return {"flags": vma.flags | {"locked"} if lock else vma.flags - {"locked"}}
+
+    err, _, splits = vmas.modify(mm, start, end, update, world.profile, stop_at_hole=True)
+    for vma, vpn in splits:
+        cpu.split_pmd(world, mm_id, vma, vpn)
+    name = "mlock" if lock else "munlock"
+    if err:
+        return [(fail(err, f"apply_vma_lock_flags: part of the range is not mapped -> -ENOMEM "
+                           f"(the VMAs before the hole are {name}ed)"), world)]
+    if lock:
+        for vpn in range(start, end):
+            vma = mm.vma_at(vpn)
+            if not vma.prot.readable:
+                return [(fail(ENOMEM, f"__mm_populate: {places.name(vpn)}'s VMA is PROT_NONE:"
+                                      " populate_vma_page_range -EFAULT -> -ENOMEM"), world)]
+            _populate_page(world, mm_id, mm, vma, vpn, vma.prot.writable)
+    return [(done(f"{name}: the whole range is mapped"), world)]
+
+
+def _populate_page(world: World, mm_id: int, mm, vma, vpn: int, write: bool) -> None:
+    """GUP of one page with FOLL_TOUCH (and FOLL_WRITE): fault it in like a CPU access;
+    FOLL_TOUCH with FOLL_WRITE marks the folio dirty (follow_page_pte)."""
+    (cpu.write_fault if write else cpu.read_fault)(world, mm_id, mm, vma, vpn)
+    if write:
+        reclaim.dirtied(world, mm, vpn)
 
 
 _STEPS = {
@@ -215,6 +307,7 @@ _STEPS = {
     MigrateToDev: device.migrate_to_dev, MigrateToSys: device.migrate_to_sys,
     Release: device.release, Flags: device.flags, CloseDevice: device.close,
     Exit: device.exit_process, Madvise: _madvise, Pagemap: pagemap.pagemap,
+    Mlock: _mlock, Munlock: _munlock,
 }
 
 

@@ -102,6 +102,11 @@ class Vma:
     account: bool = True
     anon: int | None = None
     fork_child: bool = False
+    # The other vm_flags a program can set (madvise, mlock): "dontcopy" (VM_DONTCOPY),
+    # "wipeonfork", "mergeable", "hugepage", "nohugepage", "locked" (VM_LOCKED). Like the
+    # protection they take part in merging (is_mergeable_vma) and anon_vma sharing
+    # (anon_vma_compatible).
+    flags: frozenset = frozenset()
 
     def __contains__(self, vpn: int) -> bool:
         return self.start <= vpn < self.end

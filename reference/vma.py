@@ -10,6 +10,7 @@ anon_vma_prepare (find_mergeable_anon_vma). Everything here follows those functi
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import replace
 
 from harness.prog import Prot
@@ -34,10 +35,11 @@ def _index(mm: Mm, vpn: int) -> int | None:
     return None
 
 
-def _same_flags(vma: Vma, prot: Prot, account: bool) -> bool:
+def _same_flags(vma: Vma, other: Vma) -> bool:
     # is_mergeable_vma: all flags but VMA_IGNORE_MERGE_FLAGS (soft-dirty, maybe-guard) must
-    # match; for our anonymous private VMAs that leaves the protection and VM_ACCOUNT.
-    return vma.prot is prot and vma.account == account
+    # match; for our anonymous private VMAs: the protection, VM_ACCOUNT and Vma.flags.
+    return vma.prot is other.prot and vma.account == other.account and \
+        vma.flags == other.flags
 
 
 def _anon_mergeable(target: Vma, source_anon: int | None, source: Vma | None,
@@ -69,19 +71,20 @@ def map_new(mm: Mm, start: int, end: int, profile: Profile) -> None:
     vma_merge_new_range with the neighbours first.
     """
     vmas = mm.vmas
+    fresh = Vma(start, end, Prot.RW)
     i = next((k for k, v in enumerate(vmas) if v.start >= end), len(vmas))
     prev = vmas[i - 1] if i > 0 and vmas[i - 1].end == start else None
     nxt = vmas[i] if i < len(vmas) and vmas[i].start == end else None
-    right = nxt is not None and _same_flags(nxt, Prot.RW, True) and \
+    right = nxt is not None and _same_flags(nxt, fresh) and \
         _anon_mergeable(nxt, None, None, profile)
     if profile.mmap_checks_prev_against_next:
         # 6.1 mmap_region: prev must be compatible with the anon_vma of the next VMA it
         # would absorb; no separate prev/next compatibility check follows.
-        left = prev is not None and _same_flags(prev, Prot.RW, True) and \
+        left = prev is not None and _same_flags(prev, fresh) and \
             _anon_mergeable(prev, nxt.anon if right else None, nxt if right else None,
                             profile)
     else:
-        left = prev is not None and _same_flags(prev, Prot.RW, True) and \
+        left = prev is not None and _same_flags(prev, fresh) and \
             _anon_mergeable(prev, None, None, profile)
         right = right and \
             (not left or prev.anon is None or nxt.anon is None or prev.anon == nxt.anon)
@@ -93,7 +96,7 @@ def map_new(mm: Mm, start: int, end: int, profile: Profile) -> None:
     elif right:
         vmas[i] = replace(nxt, start=start)
     else:
-        vmas.insert(i, Vma(start, end, Prot.RW))
+        vmas.insert(i, fresh)
 
 
 # ------------------------------------------------------------------ munmap
@@ -120,7 +123,10 @@ def unmap(mm: Mm, start: int, end: int) -> list[Split]:
     return splits
 
 
-# ------------------------------------------------------------------ mprotect
+# ------------------------------------------------------------------ mprotect, flags
+
+Update = Callable[[Vma], dict]   # the fields a VMA gets (prot, account, flags)
+
 
 def mprotect(mm: Mm, start: int, end: int, prot: Prot,
              profile: Profile) -> tuple[int, list[tuple[int, int]], list[Split]]:
@@ -131,45 +137,69 @@ def mprotect(mm: Mm, start: int, end: int, prot: Prot,
     inside a VMA fails before changing anything. A piece whose flags already match is left
     alone (mprotect_fixup: vma_flags_same_pair), so it fires no MMU notifier either.
     """
+    def update(vma: Vma) -> dict:
+        if prot.writable:
+            # A private mapping turning writable is charged and gets VM_ACCOUNT.
+            account = True
+        else:
+            # "...except in the anonymous case where no anon_vma has yet to be assigned":
+            # VM_ACCOUNT is dropped only while the VMA has no anon_vma.
+            account = vma.account and vma.anon is not None
+        return {"prot": prot, "account": account}
+
+    return modify(mm, start, end, update, profile, stop_at_hole=True)
+
+
+def modify(mm: Mm, start: int, end: int, update: Update, profile: Profile,
+           stop_at_hole: bool) -> tuple[int, list[tuple[int, int]], list[Split]]:
+    """Give every VMA piece of [start, end) the fields `update` says: (errno, the pieces
+    that changed, the boundary moves). An unchanged piece is left alone (vma_flags_same_*).
+    mprotect and mlock (apply_vma_lock_flags) fail at a range that does not begin inside a
+    VMA before changing anything and stop at the first hole with -ENOMEM
+    (`stop_at_hole`); madvise (madvise_walk_vmas) carries on past holes and returns -ENOMEM
+    at the end."""
     first = next((v for v in mm.vmas if v.end > start), None)
-    if first is None or first.start >= end or first.start > start:
+    if stop_at_hole and (first is None or first.start >= end or first.start > start):
         return errno.ENOMEM, [], []
     changed: list[tuple[int, int]] = []
     splits: list[Split] = []
+    err = 0
     addr = start
     while addr < end:
         i = _index(mm, addr)
         if i is None:
-            return errno.ENOMEM, changed, splits
+            err = errno.ENOMEM
+            if stop_at_hole:
+                return err, changed, splits
+            nxt = next((v for v in mm.vmas if v.start > addr), None)
+            if nxt is None or nxt.start >= end:
+                break
+            addr = nxt.start
+            continue
         vma = mm.vmas[i]
         piece_end = min(end, vma.end)
-        if vma.prot is not prot:
-            splits += _fixup(mm, i, addr, piece_end, prot, profile)
+        fields = update(vma)
+        if any(getattr(vma, name) != value for name, value in fields.items()):
+            splits += _fixup(mm, i, addr, piece_end, fields, profile)
             changed.append((addr, piece_end))
         addr = piece_end
-    return 0, changed, splits
+    return err, changed, splits
 
 
-def _fixup(mm: Mm, i: int, start: int, end: int, prot: Prot, profile: Profile) -> list[Split]:
-    """mprotect_fixup for [start, end) inside mm.vmas[i]: vma_modify tries a merge first,
-    else splits at `start` (the whole VMA) and then at `end` (the VMA left of the first
-    split), like munmap."""
+def _fixup(mm: Mm, i: int, start: int, end: int, fields: dict, profile: Profile) -> list[Split]:
+    """mprotect_fixup / vma_modify_flags for [start, end) inside mm.vmas[i]: vma_modify
+    tries a merge first, else splits at `start` (the whole VMA) and then at `end` (the VMA
+    left of the first split), like munmap."""
     middle = mm.vmas[i]
-    if prot.writable:
-        # A private mapping turning writable is charged and gets VM_ACCOUNT.
-        account = True
-    else:
-        # "...except in the anonymous case where no anon_vma has yet to be assigned":
-        # VM_ACCOUNT is dropped only while the VMA has no anon_vma.
-        account = middle.account and middle.anon is not None
-    moved = _merge_existing(mm, i, start, end, prot, account, profile)
+    target = replace(middle, start=start, end=end, **fields)
+    moved = _merge_existing(mm, i, start, end, target, profile)
     if moved is not None:
         return moved
     pieces, splits = [], []
     if middle.start < start:
         pieces.append(replace(middle, end=start))
         splits.append((middle, start))
-    pieces.append(replace(middle, start=start, end=end, prot=prot, account=account))
+    pieces.append(target)
     if end < middle.end:
         pieces.append(replace(middle, start=end))
         splits.append((replace(middle, start=start), end))
@@ -177,7 +207,7 @@ def _fixup(mm: Mm, i: int, start: int, end: int, prot: Prot, profile: Profile) -
     return splits
 
 
-def _merge_existing(mm: Mm, i: int, start: int, end: int, prot: Prot, account: bool,
+def _merge_existing(mm: Mm, i: int, start: int, end: int, target: Vma,
                     profile: Profile) -> list[Split] | None:
     """vma_merge_existing_range: merge the changed piece into an identical neighbour.
     None if no merge; else the boundary moves inside the old middle VMA: commit_merge calls
@@ -192,9 +222,9 @@ def _merge_existing(mm: Mm, i: int, start: int, end: int, prot: Prot, account: b
     left_side, right_side = start == middle.start, end == middle.end
     prev = vmas[i - 1] if i > 0 and vmas[i - 1].end == middle.start else None
     nxt = vmas[i + 1] if i + 1 < len(vmas) and vmas[i + 1].start == middle.end else None
-    left = left_side and prev is not None and _same_flags(prev, prot, account) and \
+    left = left_side and prev is not None and _same_flags(prev, target) and \
         _anon_mergeable(prev, middle.anon, middle, profile)
-    right = right_side and nxt is not None and _same_flags(nxt, prot, account) and \
+    right = right_side and nxt is not None and _same_flags(nxt, target) and \
         _anon_mergeable(nxt, middle.anon, middle, profile) and \
         (not left or prev.anon is None or nxt.anon is None or prev.anon == nxt.anon)
     if left and right:
@@ -231,15 +261,27 @@ def anon_prepare(world: World, mm: Mm, vpn: int) -> None:
             continue
         other = vmas[j]
         adjacent = other.start == vma.end if j > i else other.end == vma.start
-        if adjacent and other.account == vma.account and other.anon is not None \
-                and not other.fork_child:
+        # anon_vma_compatible: the flags but the access bits must match
+        if adjacent and other.account == vma.account and other.flags == vma.flags \
+                and other.anon is not None and not other.fork_child:
             anon = other.anon
             break
     vmas[i] = replace(vma, anon=anon if anon is not None else world.new_id(), fork_child=False)
 
 
 def fork_vmas(world: World, parent: Mm) -> list[Vma]:
-    """dup_mmap: the child's VMAs; anon_vma_fork gives each one with a parent anon_vma a new
-    anon_vma whose chain also links the parent's (so the child's VMA is a fork child)."""
-    return [replace(v, anon=world.new_id(), fork_child=True) if v.anon is not None else v
-            for v in parent.vmas]
+    """dup_mmap: the child's VMAs. A VM_DONTCOPY VMA is not copied at all; a VM_WIPEONFORK
+    one is copied without anon_vma ("a clean slate in the child"); anon_vma_fork gives
+    every other one with a parent anon_vma a new anon_vma whose chain also links the
+    parent's (so the child's VMA is a fork child). The child's VMAs lose VM_LOCKED
+    (vm_flags_clear(tmp, VM_LOCKED_MASK))."""
+    child = []
+    for vma in parent.vmas:
+        if "dontcopy" in vma.flags:
+            continue
+        if "wipeonfork" in vma.flags:
+            vma = replace(vma, anon=None, fork_child=False)
+        elif vma.anon is not None:
+            vma = replace(vma, anon=world.new_id(), fork_child=True)
+        child.append(replace(vma, flags=vma.flags - {"locked"}))
+    return child
