@@ -16,19 +16,17 @@ from harness.prog import ParseError, Program, format_program, parse_program
 from harness.prog.ops import (
     DEVICES, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, CloseDevice, CpuRead, CpuWrite,
     DevRead, DevWrite, Exclusive, Exit, Fork, Located, Madvise, Map, MigrateToDev,
-    MigrateToSys, Mprotect, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot, Region, Release,
-    Snapshot,
+    MigrateToSys, Mlock, Mprotect, Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot,
+    Region, Release, Snapshot,
 )
 
 MAX_OPS = 64
 # The ops the reference model knows (docs/model.md); campaigns draw from these. An op the
 # model refuses would leave the rest of the program unchecked.
-RANGE_OPS = (Map, Munmap, Mprotect, CpuWrite, CpuRead, Madvise, Pagemap)
+RANGE_OPS = (Map, Munmap, Mprotect, CpuWrite, CpuRead, Madvise, Pagemap, Mlock, Munlock)
 DEVICE_OPS = (DevRead, DevWrite, Snapshot, Exclusive, CheckExclusive, MigrateToDev, MigrateToSys)
 FD_OPS = (Release, CloseDevice)
-MODELLED_ADVICE = (Advice.DONTNEED, Advice.FREE, Advice.WILLNEED, Advice.COLD,
-                   Advice.POPULATE_READ, Advice.POPULATE_WRITE, Advice.DOFORK,
-                   Advice.KEEPONFORK, Advice.UNMERGEABLE)
+MODELLED_ADVICE = tuple(advice for advice in Advice if advice is not Advice.COLLAPSE)
 SEEDS_OF_INTEREST = (1, 2, 3, MAX_SEED)
 
 
@@ -119,7 +117,7 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
         return CpuWrite(proc, page_range, chooser.pick(SEEDS_OF_INTEREST))
     if kind is Madvise:
         return Madvise(proc, page_range, chooser.pick(MODELLED_ADVICE))
-    if kind in (Map, Munmap, CpuRead, Pagemap):
+    if kind in (Map, Munmap, CpuRead, Pagemap, Mlock, Munlock):
         return kind(proc, page_range)
     fd = chooser.pick(fds)
     if kind is DevWrite:
