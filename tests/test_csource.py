@@ -21,11 +21,12 @@ PROGRAMS = sorted(CORPUS.glob("*.txt")) + sorted((CORPUS / "regressions").glob("
 
 
 def compiles(source: str, tmp_path: Path) -> str:
-    """gcc's complaints (warnings are errors); '' when it compiled."""
+    """gcc's complaints (warnings are errors); '' when it compiled. (Linking is left to the
+    VM tests, which run what they build.)"""
     c_file = tmp_path / "x.c"
     c_file.write_text(source)
-    done = subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-static", "-I", str(KSELFTEST),
-                           "-o", str(tmp_path / "x"), str(c_file)], capture_output=True, text=True)
+    done = subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-c", "-I", str(KSELFTEST),
+                           "-o", str(tmp_path / "x.o"), str(c_file)], capture_output=True, text=True)
     return done.stderr if done.returncode else ""
 
 
