@@ -9,6 +9,7 @@ import pytest
 
 from harness.prog import Ending, digest, Content, parse_program
 from harness.prog.device import PROT_READ, PROT_WRITE, PROT_ZERO
+from harness.vm.console import Kind, find_reports
 
 pytestmark = pytest.mark.vm
 
@@ -72,3 +73,15 @@ def test_a_guest_that_dies_mid_program_is_reported_and_replaced(kernel_session):
     restarts = kernel_session.restarts
     _, after = run(kernel_session, "region a pages=1\np0 map a[0:1]\np0 read a[0:1]\n")
     assert after.ending is Ending.COMPLETED and kernel_session.restarts == restarts + 1
+
+
+def test_a_task_blocked_for_10_seconds_gets_a_hung_task_report(kernel_session):
+    """The command line sets kernel.hung_task_timeout_secs=10 (harness/vm/qemu.py): khungtaskd
+    checks every 10 s, so a task in D state is reported 10-20 s after it blocked, before the
+    runner's own 20 s op timeout. LKDTM's HUNG_TASK sleeps in TASK_UNINTERRUPTIBLE forever
+    (the writer never returns, so the exchange ends as a hang and the guest is replaced)."""
+    trace = kernel_session.provoke("HUNG_TASK", timeout=25)
+    assert trace.ending is Ending.HUNG
+    reports = find_reports(trace.console)
+    assert [report.kind for report in reports] == [Kind.HUNG_TASK], trace.console
+    assert "blocked for more than 10 seconds" in reports[0].text

@@ -388,7 +388,6 @@ static void boot(void)
 	mount_fs("sysfs", "/sys", "sysfs");
 	mount_fs("debugfs", "/sys/kernel/debug", "debugfs");
 	mount_fs("tmpfs", "/tmp", "tmpfs");
-	write_file("/proc/sys/kernel/hung_task_timeout_secs", "20");
 	/* No background compaction: it would move pages and invalidate device mirrors
 	 * between ops, which the model would (rightly) not expect. */
 	write_file("/proc/sys/vm/compaction_proactiveness", "0");

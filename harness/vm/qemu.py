@@ -102,14 +102,31 @@ def memory_layout(config: MachineConfig) -> MemoryLayout:
     return layout
 
 
+KERNEL_ARGUMENTS = (
+    "console=ttyS0", "panic=-1", "nokaslr", "norandmaps", "printk.devkmsg=on",
+    # Boot time under TCG (measured with benchmarks/boot.py and initcall_debug):
+    # pty_init registers 256 legacy BSD pty pairs, ~0.6 s;
+    "pty.legacy_count=0",
+    # enabling the virtio-serial device evaluates the ACPI PCI interrupt links (LNKx):
+    # ~0.8-1.5 s in virtio_pci_driver_init. The PIRQ table (SeaBIOS) routes INTx as well;
+    "acpi=noirq",
+    # the PS/2 mouse probe runs async for ~1 s and kernel_init waits for it
+    # (async_synchronize_full) before it starts /init.
+    "i8042.noaux",
+    # A task blocked this long gets a hung-task report with its stack, in time to land in
+    # the console before the runner's own op timeout (20 s) declares the program hung.
+    # (Set from the command line so it also covers the boot itself.)
+    "sysctl.kernel.hung_task_timeout_secs=10",
+)
+
+
 def qemu_command(bzimage: Path, initramfs: Path, workdir: Path, socket_path: Path,
                  config: MachineConfig, accel: str) -> list[str]:
     layout = memory_layout(config)
     accel_args = ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else \
         ["-accel", "tcg,thread=multi", "-cpu", "max"]
     append = " ".join(filter(None, [
-        "console=ttyS0", "panic=-1", "nokaslr", "norandmaps", "printk.devkmsg=on",
-        *layout.kernel_arguments(), config.append,
+        *KERNEL_ARGUMENTS, *layout.kernel_arguments(), config.append,
     ]))
     return [
         QEMU, *accel_args,
