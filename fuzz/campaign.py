@@ -41,8 +41,9 @@ class Sample:
 
 class Campaign:
     def __init__(self, kernel: KernelImage, workdir: Path, seeds: list[Path], jobs: int,
-                 seconds: int, accel: str, echo=print):
+                 seconds: int, accel: str, echo=print, guided: bool = True):
         self.kernel, self.workdir, self.seeds = kernel, workdir, seeds
+        self.guided = guided
         self.jobs, self.seconds, self.accel, self.echo = jobs, seconds, accel, echo
         self.corpus = workdir / "corpus"
         self.store = FindingStore(workdir / "findings")
@@ -54,13 +55,27 @@ class Campaign:
     def _spawn(self, index: int) -> subprocess.Popen:
         config = WorkerConfig(index=index, bzimage=str(self.kernel.bzimage),
                               workdir=str(self.workdir), corpus=str(self.corpus),
-                              seeds=[str(s) for s in self.seeds], seconds=self.seconds,
-                              accel=self.accel)
+                              seeds=[str(self.workdir / "seeds")], seconds=self.seconds,
+                              accel=self.accel, guided=self.guided)
         config_path = self.workdir / "workers" / f"{index}.config.json"
         config_path.write_text(json.dumps(asdict(config)))
         log = open(self.workdir / "logs" / f"worker{index}.log", "ab")
         return subprocess.Popen([sys.executable, "-m", "fuzz.worker", str(config_path)],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+    def _stage_seeds(self):
+        """The seed programs libFuzzer starts from, copied into WORKDIR/seeds: every program
+        under the seed directories except known findings (a `regressions/` directory holds
+        programs that crash or diverge on purpose; replay covers them, and as seeds they
+        would only spend the campaign's first minutes rediscovering them)."""
+        staged = self.workdir / "seeds"
+        staged.mkdir(parents=True, exist_ok=True)
+        for seed_dir in self.seeds:
+            for path in sorted(seed_dir.rglob("*.txt")):
+                if "regressions" in path.relative_to(seed_dir).parts or path.name == "README.txt":
+                    continue
+                name = "-".join(path.relative_to(seed_dir).parts)
+                (staged / name).write_text(path.read_text())
 
     def _stop(self, *_):
         self.stopping = True
@@ -101,6 +116,7 @@ class Campaign:
     def run(self) -> list[Sample]:
         for sub in ("corpus", "findings", "workers", "logs", "vms"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        self._stage_seeds()
         previous_handler = signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGTERM, self._stop)
         started = time.monotonic()

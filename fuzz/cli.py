@@ -201,9 +201,14 @@ def run(paths, kernel, source, bzimage, accel, workdir):
 @click.option("--seeds", "seed_dirs", multiple=True, type=click.Path(exists=True, file_okay=False,
               path_type=Path), default=[Path("corpus")], show_default=True,
               help="Seed program directories (read only).")
+@click.option("--unguided", is_flag=True,
+              help="The baseline: fresh random programs instead of coverage guidance (same VMs, "
+                   "judging, confirmation and report).")
 @kernel_options
-def fuzz(seconds, jobs, seed_dirs, kernel, source, bzimage, accel, workdir):
-    """A coverage-guided campaign (Atheris/libFuzzer over the model's coverage).
+def fuzz(seconds, jobs, seed_dirs, unguided, kernel, source, bzimage, accel, workdir):
+    """A coverage-guided campaign: Atheris/libFuzzer, guided by the model's code coverage
+    and by what the kernel reported (errno after which op, cpages/faults, SNAPSHOT codes,
+    signals, pagemap bits).
 
     Resumes from WORKDIR; Ctrl-C stops cleanly. Findings go to WORKDIR/findings, one
     directory per signature, each confirmed on a fresh VM; WORKDIR/report.md at the end."""
@@ -216,7 +221,8 @@ def fuzz(seconds, jobs, seed_dirs, kernel, source, bzimage, accel, workdir):
             pass  # boot once: a kernel that cannot run programs fails here, with its reason
     except (KernelError, MachineError, RunnerBuildError) as error:
         infrastructure_failure(error)
-    campaign = Campaign(image, workdir, list(seed_dirs), jobs, seconds, accel, echo=click.echo)
+    campaign = Campaign(image, workdir, list(seed_dirs), jobs, seconds, accel, echo=click.echo,
+                        guided=not unguided)
     samples = campaign.run()
     report = write_report(workdir)
     last = samples[-1]

@@ -27,12 +27,15 @@ from harness.prog import Program, format_program
 from harness.vm.qemu import MachineConfig, MachineError
 from harness.vm.session import KernelSession
 
+from .feedback import features, slot
 from .findings import FindingStore
 from .judge import Status, judge
 from .minimize import signature
-from .mutate import Chooser, decode, encode, mutate
+from .mutate import Chooser, decode, encode, generate, mutate
 
 REPRODUCTION_RUNS = 3
+# Coverage counters for what the kernel reported (fuzz/feedback.py); features hash into them
+FEEDBACK_SLOTS = 1 << 14
 
 
 @dataclass
@@ -44,6 +47,7 @@ class WorkerConfig:
     seeds: list[str]
     seconds: int
     accel: str
+    guided: bool = True  # False: fresh random programs, same VM, judging and confirmation
 
     @classmethod
     def load(cls, path: str) -> "WorkerConfig":
@@ -60,8 +64,11 @@ class Worker:
         self.store = FindingStore(root / "findings")
         self.stats_path = root / "workers" / f"{config.index}.json"
         self.stats_path.parent.mkdir(parents=True, exist_ok=True)
-        self.stats = {"execs": 0, "findings": 0, "restarts": 0, "started": time.time()}
+        self.stats = {"execs": 0, "findings": 0, "restarts": 0, "started": time.time(),
+                      "features": 0}
         self.last_write = 0.0
+        self.seen_features: set[int] = set()
+        self.counters: list[int] = []
 
     def log(self, message: str):
         print(f"worker {self.config.index}: {message}", file=sys.stderr, flush=True)
@@ -71,8 +78,23 @@ class Worker:
         self.stats["execs"] += 1
         return verdict
 
+    def reserve_feedback(self):
+        """Counters for kernel-reported features; libFuzzer must know them before it starts."""
+        self.counters = [atheris._reserve_counter() for _ in range(FEEDBACK_SLOTS)]
+        atheris.UpdateCounterArrays()
+
+    def signal(self, verdict):
+        """Tell libFuzzer which kernel-reported features this run showed."""
+        for feature in features(verdict.program, verdict.trace):
+            index = slot(feature, FEEDBACK_SLOTS)
+            self.seen_features.add(index)
+            atheris._trace_branch(self.counters[index])
+        self.stats["features"] = len(self.seen_features)
+
     def test_one_input(self, data: bytes):
-        program = decode(data, atheris.FuzzedDataProvider)
+        self.test_program(decode(data, atheris.FuzzedDataProvider))
+
+    def test_program(self, program: Program):
         try:
             verdict = self.run(program)
         except MachineError as error:  # the VM would not come back: report and go on
@@ -81,9 +103,19 @@ class Worker:
         except Exception:  # noqa: BLE001 - a harness bug must not end the campaign
             self.keep_error(program)
             return
+        if self.counters:
+            self.signal(verdict)
         if verdict.status is not Status.OK:
             self.found(verdict)
         self.write_stats()
+
+    def run_unguided(self):
+        """The baseline a campaign is measured against: fresh programs from the same
+        generator, judged and confirmed exactly as the guided worker does."""
+        chooser = Chooser(random.Random(self.config.index + 1))
+        started = time.monotonic()
+        while time.monotonic() - started < self.config.seconds:
+            self.test_program(generate(chooser))
 
     def keep_error(self, program: Program):
         """Save the program that made the harness itself fail, with the traceback."""
@@ -147,6 +179,14 @@ def custom_crossover(data1: bytes, data2: bytes, max_size: int, seed: int) -> by
 def main():
     config = WorkerConfig.load(sys.argv[1])
     worker = Worker(config)
+    if not config.guided:
+        try:
+            worker.run_unguided()
+        finally:
+            worker.write_stats(force=True)
+            worker.session.close()
+        return
+    worker.reserve_feedback()
     libfuzzer_args = [
         sys.argv[0], config.corpus, *config.seeds,
         f"-max_total_time={config.seconds}", "-reload=10", "-timeout=600",
