@@ -179,6 +179,39 @@ class Ending(Enum):
 
 
 @dataclass(frozen=True)
+class MemoryCounters:
+    """System memory counters at one point (wire.h enum wire_memory_counter), read after
+    the runner drained per-CPU LRU batches, ran the shrinkers and waited for an RCU grace
+    period. Pages, except `kernel_stack_kb`; None: the kernel has no such counter."""
+
+    free: int            # nr_free_pages (buddy)
+    pcp: int             # on per-CPU free lists (/proc/zoneinfo)
+    slab: int            # nr_slab_reclaimable + nr_slab_unreclaimable
+    pagetables: int      # nr_page_table_pages
+    kernel_stack_kb: int
+    zspages: int         # zram's compressed swap
+    memmap: int | None   # nr_memmap_pages (6.8+): struct pages of hotplugged memory
+    anon: int            # nr_anon_pages
+    file: int            # nr_file_pages
+    device_chunks: int   # device memory chunks the test device holds
+    vmalloc_kb: int      # /proc/meminfo VmallocUsed
+    percpu_kb: int       # /proc/meminfo Percpu
+
+    @property
+    def free_total(self) -> int:
+        """Pages the page allocator can hand out: the buddy lists and the per-CPU lists."""
+        return self.free + self.pcp
+
+
+@dataclass(frozen=True)
+class MemoryCheck:
+    """The counters before a program and after all its processes were gone."""
+
+    before: MemoryCounters
+    after: MemoryCounters
+
+
+@dataclass(frozen=True)
 class Trace:
     """Everything one run of a program on a kernel produced."""
 
@@ -186,6 +219,7 @@ class Trace:
     results: tuple[OpResult, ...]
     ending: Ending = Ending.COMPLETED
     console: str = field(default="", repr=False)
+    memory: MemoryCheck | None = None  # None: not measured (the run did not complete)
 
 
 def errno_name(number: int) -> str:

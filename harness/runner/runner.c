@@ -38,6 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <linux/membarrier.h>
 #include <linux/mempolicy.h>
 #include <linux/userfaultfd.h>
 
@@ -1008,6 +1009,111 @@ static void serve_process(int me)
 	}
 }
 
+/* ------------------------------------------------------------------ memory counters */
+
+/* Bring memory to a state two readings can be compared in: drop_caches drains every CPU's
+ * LRU batches (lru_add_drain_all) and runs the shrinkers; MEMBARRIER_CMD_GLOBAL waits for
+ * an RCU grace period (synchronize_rcu), after which page tables, task structs and
+ * slab objects freed by RCU are on their way back. */
+static void settle_memory(void)
+{
+	write_file("/proc/sys/vm/drop_caches", "3");
+	syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0);
+	write_file("/proc/sys/vm/drop_caches", "3");
+}
+
+static char proc_text[1 << 16];
+
+static const char *read_proc(const char *path)
+{
+	int fd = open(path, O_RDONLY);
+	size_t len = 0;
+	ssize_t n;
+
+	proc_text[0] = 0;
+	if (fd < 0)
+		return proc_text;
+	while (len < sizeof(proc_text) - 1 &&
+	       (n = read(fd, proc_text + len, sizeof(proc_text) - 1 - len)) > 0)
+		len += n;
+	close(fd);
+	proc_text[len] = 0;
+	return proc_text;
+}
+
+/* The value of "name value" in /proc/vmstat's text, -1 if the kernel has no such counter */
+static int64_t vmstat_value(const char *text, const char *name)
+{
+	size_t len = strlen(name);
+
+	for (const char *line = text; line && *line; line = strchr(line, '\n')) {
+		if (*line == '\n')
+			line++;
+		if (strncmp(line, name, len) == 0 && line[len] == ' ')
+			return strtoll(line + len + 1, NULL, 10);
+	}
+	return -1;
+}
+
+static int64_t sum_after(const char *text, const char *key)
+{
+	int64_t sum = 0;
+	size_t len = strlen(key);
+
+	for (const char *at = strstr(text, key); at; at = strstr(at + len, key))
+		sum += strtoll(at + len, NULL, 10);
+	return sum;
+}
+
+static int64_t count_of(const char *text, const char *needle)
+{
+	int64_t count = 0;
+
+	for (const char *at = strstr(text, needle); at; at = strstr(at + 1, needle))
+		count++;
+	return count;
+}
+
+static void read_memory(int64_t *counters)
+{
+	const char *vmstat;
+
+	counters[WMEM_PCP] = sum_after(read_proc("/proc/zoneinfo"), "\n              count: ");
+	counters[WMEM_DEVICE_CHUNKS] = count_of(read_proc("/proc/iomem"), "hmm_dmirror");
+	counters[WMEM_VMALLOC_KB] = sum_after(read_proc("/proc/meminfo"), "\nVmallocUsed:");
+	counters[WMEM_PERCPU_KB] = sum_after(proc_text, "\nPercpu:");
+	vmstat = read_proc("/proc/vmstat");
+	counters[WMEM_FREE] = vmstat_value(vmstat, "nr_free_pages");
+	counters[WMEM_SLAB] = vmstat_value(vmstat, "nr_slab_reclaimable") +
+			      vmstat_value(vmstat, "nr_slab_unreclaimable");
+	counters[WMEM_PAGETABLES] = vmstat_value(vmstat, "nr_page_table_pages");
+	counters[WMEM_KERNEL_STACK_KB] = vmstat_value(vmstat, "nr_kernel_stack");
+	counters[WMEM_ZSPAGES] = vmstat_value(vmstat, "nr_zspages");
+	counters[WMEM_MEMMAP] = vmstat_value(vmstat, "nr_memmap_pages");
+	counters[WMEM_ANON] = vmstat_value(vmstat, "nr_anon_pages");
+	counters[WMEM_FILE] = vmstat_value(vmstat, "nr_file_pages");
+}
+
+/* Frees the kernel defers (RCU callbacks, per-CPU work) land some milliseconds after the
+ * processes are gone: read until two readings a few milliseconds apart agree on the free
+ * pages, or give up after MEMORY_READINGS and keep the last. */
+#define MEMORY_READINGS 20
+
+static void measure_memory(int64_t *counters)
+{
+	struct timespec pause = { .tv_nsec = 5000000 };
+	int64_t last = -1;
+
+	for (int reading = 0; reading < MEMORY_READINGS; reading++) {
+		settle_memory();
+		read_memory(counters);
+		if (counters[WMEM_FREE] + counters[WMEM_PCP] == last)
+			return;
+		last = counters[WMEM_FREE] + counters[WMEM_PCP];
+		nanosleep(&pause, NULL);
+	}
+}
+
 /* ------------------------------------------------------------------ coordinator */
 
 static int process_gone(pid_t pid, int *sig)
@@ -1113,11 +1219,18 @@ static int end_processes(void)
 static int silent;
 static uint32_t silent_status;
 
+/* The memory counters of the program being run (done.measured says whether they were) */
+static struct wire_done memory_done;
+
 static void send_done(uint32_t status, uint32_t ops_run, int32_t failed_op, int32_t detail)
 {
-	struct wire_done done = {
-		.status = status, .ops_run = ops_run, .failed_op = failed_op, .detail = detail,
-	};
+	struct wire_done done = memory_done;
+
+	done.status = status;
+	done.ops_run = ops_run;
+	done.failed_op = failed_op;
+	done.detail = detail;
+	memset(&memory_done, 0, sizeof(memory_done));
 
 	if (silent) {
 		silent_status = status;
@@ -1252,6 +1365,8 @@ static void run_program(const struct wire_program *program)
 	}
 	reset_system_knobs();
 	op_timeout_ms = program->op_timeout_ms;
+	if (!silent)
+		measure_memory(memory_done.memory_before);
 	memset(ctl->pid, 0, sizeof(ctl->pid));
 	for (int p = 0; p < WIRE_MAX_PROCS; p++)
 		sem_init(&ctl->go[p], 1, 0);
@@ -1301,6 +1416,11 @@ static void run_program(const struct wire_program *program)
 	if (end_processes() && status == DONE_COMPLETED)
 		status = DONE_UNKILLABLE;
 	destroy_backing();
+	/* every process of the program is reaped: what it held should be back */
+	if (!silent && (status == DONE_COMPLETED || status == DONE_DIED)) {
+		measure_memory(memory_done.memory_after);
+		memory_done.measured = 1;
+	}
 	snprintf(marker, sizeof(marker), "hmmfuzz: program %llu end\n",
 		 (unsigned long long)program->serial);
 	if (!silent)

@@ -266,11 +266,38 @@ enum wire_done_status {
 	DONE_BAD_PROGRAM = 4  /* the runner refused the program (detail says why) */
 };
 
+/* System memory counters the runner reads before a program and after its processes are
+ * gone (each time after draining per-CPU LRU batches, shrinking caches and waiting for an
+ * RCU grace period), for the host's leak check. In pages unless named otherwise; -1: the
+ * kernel does not have it. */
+enum wire_memory_counter {
+	WMEM_FREE = 0,            /* /proc/vmstat nr_free_pages (buddy) */
+	WMEM_PCP = 1,             /* /proc/zoneinfo: pages on per-CPU free lists, all zones */
+	WMEM_SLAB = 2,            /* nr_slab_reclaimable + nr_slab_unreclaimable */
+	WMEM_PAGETABLES = 3,      /* nr_page_table_pages */
+	WMEM_KERNEL_STACK_KB = 4, /* nr_kernel_stack (kB) */
+	WMEM_ZSPAGES = 5,         /* nr_zspages: zram's compressed swap */
+	WMEM_MEMMAP = 6,          /* nr_memmap_pages (6.8+): struct pages of hotplugged memory,
+				     such as the test device's chunks */
+	WMEM_ANON = 7,            /* nr_anon_pages */
+	WMEM_FILE = 8,            /* nr_file_pages (page cache, shmem, swap cache) */
+	WMEM_DEVICE_CHUNKS = 9,   /* "hmm_dmirror" resources in /proc/iomem: device memory
+				     chunks the test device holds */
+	WMEM_VMALLOC_KB = 10,     /* /proc/meminfo VmallocUsed (kB): vmalloc'd kernel stacks
+				     and buffers */
+	WMEM_PERCPU_KB = 11,      /* /proc/meminfo Percpu (kB) */
+	WMEM_NCOUNTERS = 12
+};
+
 struct wire_done {
 	uint32_t status;      /* enum wire_done_status */
 	uint32_t ops_run;
 	int32_t failed_op;    /* -1 if none */
 	int32_t detail;
+	uint32_t measured;    /* the memory counters below were read (a completed program) */
+	uint32_t reserved;
+	int64_t memory_before[WMEM_NCOUNTERS];
+	int64_t memory_after[WMEM_NCOUNTERS];
 };
 
 #endif

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.prog import OpResult, Page, Program
-from harness.prog.observation import SMAPS_FIELDS, KsmScan, PagemapEntry, SmapsVma
+from harness.prog.observation import (
+    SMAPS_FIELDS, KsmScan, MemoryCheck, MemoryCounters, PagemapEntry, SmapsVma,
+)
 from harness.prog.ops import (
     REGION_BASE, Advice, CheckExclusive, ClearSoftDirty, CloseDevice, Compact, CpuRead,
     CpuWrite, DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge, Madvise, Map, MapKind,
@@ -263,8 +265,24 @@ class Done:
     ops_run: int
     failed_op: int
     detail: int
+    memory: MemoryCheck | None = None
+
+
+def _memory_counters(raw) -> MemoryCounters:
+    memmap = raw[C.WMEM_MEMMAP]
+    return MemoryCounters(
+        free=raw[C.WMEM_FREE], pcp=raw[C.WMEM_PCP], slab=raw[C.WMEM_SLAB],
+        pagetables=raw[C.WMEM_PAGETABLES], kernel_stack_kb=raw[C.WMEM_KERNEL_STACK_KB],
+        zspages=raw[C.WMEM_ZSPAGES], memmap=memmap if memmap >= 0 else None,
+        anon=raw[C.WMEM_ANON], file=raw[C.WMEM_FILE], device_chunks=raw[C.WMEM_DEVICE_CHUNKS],
+        vmalloc_kb=raw[C.WMEM_VMALLOC_KB], percpu_kb=raw[C.WMEM_PERCPU_KB],
+    )
 
 
 def decode_done(payload: bytes) -> Done:
     done = ffi.from_buffer("struct wire_done *", payload)
-    return Done(done.status, done.ops_run, done.failed_op, done.detail)
+    memory = None
+    if done.measured:
+        memory = MemoryCheck(_memory_counters(done.memory_before),
+                             _memory_counters(done.memory_after))
+    return Done(done.status, done.ops_run, done.failed_op, done.detail, memory)

@@ -186,7 +186,7 @@ class KernelSession:
         console_start = machine.console_size()
         started = time.monotonic()
         results: dict[int, OpResult] = {}
-        ending, died = Ending.COMPLETED, 0
+        ending, died, memory = Ending.COMPLETED, 0, None
         try:
             machine.send(request)
             while True:
@@ -198,6 +198,7 @@ class KernelSession:
                 if msg_type != wire.C.MSG_DONE:
                     raise wire.ProtocolError(f"unexpected message type {msg_type}")
                 done = wire.decode_done(payload)
+                memory = done.memory
                 if done.status in (wire.C.DONE_HUNG, wire.C.DONE_UNKILLABLE):
                     ending = Ending.HUNG
                 elif done.status == wire.C.DONE_DIED:
@@ -212,7 +213,7 @@ class KernelSession:
         self.last_info = RunInfo(died_signal=died, seconds=time.monotonic() - started)
         ordered = tuple(results[i] for i in range(len(results)))
         return Trace(kernel_release=self.hello.release, results=ordered, ending=ending,
-                     console=machine.console(console_start))
+                     console=machine.console(console_start), memory=memory)
 
     def execute(self, executable: bytes, budget: float = 300) -> Execution:
         """Run a static executable (a C reproducer) once in the guest, as the runner's child."""
