@@ -385,13 +385,20 @@ def replay(paths, kernel, source, bzimage, accel, workdir):
 @click.option("--kernels", default="6.1,6.12,7.2", show_default=True,
               help="Comma-separated kernel versions or bzImage paths.")
 @click.option("--runs", default=3, show_default=True, help="Runs per kernel (fresh VM each kernel).")
+@click.option("--regression", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the program here as a regression program for CI replay, with a "
+                   "`# hmmfuzz-expect:` line for each kernel that reproduced it every time.")
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("hmmfuzz-work"))
-def triage(finding, kernels, runs, accel, workdir):
-    """Which kernels reproduce a finding (a finding directory or a program file)."""
+def triage(finding, kernels, runs, regression, accel, workdir):
+    """Which kernels reproduce a finding (a finding directory, a program file, or a
+    minimized program), as a table with the model's verdict on each."""
     from .minimize import signature
+    from .replay import series_of
 
     path = finding / "program.txt" if finding.is_dir() else finding
+    if finding.is_dir() and (finding / "program.min.txt").exists():
+        path = finding / "program.min.txt"  # what minimize left: the program worth keeping
     program = load_program(path)
     rows = []
     for kernel in kernels.split(","):
@@ -415,6 +422,13 @@ def triage(finding, kernels, runs, accel, workdir):
             click.echo(f"\n{kernel}:")
             for line in first.lines():
                 click.echo(line)
+    if regression:
+        expect = [f"# hmmfuzz-expect: {series_of(release)} {verdict}"
+                  for _, release, rate, verdict, _ in rows if rate == f"{runs}/{runs}"]
+        table = [f"# {release}: reproduced {rate}: {verdict}" for _, release, rate, verdict, _ in rows]
+        regression.write_text("\n".join([f"# hmmfuzz triage of {path}", *table, *expect, ""])
+                              + format_program(program))
+        click.echo(f"\nregression program written to {regression} ({len(expect)} expectations)")
     sys.exit(Status.DIVERGENCE if any(r[2][0] != "0" for r in rows) else Status.OK)
 
 
