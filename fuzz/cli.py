@@ -17,7 +17,7 @@ import click
 
 from harness.kernel import DEFAULT_VERSION, VERSIONS, KernelError, KernelImage, resolve_kernel
 from harness.csource import NotRenderable
-from harness.prog import ParseError, Program, format_program, load_program
+from harness.prog import Ending, ParseError, Program, format_program, load_program
 from harness.runner.build import RunnerBuildError
 from harness.vm.qemu import MachineConfig, MachineError
 from harness.vm.session import KernelSession
@@ -536,6 +536,8 @@ def reproduce(program_path, output, kernel, source, bzimage, accel, workdir):
         run = run_in_guest(session, c_source)
         release = session.hello.release
     click.echo(run.execution.output, nl=False)
+    if run.execution.ending is not Ending.COMPLETED and run.last_step:
+        click.echo(f"the guest died in {run.last_step}")
     click.echo(f"{path} on {release}: {run.outcome}")
     for report in run.reports:
         click.echo(f"  kernel console: {report.title}")

@@ -103,6 +103,13 @@ class ReproducerRun:
         return self.execution.ending is not Ending.COMPLETED or self.execution.exit_code not in (0, None)
 
     @property
+    def last_step(self) -> str | None:
+        """The step the reproducer was in when the guest died (it announces each step in the
+        kernel log), or None."""
+        steps = re.findall(r"hmmfuzz: (step \d+: .*)", self.execution.console)
+        return steps[-1].strip() if steps else None
+
+    @property
     def status(self) -> int:
         """hmmfuzz's exit statuses: 0 passed, 1 checks failed, 3 the kernel crashed or hung."""
         if self.reports or self.execution.ending is not Ending.COMPLETED:

@@ -75,6 +75,7 @@ def test_a_crash_reproducer_oopses_the_same_way_and_the_guest_comes_back(guest):
     run = run_in_guest(guest, render(load(DO_READ_OOPS), guest.hello.release))
     assert run.status == 3
     assert run.reproduces("crash: BUG: unable to handle page fault in dmirror_do_read")
+    assert run.last_step == "step 5: p0 dev_read d0 a[0:4]"
     after = run_in_guest(guest, render(load(PROGRAMS[0]), guest.hello.release))
     assert after.status == 0, after.execution.output
 

@@ -598,6 +598,20 @@ static void settle_system(void)
 	}
 }
 
+/* Each step in the kernel log too, so that the console says which step the kernel was in
+ * if it dies under the program (as root; without /dev/kmsg only stdout has it) */
+static int kmsg = -1;
+
+static void announce(int index, const char *line)
+{
+	char text[512];
+	int len = snprintf(text, sizeof(text), "hmmfuzz: step %d: %s\n", index, line);
+
+	/* one write per record: /dev/kmsg refuses a record in pieces */
+	if (kmsg >= 0 && write(kmsg, text, len < (int)sizeof(text) ? len : (int)sizeof(text) - 1) < 0)
+		kmsg = -1;
+}
+
 /* Before the first op: settings, no device fds yet, the regions' memfds and files */
 static void prepare(const int *memfd_slots, const int *file_slots, const unsigned long *pages)
 {
@@ -608,6 +622,7 @@ static void prepare(const int *memfd_slots, const int *file_slots, const unsigne
 	sigaction(SIGSEGV, &sa, NULL);
 	sigaction(SIGBUS, &sa, NULL);
 	setvbuf(stdout, NULL, _IONBF, 0);
+	kmsg = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
 	settle_system();
 	for (int f = 0; f < MAX_FDS; f++)
 		device_fds[f] = -1;
@@ -723,6 +738,7 @@ static int run_program(const int *memfd_slots, const int *file_slots, const unsi
 		int reply = 0;
 
 		printf("step %d: %s\n", index, step->line);
+		announce(index, step->line);
 		if (write(go[step->proc][1], &index, sizeof(index)) != sizeof(index))
 			return 2;
 		if (step->kind == EXIT) {
