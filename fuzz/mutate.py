@@ -16,14 +16,15 @@ from harness.prog import ParseError, Program, format_program, parse_program
 from harness.prog.ops import (
     DEVICES, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, CloseDevice, CpuRead, CpuWrite,
     DevRead, DevWrite, Exclusive, Exit, Fork, Located, Madvise, Map, MigrateToDev,
-    MigrateToSys, Mlock, Mprotect, Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot,
-    Region, Release, Snapshot,
+    MigrateToSys, Mlock, Mprotect, Mremap, Munlock, Munmap, Op, OpenDevice, PageRange,
+    Pagemap, Prot, Region, Release, Snapshot,
 )
 
 MAX_OPS = 64
 # The ops the reference model knows (docs/model.md); campaigns draw from these. An op the
 # model refuses would leave the rest of the program unchecked.
-RANGE_OPS = (Map, Munmap, Mprotect, CpuWrite, CpuRead, Madvise, Pagemap, Mlock, Munlock)
+RANGE_OPS = (Map, Munmap, Mprotect, CpuWrite, CpuRead, Madvise, Pagemap, Mlock, Munlock,
+             Mremap)
 DEVICE_OPS = (DevRead, DevWrite, Snapshot, Exclusive, CheckExclusive, MigrateToDev, MigrateToSys)
 FD_OPS = (Release, CloseDevice)
 MODELLED_ADVICE = tuple(advice for advice in Advice if advice is not Advice.COLLAPSE)
@@ -117,12 +118,30 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
         return CpuWrite(proc, page_range, chooser.pick(SEEDS_OF_INTEREST))
     if kind is Madvise:
         return Madvise(proc, page_range, chooser.pick(MODELLED_ADVICE))
+    if kind is Mremap:
+        return _mremap(chooser, scope, proc, page_range)
     if kind in (Map, Munmap, CpuRead, Pagemap, Mlock, Munlock):
         return kind(proc, page_range)
     fd = chooser.pick(fds)
     if kind is DevWrite:
         return DevWrite(proc, fd, page_range, seed=chooser.pick(SEEDS_OF_INTEREST))
     return kind(proc, fd, page_range)
+
+
+def _mremap(chooser: Chooser, scope: Scope, proc: str, page_range: PageRange) -> Mremap:
+    """A resize in place (often a grow by a page or two), or a move to a range of any region
+    (often the same size; sometimes with MREMAP_DONTUNMAP)."""
+    region = scope.regions[page_range.region]
+    if chooser.chance(40):
+        room = region.pages - page_range.start
+        return Mremap(proc, page_range, chooser.integer(1, min(room, page_range.npages + 4)))
+    target = chooser.pick(sorted(scope.regions.values(), key=lambda r: r.slot))
+    length = page_range.npages if chooser.chance(70) else chooser.integer(1, target.pages)
+    length = min(length, target.pages)
+    start = chooser.integer(0, target.pages - length)
+    dontunmap = length == page_range.npages and chooser.chance(30)
+    return Mremap(proc, page_range, length, PageRange(target.name, start, start + length),
+                  dontunmap)
 
 
 def valid(regions: tuple[Region, ...], ops: list[Op], source: str = "<mutant>") -> Program | None:

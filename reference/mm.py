@@ -198,6 +198,18 @@ def _write_protected_anon(world: World, mm_id: int, mm: Mm, vpn: int, pte: Pte) 
     mm.ptes[vpn] = replace(pte, writable=True)
 
 
+def munmap(world: World, mm_id: int, start: int, end: int) -> None:
+    """do_vmi_munmap of [start, end): nothing at all if no VMA lies in it (vma_find() finds
+    none -> return 0); else split at the edges (each split may fire split_pmd's notifier),
+    zap, one MMU_NOTIFY_UNMAP over the whole range."""
+    mm = world.mms[mm_id]
+    if not vmas.overlaps(mm, start, end):
+        return
+    for vma, vpn in vmas.unmap(mm, start, end):
+        split_pmd(world, mm_id, vma, vpn)
+    zap(world, mm_id, mm, start, end)
+
+
 def zap(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
     """Unmap [start, end), which overlaps at least one VMA (do_vmi_munmap returns before
     anything when vma_find() finds none): unmap_vmas zaps the PTEs (dropping folio mappings,

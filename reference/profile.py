@@ -66,9 +66,13 @@ class Profile:
     # ((vma->vm_flags & VM_WRITE) ..."); 6.1 only on a write fault (maybe_mkwrite under
     # FAULT_FLAG_WRITE), so a swapped-in page read first is read-only until a write reuses it.
     swapin_read_maps_writable: bool = True
+    # mremap is modelled from 7.2's mm/mremap.c (remap_move of several VMAs, copy_vma with
+    # vma_merge_copied_range, unmap_source_vma); 6.1/6.12 take other paths (vma_to_resize,
+    # vma_merge, move_vma's own VM_ACCOUNT bookkeeping) the model does not follow.
+    mremap: bool = False
 
 
-NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False)
+NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False, mremap=True)
 V6_12 = Profile("6.12", 64, 64, True, False, False, False, 27, 28, 29, False,
                 swapin_skips_swapcache=True)
 V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,

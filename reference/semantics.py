@@ -13,10 +13,10 @@ from harness.prog import (
 )
 from harness.prog.ops import (
     COHERENT_DEVICES, Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev,
-    MigrateToSys, Mlock, Munlock, Pagemap, Release,
+    MigrateToSys, Mlock, Mremap, Munlock, Pagemap, Release,
 )
 
-from . import device, hmm, mm as cpu, pagemap, reclaim, vma as vmas
+from . import device, hmm, mm as cpu, pagemap, reclaim, remap, vma as vmas
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, WRITTEN, Expect, done, fail, read_page
 from .places import Places
 from .refuse import Unmodelled
@@ -41,15 +41,8 @@ def _map(world: World, op: Map, places: Places) -> list[Outcome]:
 
 
 def _munmap(world: World, op: Munmap, places: Places) -> list[Outcome]:
-    mm_id = world.procs[op.proc]
-    mm = world.mms[mm_id]
     start, end = places.vpns(op.range)
-    if not vmas.overlaps(mm, start, end):
-        # do_vmi_munmap: vma_find() finds no VMA in the range -> return 0, nothing happens.
-        return [(done("do_vmi_munmap: an aligned range always succeeds"), world)]
-    for vma, vpn in vmas.unmap(mm, start, end):
-        cpu.split_pmd(world, mm_id, vma, vpn)
-    cpu.zap(world, mm_id, mm, start, end)
+    cpu.munmap(world, world.procs[op.proc], start, end)
     return [(done("do_vmi_munmap: an aligned range always succeeds"), world)]
 
 
@@ -307,7 +300,7 @@ _STEPS = {
     MigrateToDev: device.migrate_to_dev, MigrateToSys: device.migrate_to_sys,
     Release: device.release, Flags: device.flags, CloseDevice: device.close,
     Exit: device.exit_process, Madvise: _madvise, Pagemap: pagemap.pagemap,
-    Mlock: _mlock, Munlock: _munlock,
+    Mlock: _mlock, Munlock: _munlock, Mremap: remap.mremap,
 }
 
 

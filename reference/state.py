@@ -107,6 +107,10 @@ class Vma:
     # protection they take part in merging (is_mergeable_vma) and anon_vma sharing
     # (anon_vma_compatible).
     flags: frozenset = frozenset()
+    # vm_pgoff - start, in pages: 0 for a VMA mmap made (an anonymous VMA's vm_pgoff is its
+    # address), the old offset for one mremap moved (copy_vma keeps vm_pgoff once the VMA
+    # has an anon_vma). Merges and anon_vma sharing need contiguous vm_pgoff: equal shifts.
+    shift: int = 0
 
     def __contains__(self, vpn: int) -> bool:
         return self.start <= vpn < self.end

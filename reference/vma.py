@@ -38,8 +38,9 @@ def _index(mm: Mm, vpn: int) -> int | None:
 def _same_flags(vma: Vma, other: Vma) -> bool:
     # is_mergeable_vma: all flags but VMA_IGNORE_MERGE_FLAGS (soft-dirty, maybe-guard) must
     # match; for our anonymous private VMAs: the protection, VM_ACCOUNT and Vma.flags.
+    # can_vma_merge_before/after also want vm_pgoff to continue across the boundary.
     return vma.prot is other.prot and vma.account == other.account and \
-        vma.flags == other.flags
+        vma.flags == other.flags and vma.shift == other.shift
 
 
 def _anon_mergeable(target: Vma, source_anon: int | None, source: Vma | None,
@@ -70,33 +71,57 @@ def map_new(mm: Mm, start: int, end: int, profile: Profile) -> None:
     The new VMA is accountable (VM_ACCOUNT) and has no anon_vma; __mmap_region tries
     vma_merge_new_range with the neighbours first.
     """
+    merge_new(mm, Vma(start, end, Prot.RW), None, profile)
+
+
+def merge_new(mm: Mm, fresh: Vma, source: Vma | None, profile: Profile) -> Vma:
+    """vma_merge_new_range for a VMA `fresh` over a free range, or a new VMA: mmap (no
+    source), copy_vma for mremap (`source` is the VMA copied from, whose anon_vma the copy
+    carries), vma_merge_extend (the VMA itself grows). Returns the VMA now covering it."""
     vmas = mm.vmas
-    fresh = Vma(start, end, Prot.RW)
+    start, end = fresh.start, fresh.end
     i = next((k for k, v in enumerate(vmas) if v.start >= end), len(vmas))
     prev = vmas[i - 1] if i > 0 and vmas[i - 1].end == start else None
     nxt = vmas[i] if i < len(vmas) and vmas[i].start == end else None
     right = nxt is not None and _same_flags(nxt, fresh) and \
-        _anon_mergeable(nxt, None, None, profile)
+        _anon_mergeable(nxt, fresh.anon, source, profile)
     if profile.mmap_checks_prev_against_next:
         # 6.1 mmap_region: prev must be compatible with the anon_vma of the next VMA it
         # would absorb; no separate prev/next compatibility check follows.
         left = prev is not None and _same_flags(prev, fresh) and \
-            _anon_mergeable(prev, nxt.anon if right else None, nxt if right else None,
-                            profile)
+            _anon_mergeable(prev, nxt.anon if right else fresh.anon,
+                            nxt if right else source, profile)
     else:
         left = prev is not None and _same_flags(prev, fresh) and \
-            _anon_mergeable(prev, None, None, profile)
+            _anon_mergeable(prev, fresh.anon, source, profile)
         right = right and \
             (not left or prev.anon is None or nxt.anon is None or prev.anon == nxt.anon)
     if left and right:
-        anon, child = _merged_anon(prev, nxt)
-        vmas[i - 1:i + 1] = [replace(prev, end=nxt.end, anon=anon, fork_child=child)]
+        anon, child = _merged_anon(prev, nxt, fresh)
+        merged = replace(prev, end=nxt.end, anon=anon, fork_child=child)
+        vmas[i - 1:i + 1] = [merged]
     elif left:
-        vmas[i - 1] = replace(prev, end=end)
+        anon, child = _merged_anon(prev, fresh)
+        merged = vmas[i - 1] = replace(prev, end=end, anon=anon, fork_child=child)
     elif right:
-        vmas[i] = replace(nxt, start=start)
+        anon, child = _merged_anon(nxt, fresh)
+        merged = vmas[i] = replace(nxt, start=start, shift=fresh.shift, anon=anon,
+                                   fork_child=child)
     else:
+        merged = fresh
         vmas.insert(i, fresh)
+    return merged
+
+
+def split(mm: Mm, vpn: int) -> Split | None:
+    """__split_vma at `vpn` if it falls inside a VMA (not at its start): the boundary move
+    vma_adjust_trans_huge() looks at."""
+    i = _index(mm, vpn)
+    if i is None or mm.vmas[i].start == vpn:
+        return None
+    vma = mm.vmas[i]
+    mm.vmas[i:i + 1] = [replace(vma, end=vpn), replace(vma, start=vpn)]
+    return vma, vpn
 
 
 # ------------------------------------------------------------------ munmap
@@ -263,7 +288,8 @@ def anon_prepare(world: World, mm: Mm, vpn: int) -> None:
         adjacent = other.start == vma.end if j > i else other.end == vma.start
         # anon_vma_compatible: the flags but the access bits must match
         if adjacent and other.account == vma.account and other.flags == vma.flags \
-                and other.anon is not None and not other.fork_child:
+                and other.shift == vma.shift and other.anon is not None \
+                and not other.fork_child:
             anon = other.anon
             break
     vmas[i] = replace(vma, anon=anon if anon is not None else world.new_id(), fork_child=False)

@@ -8,10 +8,10 @@ from harness.prog import OpResult
 from reference import check, expected
 
 PROG = """
-    region a pages=2
+    region a pages=3
     p0 map a[0:2]
     p0 write a[0:2] seed=1
-    p0 mremap a[0:2] 1
+    p0 map a[2:3] shared
     p0 read a[0:1]
 """
 
@@ -21,13 +21,13 @@ def test_an_unmodelled_op_stops_the_check_there_and_says_which():
     verdict = check(prog, trace(ok(), wrote(2), ok(), cpu(pattern(prog, 1, "a", 0))))
     assert verdict.ok
     assert verdict.unmodelled_from == 2
-    assert verdict.unmodelled_op == "mremap"
-    assert verdict.unmodelled == "mremap is not modelled"
+    assert verdict.unmodelled_op == "map shared"
+    assert verdict.unmodelled == "map shared is not modelled"
     assert verdict.checked == 2
     assert verdict.describe(1) == "ok"
-    assert verdict.describe(2) == "unchecked: mremap is not modelled"
+    assert verdict.describe(2) == "unchecked: map shared is not modelled"
     assert verdict.describe(3) == "unchecked"
-    assert "op 2 and later unchecked: mremap is not modelled" in str(verdict)
+    assert "op 2 and later unchecked: map shared is not modelled" in str(verdict)
 
 
 def test_nothing_after_the_unmodelled_op_is_judged_even_a_wrong_value():
@@ -70,5 +70,5 @@ def test_the_verdict_lines_say_unchecked_and_the_status_is_not_a_divergence():
     verdict = judge(prog, trace(ok(), wrote(2), ok(), cpu(pattern(prog, 1, "a", 0))))
     assert verdict.status is Status.OK
     lines = verdict.lines()
-    assert lines[2].endswith("unchecked: mremap is not modelled")
+    assert lines[2].endswith("unchecked: map shared is not modelled")
     assert lines[3].endswith("unchecked") and "not modelled" not in lines[3]
