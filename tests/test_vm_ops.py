@@ -1,14 +1,17 @@
 """The ops beyond v1 on the real kernel: each test shows the kernel really did what the op
 asks (device migration and release, HMM_DMIRROR_FLAGS, exit and close, madvise, mapping
-kinds, mremap, mlock, pagemap), observed through the runner."""
+kinds, mremap, mlock, pagemap; THP modes, compaction, soft-dirty, NUMA migration,
+userfaultfd write-protection, KSM, smaps), observed through the runner."""
 
 from __future__ import annotations
 
 import errno
 import signal
+from pathlib import Path
 
 import pytest
 
+from fuzz.replay import replay
 from harness.kernel import resolve_kernel
 from harness.prog import Content, Ending, digest, parse_program
 from harness.prog.device import PROT_DEV_PRIVATE_LOCAL, PROT_WRITE
@@ -758,3 +761,42 @@ p0 smaps a[3:4]
     assert [v["Locked"] for v in vmas] == [0, 0, 0, 8]
     assert all(v["Anonymous"] == v["Rss"] and v["AnonHugePages"] == 0 for v in vmas)
     assert len(r[6].smaps) == 1 and r[6].smaps[0].start == base + 2 * 4096
+
+
+# ---------------------------------------------------------------- corpus/ops seeds
+
+OPS_CORPUS = sorted((Path(__file__).resolve().parent.parent / "corpus" / "ops").glob("*.txt"))
+
+
+@pytest.mark.parametrize("path", OPS_CORPUS, ids=[p.stem for p in OPS_CORPUS])
+def test_each_ops_seed_runs_and_agrees_with_the_model_as_far_as_it_goes(each_kernel, path):
+    replayed = replay(each_kernel, path)
+    verdict = replayed.verdict
+    assert verdict.trace.ending is Ending.COMPLETED, verdict.trace.console[-3000:]
+    assert not verdict.reports, [report.title for report in verdict.reports]
+    # the model checks every op it states and refuses, by name, the first it does not
+    assert not verdict.model.divergences, "\n".join(verdict.lines())
+    assert verdict.model.unmodelled_from is None or verdict.model.unmodelled
+    assert verdict.leak is None
+
+
+def test_ksm_merge_with_nothing_mergeable_does_no_full_scan_and_merges_nothing(each_kernel):
+    # the program before merged pages: every program starts with KSM unmerged and empty
+    test_ksm_merges_identical_pages_into_one_shared_page(each_kernel)
+    _, r = run(each_kernel, """\
+region a pages=2
+p0 map a[0:2]
+p0 madvise a[0:2] populate_write
+p0 ksm_merge
+p0 pagemap a[0:2]
+""")
+    # ksmd completes at most one full scan (of its old cursor) when no mm asked for merging
+    assert r[2].errno == 0 and r[2].ksm.full_scans <= 1
+    assert (r[2].ksm.pages_shared, r[2].ksm.pages_sharing) == (0, 0)
+    for entry in r[3].pagemap:
+        assert entry.count == 1
+        # 6.12's stable_page_flags tests `mapping & PAGE_MAPPING_KSM`, and PAGE_MAPPING_KSM
+        # is PAGE_MAPPING_ANON | PAGE_MAPPING_MOVABLE: every anonymous page shows KPF_KSM
+        # there (6.1 asks PageKsm, 7.2 compares all the mapping flag bits)
+        assert entry.has_flag("KSM") == (version(each_kernel) == (6, 12))
+    assert r[3].pagemap[0].pfn != r[3].pagemap[1].pfn

@@ -373,12 +373,14 @@ static void setup_swap(void)
 /* System-wide settings ops may change, back to one fixed state before every program so
  * that nothing one program set leaks into the next: THP as harness/prog/ops.py's
  * THP_DEFAULT says (v1 programs model 4 KiB pages only: no THP unless a program asks for
- * it), KSM stopped. */
+ * it), KSM stopped with nothing left of the last program's merging: run=2 unmerges and
+ * drops every rmap item, the slots of exited mms and all stable nodes
+ * (unmerge_and_remove_all_rmap_items), so pages_shared/pages_sharing start from 0. */
 static void reset_system_knobs(void)
 {
 	write_file("/sys/kernel/mm/transparent_hugepage/enabled", "never");
 	write_file("/sys/kernel/mm/transparent_hugepage/defrag", "madvise");
-	write_file("/sys/kernel/mm/ksm/run", "0");
+	write_file("/sys/kernel/mm/ksm/run", "2");
 }
 
 static void boot(void)
@@ -780,10 +782,13 @@ static void uffd_op(const struct wire_op *op, struct wire_result *res)
  * so it waits for three. */
 #define KSM_FULL_SCANS 3
 #define KSM_MAX_WAIT_MS 10000
+/* ksmd completes no full scan while no mm asked for merging (at most one, of the cursor it
+ * had): no full scan for this long means nothing to scan */
+#define KSM_IDLE_MS 3000
 
 static void ksm_merge(struct wire_result *res)
 {
-	struct timespec start, pause = { .tv_nsec = 1000000 };
+	struct timespec start, advanced, pause = { .tv_nsec = 1000000 };
 	int64_t first, scans = 0;
 	long budget = op_timeout_ms / 2 < KSM_MAX_WAIT_MS ? op_timeout_ms / 2 : KSM_MAX_WAIT_MS;
 
@@ -799,9 +804,14 @@ static void ksm_merge(struct wire_result *res)
 	if (!res->err)
 		res->err = write_knob(KSM_DIR "run", "1");
 	clock_gettime(CLOCK_MONOTONIC, &start);
+	advanced = start;
 	while (!res->err) {
-		scans = read_number(KSM_DIR "full_scans") - first;
-		if (scans >= KSM_FULL_SCANS)
+		int64_t now = read_number(KSM_DIR "full_scans") - first;
+
+		if (now != scans)
+			clock_gettime(CLOCK_MONOTONIC, &advanced);
+		scans = now;
+		if (scans >= KSM_FULL_SCANS || elapsed_ms(&advanced) > KSM_IDLE_MS)
 			break;
 		if (elapsed_ms(&start) > budget)
 			res->err = ETIMEDOUT;
