@@ -17,8 +17,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest.mock import patch
 
 from harness.kernel import resolve_kernel
+from harness.vm import qemu
 from harness.vm.qemu import MachineConfig, MachineError
 from harness.vm.session import KernelSession
 
@@ -27,19 +29,23 @@ from harness.vm.session import KernelSession
 class Variant:
     append: str = ""
     extra_args: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()  # words of qemu.KERNEL_ARGUMENTS left out
 
 
-QUICK = "pty.legacy_count=0 acpi=noirq i8042.noaux"
+BOOT_TIME_ARGUMENTS = ("pty.legacy_count=0", "acpi=noirq", "i8042.noaux")
 VARIANTS = {
+    # the command line before the boot-time arguments were added
+    "before": Variant(drop=BOOT_TIME_ARGUMENTS),
     "default": Variant(),
-    "quick": Variant(append=QUICK),
-    "quick+nosmm": Variant(append=QUICK, extra_args=("-M", "pc,smm=off")),
-    "quick+noi8042": Variant(append=QUICK, extra_args=("-M", "pc,i8042=off")),
-    "quick+tsc": Variant(append=QUICK + " tsc=reliable"),
-    "quick+log5": Variant(append=QUICK + " loglevel=5"),
-    "quick+q35": Variant(append=QUICK, extra_args=("-M", "q35,smm=off,vmport=off")),
+    "no-pty-arg": Variant(drop=("pty.legacy_count=0",)),
+    "no-noirq-arg": Variant(drop=("acpi=noirq",)),
+    "no-noaux-arg": Variant(drop=("i8042.noaux",)),
+    "+smm=off": Variant(extra_args=("-M", "pc,smm=off")),
+    "+tsc=reliable": Variant(append="tsc=reliable"),
+    "+loglevel=5": Variant(append="loglevel=5"),
+    "q35": Variant(extra_args=("-M", "q35,smm=off,vmport=off")),
     # qboot has no PIRQ table: with acpi=noirq the virtio-serial interrupt is never routed
-    "quick+qboot": Variant(append=QUICK, extra_args=("-bios", "qboot.rom")),
+    "qboot": Variant(extra_args=("-bios", "qboot.rom")),
 }
 
 RUN_INIT = "Run /init as init process"
@@ -79,9 +85,11 @@ def boot_once(kernel, variant: Variant, workdir: Path) -> Phases | None:
     watcher = threading.Thread(target=_watch, args=(workdir / "vm" / "console.log",
                                                      time.monotonic(), phases, stop))
     watcher.start()
+    kept = tuple(word for word in qemu.KERNEL_ARGUMENTS if word not in variant.drop)
     try:
         try:
-            session.start()
+            with patch.object(qemu, "KERNEL_ARGUMENTS", kept):
+                session.start()
         except MachineError as error:
             print(f"{workdir.name}: did not boot: {str(error).splitlines()[0]}")
             return None
@@ -120,7 +128,8 @@ def main():
         print(f"{name:14} {_median(p.first_output for p in phases):10.2f} "
               f"{_median(p.run_init for p in phases):6.2f} {_median(p.hello for p in phases):6.2f} "
               f"{min(p.hello for p in phases):9.2f} {_median(p.cpu for p in phases):10.2f}  "
-              f"{VARIANTS[name].append} {' '.join(VARIANTS[name].extra_args)}")
+              f"{VARIANTS[name].append} {' '.join(VARIANTS[name].extra_args)}"
+              + (f" without {' '.join(VARIANTS[name].drop)}" if VARIANTS[name].drop else ""))
 
 
 def _cpu_seconds(pid: int) -> float:

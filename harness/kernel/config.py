@@ -8,6 +8,12 @@ from pathlib import Path
 
 # The project's config fragment, merged into `make tinyconfig`.
 FRAGMENT = Path(__file__).with_name("hmm.config")
+# Deliberately not in the fragment (it would rebuild every prebuilt kernel): a hard-lockup
+# detector. Under TCG there is no PMU ("PMU not available due to virtualization"), so the
+# perf NMI detector x86 picks by default cannot start. The buddy detector (6.5 and later:
+# each CPU's softlockup hrtimer checks that the next CPU still takes hrtimer interrupts;
+# the guest has 2 CPUs) needs CONFIG_HARDLOCKUP_DETECTOR=y and
+# CONFIG_HARDLOCKUP_DETECTOR_PREFER_BUDDY=y (DEBUG_KERNEL is set). 6.1 has no buddy detector.
 
 # Options without which a run is impossible (as opposed to the rest of the fragment, which
 # adds oracles and MM features whose absence only narrows what a campaign can observe).
