@@ -447,11 +447,7 @@ def minimize(finding, output, kernel, source, bzimage, accel, workdir):
     from .minimize import minimize as reduce, signature
 
     program_file = finding / "program.txt" if finding.is_dir() else finding
-    try:
-        program = load_program(program_file)
-    except ParseError as error:
-        click.echo(f"input error: {error}", err=True)
-        sys.exit(Status.INPUT_ERROR)
+    program = _load_or_exit(program_file)
     session = _booted(kernel, source, bzimage, accel, workdir)
     with session:
         def verdict_of(candidate: Program) -> ProgramVerdict:
@@ -481,6 +477,15 @@ def minimize(finding, output, kernel, source, bzimage, accel, workdir):
     for line in final.lines():
         click.echo(line)
     sys.exit(final.status)
+
+
+def _load_or_exit(path: Path) -> Program:
+    """The program in `path`, or exit 2 with the file, line and what was expected."""
+    try:
+        return load_program(path)
+    except ParseError as error:
+        click.echo(f"input error: {error}", err=True)
+        sys.exit(Status.INPUT_ERROR)
 
 
 def _write_and_check_c(session, program: Program, output: Path, wanted: str) -> dict:
@@ -519,11 +524,7 @@ def reproduce(program_path, output, kernel, source, bzimage, accel, workdir):
     from .reproducer import run_in_guest, render
 
     path = program_path / "program.txt" if program_path.is_dir() else program_path
-    try:
-        program = load_program(path)
-    except ParseError as error:
-        click.echo(f"input error: {error}", err=True)
-        sys.exit(Status.INPUT_ERROR)
+    program = _load_or_exit(path)
     session = _booted(kernel, source, bzimage, accel, workdir)
     with session:
         try:

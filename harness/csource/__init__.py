@@ -82,8 +82,23 @@ def _length(npages: int) -> str:
     return f"{npages} * PAGE_SIZE"
 
 
+# Ops whose C call is `function(address, npages, extra...)`
+_RANGE_CALLS = {
+    CpuWrite: ("cpu_write", lambda op: [op.seed]),
+    CpuRead: ("cpu_read", lambda op: []),
+    Pagemap: ("show_pagemap", lambda op: []),
+    Smaps: ("show_smaps", lambda op: []),
+    MovePages: ("move_range", lambda op: [-1 if op.node is None else op.node]),
+    Mbind: ("bind_range", lambda op: [op.node]),
+}
+
+
 def call(program: Program, op: Op, names: _Names) -> str:
     """The C statement that performs `op` and leaves what it reported in `result`."""
+    if type(op) in _RANGE_CALLS:
+        function, extra = _RANGE_CALLS[type(op)]
+        arguments = [_address(program, op), op.range.npages, *extra(op)]
+        return f"{function}({', '.join(map(str, arguments))});"
     if isinstance(op, Map):
         slot = program.regions[op.range.region].slot
         return f"map({_address(program, op)}, {op.range.npages}, {_BACKING[op.kind]}, {slot});"
@@ -104,23 +119,12 @@ def call(program: Program, op: Op, names: _Names) -> str:
         to = program.regions[op.to.region]
         return (f"begin(); syscall_done((long)mremap({old}, {flags}, "
                 f"(void *)({_region_address(to.slot, op.to.start)})));")
-    if isinstance(op, CpuWrite):
-        return f"cpu_write({_address(program, op)}, {op.range.npages}, {op.seed});"
-    if isinstance(op, CpuRead):
-        return f"cpu_read({_address(program, op)}, {op.range.npages});"
-    if isinstance(op, Pagemap):
-        return f"show_pagemap({_address(program, op)}, {op.range.npages});"
     if isinstance(op, Thp):
         return f'set_thp("{op.enabled.value}", "{op.defrag.value}");'
     if isinstance(op, Compact):
         return 'knob("/proc/sys/vm/compact_memory", "1");'
     if isinstance(op, ClearSoftDirty):
         return 'knob("/proc/self/clear_refs", "4");'
-    if isinstance(op, MovePages):
-        node = -1 if op.node is None else op.node
-        return f"move_range({_address(program, op)}, {op.range.npages}, {node});"
-    if isinstance(op, Mbind):
-        return f"bind_range({_address(program, op)}, {op.range.npages}, {op.node});"
     if isinstance(op, (UffdRegister, UffdUnregister, UffdWriteprotect)):
         request = ("REGISTER_WP" if isinstance(op, UffdRegister) else "UNREGISTER"
                    if isinstance(op, UffdUnregister) else
@@ -128,8 +132,6 @@ def call(program: Program, op: Op, names: _Names) -> str:
         return f"uffd_range({request}, {_address(program, op)}, {op.range.npages});"
     if isinstance(op, KsmMerge):
         return "ksm_merge();"
-    if isinstance(op, Smaps):
-        return f"show_smaps({_address(program, op)}, {op.range.npages});"
     if isinstance(op, OpenDevice):
         return f"device_open({names.fd(op.fd)}, {int(op.device.removeprefix('dmirror'))});"
     if isinstance(op, CloseDevice):
