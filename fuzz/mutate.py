@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, replace
 
 from harness.prog import ParseError, Program, format_program, parse_program
 from harness.prog.ops import (
-    DEVICES, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, CloseDevice, CpuRead, CpuWrite,
-    DevRead, DevWrite, Exclusive, Exit, Fork, Located, Madvise, Map, MigrateToDev,
-    MigrateToSys, Mlock, Mprotect, Mremap, Munlock, Munmap, Op, OpenDevice, PageRange,
-    Pagemap, Prot, Region, Release, Snapshot,
+    DEVICES, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, ClearSoftDirty, CloseDevice,
+    CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, Located, Madvise, Map,
+    MigrateToDev, MigrateToSys, Mlock, Mprotect, Mremap, Munlock, Munmap, Op, OpenDevice,
+    PageRange, Pagemap, Prot, Region, Release, Snapshot,
 )
 
 MAX_OPS = 64
@@ -100,6 +100,8 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
     forks = sum(isinstance(op, Fork) for op in all_ops)
     if forks + 1 < MAX_PROCESSES:  # exited processes still count towards the limit
         kinds.append(Fork)
+    if chooser.chance(5):
+        return ClearSoftDirty(proc)
     kind = chooser.pick(kinds)
     if kind is Fork:
         taken = set(scope.fds) | {op.child for op in all_ops if isinstance(op, Fork)}

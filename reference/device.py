@@ -52,7 +52,9 @@ def _back_to_system(world: World, mm: Mm, vpn: int) -> None:
     old = world.folios[pte.folio]
     new = world.new_folio(old.content)
     world.folios[new] = Folio(old.content, 1, old.exclusive, lazyfree=old.lazyfree)
-    mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable)
+    # remove_migration_pte: writable iff the migration entry was, the soft-dirty bit
+    # carried over (no pte_needs_soft_dirty_wp check on this path).
+    mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable, soft_dirty=pte.soft_dirty)
     del world.folios[pte.folio]
 
 
@@ -197,7 +199,10 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
         lazyfree = Lazyfree.UNKNOWN if old is not None and old.lazyfree is not None else None
         world.folios[device_folio] = Folio(content, 1, exclusive, mirror.device, mirror_id,
                                            lazyfree=lazyfree)
-        ptes[vpn] = Pte(Kind.DEVICE, device_folio, writable)
+        # migrate_vma_collect_pmd carries a present page's soft-dirty bit into the entry;
+        # migrate_vma_insert_page (pte_none, zero page) makes an entry without it.
+        ptes[vpn] = Pte(Kind.DEVICE, device_folio, writable,
+                        soft_dirty=old is not None and pte.soft_dirty)
         if old is not None:
             # The source folio is freed: dmirrors of this device (which ignored the
             # notifier) other than this one keep a pointer to it.

@@ -347,7 +347,9 @@ def _make_exclusive(world: World, mirror: Dmirror, start: int, end: int,
         # GUP's dirtying and restore_exclusive_pte's are not followed for lazyfree folios.
         reclaim.lost_track(world, mm.ptes[vpn].folio)
         invalidate(world, mm_id, vpn, vpn + 1)
-        mm.ptes[vpn] = Pte(Kind.EXCLUSIVE, mm.ptes[vpn].folio, True)
+        present = mm.ptes[vpn]
+        mm.ptes[vpn] = Pte(Kind.EXCLUSIVE, present.folio, True,
+                           soft_dirty=present.soft_dirty)  # pte_swp_mksoft_dirty
     return got, err, f"make_device_exclusive: {why}" if why else ""
 
 

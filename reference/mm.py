@@ -63,8 +63,16 @@ def _restored(world: World, vma: Vma, pte: Pte) -> Pte:
         # 6.1/6.12 restore_exclusive_pte: maybe_mkwrite() only for a writable entry.
         writable = vma.prot.writable and pte.writable
     else:
-        writable = vma.prot.writable and world.folios[pte.folio].exclusive
-    return Pte(Kind.PRESENT, pte.folio, writable)
+        writable = vma.prot.writable and world.folios[pte.folio].exclusive and \
+            not needs_soft_dirty_wp(vma, pte)
+    return Pte(Kind.PRESENT, pte.folio, writable, soft_dirty=pte.soft_dirty)
+
+
+def needs_soft_dirty_wp(vma: Vma, pte: Pte) -> bool:
+    """pte_needs_soft_dirty_wp: soft-dirty tracking is on for the VMA (no VM_SOFTDIRTY)
+    and the PTE is not soft-dirty, so only a write fault may make it writable (it then
+    sets the bit); can_change_pte_writable and do_swap_page ask this."""
+    return not vma.softdirty and not pte.soft_dirty
 
 
 PMD_PAGES = 512  # pages mapped by one PMD entry (HPAGE_PMD_SIZE, 2 MiB)
@@ -122,6 +130,8 @@ def write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
         return
     _write_fault(world, mm_id, mm, vma, vpn)
     reclaim.dirtied(world, mm, vpn)
+    # every write fault maps the page with pte_mkdirty, which on x86 sets the soft-dirty bit
+    mm.ptes[vpn] = replace(mm.ptes[vpn], soft_dirty=True)
 
 
 def _write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
@@ -210,6 +220,15 @@ def munmap(world: World, mm_id: int, start: int, end: int) -> None:
     zap(world, mm_id, mm, start, end)
 
 
+def populate_page(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int,
+                  write: bool) -> None:
+    """GUP of one page with FOLL_TOUCH (and FOLL_WRITE): fault it in like a CPU access;
+    FOLL_TOUCH with FOLL_WRITE marks the folio dirty (follow_page_pte)."""
+    (write_fault if write else read_fault)(world, mm_id, mm, vma, vpn)
+    if write:
+        reclaim.dirtied(world, mm, vpn)
+
+
 def zap(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
     """Unmap [start, end), which overlaps at least one VMA (do_vmi_munmap returns before
     anything when vma_find() finds none): unmap_vmas zaps the PTEs (dropping folio mappings,
@@ -240,7 +259,8 @@ def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int) ->
     7.2; older kernels make writable ones readable (profile.exclusive_entry_permission).
     """
     ptes = mm.ptes
-    writable = mm.vma_at(start).prot.writable
+    vma = mm.vma_at(start)
+    writable = vma.prot.writable
     entry_permission = world.profile.exclusive_entry_permission
     for vpn in range(start, end) if end - start <= len(ptes) else sorted(ptes):
         if not start <= vpn < end:
@@ -252,7 +272,7 @@ def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int) ->
             # 6.1 can_change_pte_writable also wants the PTE dirty.
             dirty_enough = not (world.profile.mprotect_writable_needs_dirty and pte.clean)
             ptes[vpn] = replace(pte, writable=writable and world.folios[pte.folio].exclusive
-                                and dirty_enough)
+                                and dirty_enough and not needs_soft_dirty_wp(vma, pte))
         elif pte.kind is Kind.DEVICE:
             # change_softleaf_pte: a writable device-private entry becomes readable whatever
             # the new protection; nothing makes it writable again.

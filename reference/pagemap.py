@@ -95,12 +95,14 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
             specs.append(PageSpec(0, why=f"{name} has no VMA: pagemap_pte_hole, no flags"))
             continue
         pte = mm.ptes.get(vpn)
+        vma_sd = PM_SOFT_DIRTY if vma.softdirty else 0
         if pte is None:
-            specs.append(PageSpec(PM_SOFT_DIRTY, why=f"{name} is pte_none: pagemap_pte_hole "
-                                                     "with the VMA's VM_SOFTDIRTY"))
+            specs.append(PageSpec(vma_sd, why=f"{name} is pte_none: pagemap_pte_hole with "
+                                              f"the VMA's VM_SOFTDIRTY ({vma.softdirty})"))
             continue
+        sd = PM_SOFT_DIRTY if vma.softdirty or pte.soft_dirty else 0
         if pte.kind is Kind.ZERO:
-            specs.append(PageSpec(PM_PRESENT | PM_SOFT_DIRTY, "pfn", ZERO_KEY,
+            specs.append(PageSpec(PM_PRESENT | sd, "pfn", ZERO_KEY,
                                   known=world.pfns.get(ZERO_KEY), count=0,
                                   kflags=KPF["ZERO_PAGE"],
                                   why=f"{name} maps the zero page"))
@@ -108,7 +110,7 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
         folio = world.folios[pte.folio]
         if pte.kind is Kind.PRESENT:
             key = ("pfn", pte.folio)
-            flags = PM_PRESENT | PM_SOFT_DIRTY
+            flags = PM_PRESENT | sd
             if folio.mapcount == 1:
                 flags |= PM_MMAP_EXCLUSIVE
             specs.append(PageSpec(flags, "pfn", key, known=world.pfns.get(key),
@@ -119,7 +121,7 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
                                       f"{folio.mapcount} time(s)"
                                       f"{', PageAnonExclusive' if folio.exclusive else ''}"))
             continue
-        flags = PM_SWAP | PM_SOFT_DIRTY
+        flags = PM_SWAP | sd
         if pte.kind is Kind.SWAP:
             specs.append(PageSpec(flags, "swp", ("swap", pte.folio), SWAP_TYPE,
                                   known=world.pfns.get(("swap", pte.folio)),

@@ -70,9 +70,13 @@ class Profile:
     # vma_merge_copied_range, unmap_source_vma); 6.1/6.12 take other paths (vma_to_resize,
     # vma_merge, move_vma's own VM_ACCOUNT bookkeeping) the model does not follow.
     mremap: bool = False
+    # clear_soft_dirty and the soft-dirty write-protection are modelled from 7.2's
+    # fs/proc/task_mmu.c and pte_needs_soft_dirty_wp users; refused before.
+    clear_soft_dirty: bool = False
 
 
-NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False, mremap=True)
+NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False, mremap=True,
+                 clear_soft_dirty=True)
 V6_12 = Profile("6.12", 64, 64, True, False, False, False, 27, 28, 29, False,
                 swapin_skips_swapcache=True)
 V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,

@@ -108,7 +108,7 @@ def _swap_out(world: World, mm: Mm, vpn: int) -> None:
     folio = world.folios.pop(pte.folio)
     slot = world.new_id()
     world.folios[slot] = Folio(folio.content, 1, folio.exclusive, swapped=True)
-    mm.ptes[vpn] = Pte(Kind.SWAP, slot)
+    mm.ptes[vpn] = Pte(Kind.SWAP, slot, soft_dirty=pte.soft_dirty)  # pte_swp_mksoft_dirty
 
 
 def willneed(world: World, mm: Mm, start: int, end: int) -> None:
@@ -138,9 +138,12 @@ def swap_in(world: World, mm: Mm, vma: Vma, vpn: int, write: bool) -> None:
     del world.folios[pte.folio]
     folio = world.new_folio(slot.content)
     world.folios[folio] = replace(world.folios[folio], exclusive=exclusive)
+    soft_dirty = pte.soft_dirty or write   # pte_swp_soft_dirty; a write: pte_mkdirty
     writable = exclusive and vma.prot.writable and \
-        (write or world.profile.swapin_read_maps_writable)
-    mm.ptes[vpn] = Pte(Kind.PRESENT, folio, writable, clean=not (write and writable))
+        (write or world.profile.swapin_read_maps_writable) and \
+        (vma.softdirty or soft_dirty)   # not pte_needs_soft_dirty_wp
+    mm.ptes[vpn] = Pte(Kind.PRESENT, folio, writable, clean=not (write and writable),
+                       soft_dirty=soft_dirty)
 
 
 def mark_lazyfree(world: World, mm: Mm, start: int, end: int) -> None:

@@ -33,8 +33,6 @@ def mremap(world: World, op, places: Places) -> list[Outcome]:
     mm = world.mms[mm_id]
     old_start, old_end = places.vpns(op.range)
     old_len, new_len = old_end - old_start, op.new_npages
-    if any("locked" in v.flags for v in vmas.overlaps(mm, old_start, old_end)):
-        raise Unmodelled("mremap of an mlocked range", "VM_LOCKED moves and populates")
     if op.to is None:
         return [(_resize_in_place(world, mm_id, mm, old_start, old_len, new_len, places),
                  world)]
@@ -83,7 +81,19 @@ def _resize_in_place(world: World, mm_id: int, mm: Mm, start: int, old_len: int,
     # expand_vma_in_place -> vma_merge_extend: the VMA grows (vma_merge_new_range with the
     # VMA as prev), merging with the next VMA if that one is compatible; no notifier.
     vmas.merge_new(mm, replace(vma, start=vma.end, end=vma.end + delta), vma, world.profile)
+    if "locked" in vma.flags:
+        _populate(world, mm_id, mm, start + old_len, start + new_len)
     return done("expand_vma_in_place: the VMA grows over the free range behind it")
+
+
+def _populate(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
+    """do_mremap: "VMA mlock'd + was expanded, so populated expanded region":
+    mm_populate -> __mm_populate(ignore_errors): write faults on a private writable VMA,
+    read faults otherwise, PROT_NONE VMAs skipped (their -EFAULT ignored)."""
+    for vpn in range(start, end):
+        vma = mm.vma_at(vpn)
+        if vma is not None and vma.prot.readable:
+            cpu.populate_page(world, mm_id, mm, vma, vpn, vma.prot.writable)
 
 
 # ------------------------------------------------------------------ moves
@@ -120,7 +130,10 @@ def _remap_resize_to(world: World, mm_id: int, mm: Mm, start: int, old_len: int,
     if min(old_len, new_len) > vma.end - start:
         return EFAULT, (f"check_prep_vma: the range runs past the end of "
                         f"{places.name(start)}'s VMA -> -EFAULT")
+    locked = "locked" in vma.flags
     _mremap_to(world, mm_id, mm, start, old_len, new_start, new_len, False)
+    if locked and new_len > old_len:
+        _populate(world, mm_id, mm, new_start + old_len, new_start + new_len)
     return 0, ""
 
 
@@ -137,10 +150,17 @@ def _mremap_to(world: World, mm_id: int, mm: Mm, start: int, old_len: int, new_s
 
 def _move_vma(world: World, mm_id: int, mm: Mm, start: int, old_len: int, new_start: int,
               new_len: int, dontunmap: bool) -> None:
-    """move_vma: copy_vma_and_data (copy_vma, move_page_tables), then dontunmap_complete or
-    unmap_source_vma. (prep_move_vma's ksm_madvise(MADV_UNMERGEABLE) works on a copy of
-    the flags; its pre-split is only for MREMAP_DONTUNMAP of a VM_LOCKED VMA, refused.)"""
+    """move_vma: prep_move_vma (its ksm_madvise(MADV_UNMERGEABLE) works on a copy of the
+    flags; MREMAP_DONTUNMAP of a VM_LOCKED VMA first splits the range off), then
+    copy_vma_and_data (copy_vma, move_page_tables), then dontunmap_complete or
+    unmap_source_vma."""
     vma = mm.vma_at(start)
+    if dontunmap and "locked" in vma.flags:
+        for edge in (start, start + old_len):   # needs_pre_split
+            moved = vmas.split(mm, edge)
+            if moved is not None:
+                cpu.split_pmd(world, mm_id, *moved)
+        vma = mm.vma_at(start)
     copy = _copy_vma(world, mm, vma, start, new_start, new_len, dontunmap)
     _move_page_tables(world, mm_id, mm, start, old_len, new_start)
     if dontunmap:
@@ -181,13 +201,16 @@ def _move_page_tables(world: World, mm_id: int, mm: Mm, start: int, length: int,
     for vpn in moved:
         del mm.ptes[vpn]
     for vpn, pte in moved.items():
-        mm.ptes[new_start + vpn - start] = pte
+        # move_soft_dirty_pte: "Set soft dirty bit so we can notice in userspace when vma
+        # was moved"
+        mm.ptes[new_start + vpn - start] = replace(pte, soft_dirty=True)
 
 
 def _dontunmap_complete(mm: Mm, start: int, length: int) -> None:
-    """dontunmap_complete: the source VMA stays, empty; if the whole VMA moved it loses its
-    anon_vma (unlink_anon_vmas) and gets the pgoff of its address again."""
+    """dontunmap_complete: the source VMA stays, empty, without VM_LOCKED; if the whole VMA
+    moved it loses its anon_vma (unlink_anon_vmas) and gets the pgoff of its address
+    again."""
     i = next(k for k, v in enumerate(mm.vmas) if v.start <= start < v.end)
-    vma = mm.vmas[i]
+    vma = mm.vmas[i] = replace(mm.vmas[i], flags=mm.vmas[i].flags - {"locked"})
     if vma.start == start and vma.end == start + length:
         mm.vmas[i] = replace(vma, anon=None, fork_child=False, shift=0)

@@ -7,20 +7,22 @@ dmirror ioctls in hmm.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from harness.prog import (
     CheckExclusive, Content, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Fork, Map,
     Mprotect, Munmap, Op, OpenDevice, Snapshot,
 )
 from harness.prog.ops import (
     COHERENT_DEVICES, Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev,
-    MigrateToSys, Mlock, Mremap, Munlock, Pagemap, Release,
+    ClearSoftDirty, MigrateToSys, Mlock, Mremap, Munlock, Pagemap, Release,
 )
 
 from . import device, hmm, mm as cpu, pagemap, reclaim, remap, vma as vmas
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, WRITTEN, Expect, done, fail, read_page
 from .places import Places
 from .refuse import Unmodelled
-from .state import Dmirror, World
+from .state import Dmirror, Kind, World
 
 __all__ = ["Unmodelled", "step"]
 
@@ -60,7 +62,7 @@ def _mprotect(world: World, op: Mprotect, places: Places) -> list[Outcome]:
             # mprotect_fixup: "Private VM_LOCKED VMA becoming writable: trigger COW to avoid
             # major fault on access" -> populate_vma_page_range (write faults).
             for vpn in range(piece_start, piece_end):
-                _populate_page(world, mm_id, mm, vma, vpn, True)
+                cpu.populate_page(world, mm_id, mm, vma, vpn, True)
     if err:
         return [(fail(err, "do_mprotect_pkey: part of the range is not mapped -> -ENOMEM "
                            "(VMAs before the hole keep their new protection)"), world)]
@@ -238,7 +240,7 @@ def _populate(world: World, mm_id: int, mm, start: int, end: int, write: bool,
         if vma is None or not (vma.prot.writable if write else vma.prot.readable):
             raise Unmodelled(f"madvise {op.advice.value} over a page without a suitable VMA")
     for vpn in range(start, end):
-        _populate_page(world, mm_id, mm, mm.vma_at(vpn), vpn, write)
+        cpu.populate_page(world, mm_id, mm, mm.vma_at(vpn), vpn, write)
     return [(done("madvise_populate: every page of the range can be faulted in"), world)]
 
 
@@ -281,16 +283,31 @@ def _lock(world: World, op, places: Places, lock: bool) -> list[Outcome]:
             if not vma.prot.readable:
                 return [(fail(ENOMEM, f"__mm_populate: {places.name(vpn)}'s VMA is PROT_NONE:"
                                       " populate_vma_page_range -EFAULT -> -ENOMEM"), world)]
-            _populate_page(world, mm_id, mm, vma, vpn, vma.prot.writable)
+            cpu.populate_page(world, mm_id, mm, vma, vpn, vma.prot.writable)
     return [(done(f"{name}: the whole range is mapped"), world)]
 
 
-def _populate_page(world: World, mm_id: int, mm, vma, vpn: int, write: bool) -> None:
-    """GUP of one page with FOLL_TOUCH (and FOLL_WRITE): fault it in like a CPU access;
-    FOLL_TOUCH with FOLL_WRITE marks the folio dirty (follow_page_pte)."""
-    (cpu.write_fault if write else cpu.read_fault)(world, mm_id, mm, vma, vpn)
-    if write:
-        reclaim.dirtied(world, mm, vpn)
+# ------------------------------------------------------------------ soft-dirty
+
+def _clear_soft_dirty(world: World, op, places: Places) -> list[Outcome]:
+    """echo 4 > /proc/self/clear_refs: clear_refs_write (CLEAR_REFS_SOFT_DIRTY) clears
+    VM_SOFTDIRTY of every VMA, fires MMU_NOTIFY_SOFT_DIRTY over the whole address space
+    (every dmirror of the mm drops its whole table), and clear_soft_dirty write-protects
+    every present PTE and clears its soft-dirty bit (swap-like entries: only the bit).
+    Afterwards only a write fault makes a page writable again (pte_needs_soft_dirty_wp)."""
+    if not world.profile.clear_soft_dirty:
+        raise Unmodelled("clear_soft_dirty on kernels before 7.2",
+                         "modelled from 7.2's fs/proc/task_mmu.c only")
+    mm_id = world.procs[op.proc]
+    mm = world.mms[mm_id]
+    mm.vmas[:] = [replace(vma, softdirty=False) for vma in mm.vmas]
+    for mirror in world.mirrors_of(mm_id):
+        mirror.table.clear()
+    for vpn, pte in list(mm.ptes.items()):
+        present = pte.kind in (Kind.PRESENT, Kind.ZERO)
+        mm.ptes[vpn] = replace(pte, soft_dirty=False,
+                               writable=pte.writable and not present)
+    return [(done("clear_refs_write: soft-dirty bits cleared"), world)]
 
 
 _STEPS = {
@@ -301,6 +318,7 @@ _STEPS = {
     Release: device.release, Flags: device.flags, CloseDevice: device.close,
     Exit: device.exit_process, Madvise: _madvise, Pagemap: pagemap.pagemap,
     Mlock: _mlock, Munlock: _munlock, Mremap: remap.mremap,
+    ClearSoftDirty: _clear_soft_dirty,
 }
 
 

@@ -42,6 +42,12 @@ class Pte:
     # sets pte_mkdirty only for a write) or cleaned by madvise free (clear_young_dirty_ptes).
     # Elsewhere the model does not follow the bit (a write fault or store sets it).
     clean: bool = False
+    # The soft-dirty bit (pte_soft_dirty / pte_swp_soft_dirty). It matters only once a
+    # clear_soft_dirty write cleared it (and VM_SOFTDIRTY, Vma.softdirty): then a write
+    # fault (pte_mkdirty) or an mremap move (move_soft_dirty_pte) sets it again, and
+    # nothing makes the PTE writable without a fault while it is clear
+    # (pte_needs_soft_dirty_wp).
+    soft_dirty: bool = True
 
 
 ZERO_PTE = Pte(Kind.ZERO)
@@ -111,6 +117,10 @@ class Vma:
     # address), the old offset for one mremap moved (copy_vma keeps vm_pgoff once the VMA
     # has an anon_vma). Merges and anon_vma sharing need contiguous vm_pgoff: equal shifts.
     shift: int = 0
+    # VM_SOFTDIRTY: set on every VMA mmap creates or grows (__mmap_complete), cleared by
+    # clear_soft_dirty; a sticky flag, so it does not keep VMAs from merging and a merge
+    # keeps it if any part had it (VMA_STICKY_FLAGS).
+    softdirty: bool = True
 
     def __contains__(self, vpn: int) -> bool:
         return self.start <= vpn < self.end

@@ -71,7 +71,15 @@ def map_new(mm: Mm, start: int, end: int, profile: Profile) -> None:
     The new VMA is accountable (VM_ACCOUNT) and has no anon_vma; __mmap_region tries
     vma_merge_new_range with the neighbours first.
     """
-    merge_new(mm, Vma(start, end, Prot.RW), None, profile)
+    merged = merge_new(mm, Vma(start, end, Prot.RW), None, profile)
+    # __mmap_complete: "New (or expanded) vma always get soft dirty status."
+    i = mm.vmas.index(merged)
+    mm.vmas[i] = replace(merged, softdirty=True)
+
+
+def _sticky(*parts: Vma) -> bool:
+    """VMA_STICKY_FLAGS survive a merge if any part had them (vma_expand, commit_merge)."""
+    return any(part.softdirty for part in parts)
 
 
 def merge_new(mm: Mm, fresh: Vma, source: Vma | None, profile: Profile) -> Vma:
@@ -98,15 +106,17 @@ def merge_new(mm: Mm, fresh: Vma, source: Vma | None, profile: Profile) -> Vma:
             (not left or prev.anon is None or nxt.anon is None or prev.anon == nxt.anon)
     if left and right:
         anon, child = _merged_anon(prev, nxt, fresh)
-        merged = replace(prev, end=nxt.end, anon=anon, fork_child=child)
+        merged = replace(prev, end=nxt.end, anon=anon, fork_child=child,
+                         softdirty=_sticky(prev, nxt, fresh))
         vmas[i - 1:i + 1] = [merged]
     elif left:
         anon, child = _merged_anon(prev, fresh)
-        merged = vmas[i - 1] = replace(prev, end=end, anon=anon, fork_child=child)
+        merged = vmas[i - 1] = replace(prev, end=end, anon=anon, fork_child=child,
+                                       softdirty=_sticky(prev, fresh))
     elif right:
         anon, child = _merged_anon(nxt, fresh)
         merged = vmas[i] = replace(nxt, start=start, shift=fresh.shift, anon=anon,
-                                   fork_child=child)
+                                   fork_child=child, softdirty=_sticky(nxt, fresh))
     else:
         merged = fresh
         vmas.insert(i, fresh)
@@ -254,16 +264,19 @@ def _merge_existing(mm: Mm, i: int, start: int, end: int, target: Vma,
         (not left or prev.anon is None or nxt.anon is None or prev.anon == nxt.anon)
     if left and right:
         anon, child = _merged_anon(prev, nxt, middle)
-        vmas[i - 1:i + 2] = [replace(prev, end=nxt.end, anon=anon, fork_child=child)]
+        vmas[i - 1:i + 2] = [replace(prev, end=nxt.end, anon=anon, fork_child=child,
+                                     softdirty=_sticky(prev, nxt, target))]
         return []
     if left:
         anon, child = _merged_anon(prev, middle)
-        grown = replace(prev, end=end, anon=anon, fork_child=child)
+        grown = replace(prev, end=end, anon=anon, fork_child=child,
+                        softdirty=_sticky(prev, target))
         vmas[i - 1:i + 1] = [grown] if right_side else [grown, replace(middle, start=end)]
         return [] if right_side else [(middle, end)]
     if right:
         anon, child = _merged_anon(nxt, middle)
-        grown = replace(nxt, start=start, anon=anon, fork_child=child)
+        grown = replace(nxt, start=start, anon=anon, fork_child=child,
+                        softdirty=_sticky(nxt, target))
         vmas[i:i + 2] = [grown] if left_side else [replace(middle, end=start), grown]
         return [] if left_side else [(middle, start)]
     return None

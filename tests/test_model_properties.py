@@ -48,6 +48,9 @@ def assert_coherent(world: World) -> None:
                 # The dmirror's entries never outlive what the CPU maps: every change of the
                 # PTE goes through an MMU notifier that erases the entry.
                 pte = mm.ptes.get(vpn)
+                # no entry refers to freed memory, except the STALE ones finding 4 explains
+                assert entry.folio in (ZERO_FOLIO, STALE) or entry.folio in world.folios, \
+                    "a mirror entry for a freed folio"
                 if entry.folio == STALE:
                     continue  # another dmirror of the device migrated the page (finding 4)
                 assert pte is not None, "a mirror entry for an unmapped page"

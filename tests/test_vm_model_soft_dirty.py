@@ -1,0 +1,88 @@
+"""clear_soft_dirty on the real kernel (7.2), judged by the model: VM_SOFTDIRTY and the
+PTE bits pagemap shows, the write-protection that makes the next write fault, the
+MMU_NOTIFY_SOFT_DIRTY that empties the mirror, the device-private page that escapes the
+tracking (docs/findings.md #8); and mremap of mlocked ranges."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_vm_model_support import agrees
+
+pytestmark = pytest.mark.vm
+
+
+def test_clear_soft_dirty_write_protects_and_the_mirror_starts_over(kernel_session):
+    _, trace, _ = agrees(kernel_session, """
+        region a pages=10
+        region b pages=4
+        p0 map a[0:10]
+        p0 write a[0:8] seed=1
+        p0 read a[8:9]
+        p0 open d0 dmirror0
+        p0 dev_read d0 a[0:10]
+        p0 migrate_to_dev d0 a[2:4]
+        p0 exclusive d0 a[4:5]
+        p0 madvise a[5:6] pageout
+        p0 clear_soft_dirty
+        p0 pagemap a[0:10]
+        p0 snapshot d0 a[0:10]
+        p0 dev_read d0 a[0:2]
+        p0 write a[0:1] seed=2
+        p0 pagemap a[0:2]
+        p0 snapshot d0 a[0:2]
+        p0 mprotect a[1:2] r
+        p0 mprotect a[1:2] rw
+        p0 snapshot d0 a[0:2]
+        p0 migrate_to_sys d0 a[2:4]
+        p0 snapshot d0 a[2:4]
+        p0 write a[2:3] seed=3
+        p0 pagemap a[2:4]
+        p0 read a[4:6]
+        p0 pagemap a[4:6]
+        p0 snapshot d0 a[4:6]
+        p0 map b[0:2]
+        p0 map b[2:4]
+        p0 pagemap b[0:4]
+        p0 mremap a[6:8] b[0:2]
+        p0 pagemap b[0:4]
+        p0 fork p1
+        p1 pagemap a[0:10]
+        p0 clear_soft_dirty
+        p0 dev_write d0 a[0:3] seed=4
+        p0 pagemap a[0:3]
+    """)
+    cleared = trace.results[9].pagemap
+    assert not any(e.soft_dirty for e in cleared)
+    written, untouched = trace.results[13].pagemap
+    assert written.soft_dirty and not untouched.soft_dirty
+    assert trace.results[11].faults == 1       # MMU_NOTIFY_SOFT_DIRTY emptied the mirror
+
+
+def test_mremap_of_mlocked_ranges(kernel_session):
+    agrees(kernel_session, """
+        region a pages=8
+        region b pages=8
+        region c pages=8
+        p0 map a[0:4]
+        p0 write a[0:2] seed=1
+        p0 mlock a[0:4]
+        p0 mremap a[0:4] 6
+        p0 pagemap a[0:6]
+        p0 open d0 dmirror0
+        p0 snapshot d0 a[0:6]
+        p0 mremap a[0:2] b[0:2] dontunmap
+        p0 pagemap a[0:6]
+        p0 pagemap b[0:2]
+        p0 madvise a[0:2] pageout
+        p0 madvise a[2:4] pageout
+        p0 mremap b[0:2] c[0:5]
+        p0 pagemap c[0:5]
+        p0 mremap c[0:5] a[0:2]
+        p0 read a[0:2]
+        p0 madvise c[0:1] pageout
+        p0 mremap a[2:4] c[0:2]
+        p0 fork p1
+        p1 pagemap c[0:2]
+        p0 madvise c[0:2] pageout
+    """)
