@@ -3,10 +3,9 @@
 pagemap_read (fs/proc/task_mmu.c, 7.2): pagemap_pte_hole for pages without a PTE,
 pte_to_pagemap_entry for the others. What the model states, per page:
 
-- bits 55..63 exactly: PM_SOFT_DIRTY is set for every page inside a VMA, because every VMA
-  of a program carries VM_SOFTDIRTY from its mmap (__mmap_region sets it; nothing clears it
-  without a clear_refs write) and both functions add it from vma->vm_flags; pages outside
-  any VMA read 0. PM_PRESENT for a present PTE; PM_SWAP for a non-present one (device-
+- bits 55..63 exactly: PM_SOFT_DIRTY where the VMA has VM_SOFTDIRTY (__mmap_region sets
+  it, only clear_soft_dirty clears it) or the PTE has its soft-dirty bit (both functions
+  add the VMA's flag); pages outside any VMA read 0. PM_PRESENT for a present PTE; PM_SWAP for a non-present one (device-
   exclusive and device-private entries are softleaf entries); PM_MMAP_EXCLUSIVE for a
   present normal page mapped exactly once (__folio_page_mapped_exclusively: not for the zero
   page, which vm_normal_page() does not return; 6.1 also sets it for a device-private entry
