@@ -5,8 +5,8 @@ pte_to_pagemap_entry for the others. What the model states, per page:
 
 - bits 55..63 exactly: PM_SOFT_DIRTY where the VMA has VM_SOFTDIRTY (__mmap_region sets
   it, only clear_soft_dirty clears it) or the PTE has its soft-dirty bit (both functions
-  add the VMA's flag); pages outside any VMA read 0. PM_PRESENT for a present PTE; PM_SWAP for a non-present one (device-
-  exclusive and device-private entries are softleaf entries); PM_MMAP_EXCLUSIVE for a
+  add the VMA's flag); pages outside any VMA read 0. PM_PRESENT for a present PTE; PM_SWAP
+  for a non-present one (swap, device-exclusive and device-private entries); PM_MMAP_EXCLUSIVE for a
   present normal page mapped exactly once (__folio_page_mapped_exclusively: not for the zero
   page, which vm_normal_page() does not return; 6.1 also sets it for a device-private entry
   of a page mapped once, profile.pagemap_swap_exclusive); PM_FILE never (anonymous folios).
