@@ -1,0 +1,93 @@
+"""The per-program leak check's decision, on memory counters measured on the real kernels
+(tests/data/leak_calibration_<kernel>.json, recorded by tests/leak_calibration.py over the
+corpus and random programs): clean programs never leak, a program whose pages do not come
+back does, and a device chunk that comes or goes on 6.1 makes the balance unknowable."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from fuzz.judge import LEAK_THRESHOLD_PAGES, judge, leak_verdict, leaked_pages, Status
+from harness.prog import MemoryCheck, MemoryCounters, OpResult, Trace, parse_program
+
+DATA = Path(__file__).parent / "data"
+CALIBRATIONS = sorted(DATA.glob("leak_calibration_*.json"))
+
+
+def records():
+    for path in CALIBRATIONS:
+        for record in json.loads(path.read_text())["records"]:
+            yield path.stem.removeprefix("leak_calibration_"), record
+
+
+def check_of(record) -> MemoryCheck:
+    return MemoryCheck(MemoryCounters(**record["before"]), MemoryCounters(**record["after"]))
+
+
+def test_there_is_calibration_data_for_every_kernel():
+    assert {path.stem.removeprefix("leak_calibration_") for path in CALIBRATIONS} == {
+        "6.1", "6.12", "7.2"}
+
+
+@pytest.mark.parametrize("kernel, record", list(records()),
+                         ids=[f"{k}-{r['program']}" for k, r in records()])
+def test_no_clean_program_is_a_leak(kernel, record):
+    memory = check_of(record)
+    assert leak_verdict(memory) is None, (kernel, record["program"], leaked_pages(memory))
+
+
+def _taken(memory: MemoryCheck, pages: int) -> MemoryCheck:
+    """The same run, had `pages` more pages left the allocator and never come back."""
+    after = dataclasses.replace(memory.after, free=memory.after.free - pages)
+    return MemoryCheck(memory.before, after)
+
+
+def _conclusive(kernel: str):
+    return [r for k, r in records() if k == kernel and leaked_pages(check_of(r)) is not None]
+
+
+@pytest.mark.parametrize("kernel", ["6.1", "6.12", "7.2"])
+def test_a_program_that_keeps_a_buffer_of_pages_leaks_on_every_measured_run(kernel):
+    # the noisiest clean run of the kernel plus one hmm-tests buffer (1024 pages) gone
+    runs = _conclusive(kernel)
+    noisiest = max(runs, key=lambda r: abs(leaked_pages(check_of(r))))
+    for record in (noisiest, runs[0], runs[-1]):
+        memory = check_of(record)
+        leaked = leak_verdict(_taken(memory, 1024))
+        assert leaked is not None and leaked == 1024 + leaked_pages(memory)
+
+
+def test_pages_the_kernel_says_it_holds_are_no_leak():
+    _, record = next(records())
+    memory = check_of(record)
+    slab_grew = MemoryCheck(memory.before, dataclasses.replace(
+        memory.after, free=memory.after.free - 1000, slab=memory.after.slab + 1000))
+    assert leaked_pages(slab_grew) == leaked_pages(memory)
+    assert leak_verdict(slab_grew) is None
+
+
+def test_a_device_chunk_that_came_or_went_without_a_memmap_counter_is_inconclusive():
+    _, record = next(records())
+    memory = check_of(record)
+    chunk = MemoryCheck(dataclasses.replace(memory.before, memmap=None),
+                        dataclasses.replace(memory.after, memmap=None,
+                                            device_chunks=memory.before.device_chunks + 1,
+                                            free=memory.after.free - 5000))
+    assert leaked_pages(chunk) is None and leak_verdict(chunk) is None
+
+
+def test_a_leak_is_a_finding_of_the_whole_program():
+    program = parse_program("region a pages=1\np0 map a[0:1]\n", "leaky.txt")
+    _, record = next(records())
+    memory = _taken(check_of(record), 4 * LEAK_THRESHOLD_PAGES)
+    # the model refuses nothing here and agrees with the one op: only the leak is wrong
+    verdict = judge(program, Trace("7.2.13", (OpResult(),), memory=memory))
+    assert verdict.leak and verdict.status is Status.DIVERGENCE
+    assert verdict.leak_signature == "leak: pages leaked"
+    assert any(f"LEAK pages leaked: {verdict.leak}" in line for line in verdict.lines())
+    clean = judge(program, Trace("7.2.13", (OpResult(),), memory=check_of(record)))
+    assert clean.leak is None and clean.status is Status.OK
