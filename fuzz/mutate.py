@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from harness.prog import ParseError, Program, format_program, parse_program
 from harness.prog.ops import (
     DEVICES, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, ClearSoftDirty, CloseDevice,
+    Compact,
     CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, Located, Madvise, Map,
     MigrateToDev, MigrateToSys, Mlock, Mprotect, Mremap, Munlock, Munmap, Op, OpenDevice,
     PageRange, Pagemap, Prot, Region, Release, Snapshot,
@@ -101,7 +102,7 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
     if forks + 1 < MAX_PROCESSES:  # exited processes still count towards the limit
         kinds.append(Fork)
     if chooser.chance(5):
-        return ClearSoftDirty(proc)
+        return chooser.pick((ClearSoftDirty, Compact))(proc)
     kind = chooser.pick(kinds)
     if kind is Fork:
         taken = set(scope.fds) | {op.child for op in all_ops if isinstance(op, Fork)}

@@ -92,14 +92,22 @@ def dmirror_fault(world: World, mirror: Dmirror, start: int, end: int, write: bo
 # ------------------------------------------------------------------ READ
 
 def settle(world: World, mirror_id: int, start: int, end: int,
-           stops: Callable[[Entry | None], bool]) -> list[World]:
+           stops: Callable[[Entry | None], bool],
+           refilled: Callable[[int, Entry], bool] | None = None) -> list[World]:
     """The states an op that scans this mirror's entries over [start, end) in address order,
     stopping at the first entry for which `stops` holds (None: no entry), can be in, given
     the entries that may or may not have been erased (Entry.maybe_gone, see
     mm._write_protected_anon). An uncertain entry matters only if being there or not changes
     whether the scan stops; for each such entry before the first certain stop, one state
     has it resolved the stopping way and the earlier ones the passing way, and one more
-    state has them all passing. Without such entries: [world] itself, uncopied."""
+    state has them all passing. Without such entries: [world] itself, uncopied.
+
+    `refilled(vpn, entry)`: the op re-mirrors everything from its first stop on, and would
+    store this very entry again at vpn (dmirror_read/dmirror_write fault the rest of the
+    range in). When that holds for every deciding entry, the states "stopped at the k-th"
+    differ only in entries the model keeps as maybe gone in the first of them, so that one
+    stands for all (a superset), and two states are returned instead of one per entry
+    (after a compaction every mirrored page is uncertain)."""
     table = world.mirrors[mirror_id].table
     deciding = []
     for vpn in range(start, end):
@@ -111,8 +119,11 @@ def settle(world: World, mirror_id: int, start: int, end: int,
             break
     if not deciding:
         return [world]
+    stops_at = range(len(deciding) + 1)
+    if refilled is not None and all(refilled(vpn, table[vpn]) for vpn, _ in deciding):
+        stops_at = (0, len(deciding))
     worlds = []
-    for stop_at in range(len(deciding) + 1):
+    for stop_at in stops_at:
         branch = world.clone()
         table = branch.mirrors[mirror_id].table
         for n, (vpn, kept_stops) in enumerate(deciding[:stop_at + 1]):
@@ -131,7 +142,28 @@ def dev_read(world: World, op, places: Places) -> list[Outcome]:
     mirror_id, _ = _mirror(world, op.proc, op.fd)
     start, end = places.vpns(op.range)
     return [(_dev_read(w, w.mirrors[mirror_id], start, end, places), w)
-            for w in settle(world, mirror_id, start, end, _missing)]
+            for w in settle(world, mirror_id, start, end, _missing,
+                            _refill_same(world, mirror_id, write=False))]
+
+
+def _refill_same(world: World, mirror_id: int, write: bool) -> Callable[[int, Entry], bool]:
+    """Would dmirror_fault store this entry again? A present PTE (or, for a read, the zero
+    page) needs no CPU fault to be valid (and writable for a write); dmirror_do_fault then
+    stores its folio, WRITE iff the PTE is writable."""
+    mirror = world.mirrors[mirror_id]
+    ptes = world.mms[mirror.mm].ptes
+
+    def same(vpn: int, entry: Entry) -> bool:
+        pte = ptes.get(vpn)
+        if pte is None or pte.folio != entry.folio:
+            return False
+        if pte.kind is not Kind.PRESENT and (write or pte.kind is not Kind.ZERO):
+            return False
+        if write and not pte.writable:
+            return False
+        return entry.tag is (Tag.WRITE if pte.writable else Tag.READ)
+
+    return same
 
 
 def _missing(entry: Entry | None) -> bool:
@@ -205,7 +237,8 @@ def dev_write(world: World, op, places: Places) -> list[Outcome]:
     mirror_id, _ = _mirror(world, op.proc, op.fd)
     start, end = places.vpns(op.range)
     return [(_dev_write(w, w.mirrors[mirror_id], op.seed, start, end, places), w)
-            for w in settle(world, mirror_id, start, end, _not_writable)]
+            for w in settle(world, mirror_id, start, end, _not_writable,
+                            _refill_same(world, mirror_id, write=True))]
 
 
 def _dev_write(world: World, mirror: Dmirror, seed: int, start: int, end: int,

@@ -15,7 +15,7 @@ from harness.prog import (
 )
 from harness.prog.ops import (
     COHERENT_DEVICES, Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev,
-    ClearSoftDirty, MigrateToSys, Mlock, Mremap, Munlock, Pagemap, Release,
+    ClearSoftDirty, Compact, MigrateToSys, Mlock, Mremap, Munlock, Pagemap, Release,
 )
 
 from . import device, hmm, mm as cpu, pagemap, reclaim, remap, vma as vmas
@@ -310,6 +310,38 @@ def _clear_soft_dirty(world: World, op, places: Places) -> list[Outcome]:
     return [(done("clear_refs_write: soft-dirty bits cleared"), world)]
 
 
+# ------------------------------------------------------------------ compaction
+
+def _compact(world: World, op, places: Places) -> list[Outcome]:
+    """echo 1 > /proc/sys/vm/compact_memory: compact_nodes() migrates movable pages of
+    every zone; which ones is the kernel's choice (free page layout, per-CPU batches,
+    compact_unevictable_allowed lets mlocked ones move too). A folio that moves gets a new
+    PFN with its content, PTE bits and PageAnonExclusive kept (migrate_folio,
+    remove_migration_pte), and try_to_migrate_one fires MMU_NOTIFY_CLEAR over the page in
+    every mm mapping it, erasing the mirror's entry (and, by the dmirror_do_update quirk,
+    the next page's). So for every present folio: its PFN is forgotten and those entries
+    are marked as maybe gone (resolved by the ops that read them, hmm.settle). The zero
+    page, swap and device-private entries do not move."""
+    for mm in world.mms.values():
+        if any(pte.kind is Kind.EXCLUSIVE for pte in mm.ptes.values()):
+            # try_to_migrate_one would replace the device-exclusive entry by a migration
+            # entry and the folio would come back as a present PTE.
+            raise Unmodelled("compact with device-exclusive entries",
+                             "a migrated folio would lose its device-exclusive entry")
+    for mm_id, mm in world.mms.items():
+        mirrors = world.mirrors_of(mm_id)
+        for vpn, pte in mm.ptes.items():
+            if pte.kind is not Kind.PRESENT:
+                continue
+            world.pfns.pop(("pfn", pte.folio), None)
+            for mirror in mirrors:
+                for page in (vpn, vpn + 1):
+                    entry = mirror.table.get(page)
+                    if entry is not None and not entry.maybe_gone:
+                        mirror.table[page] = replace(entry, maybe_gone=True)
+    return [(done("compact_memory: compaction always reports success"), world)]
+
+
 _STEPS = {
     Map: _map, Munmap: _munmap, Mprotect: _mprotect, CpuWrite: _write, CpuRead: _read,
     Fork: _fork, OpenDevice: _open, DevRead: hmm.dev_read, DevWrite: hmm.dev_write,
@@ -318,7 +350,7 @@ _STEPS = {
     Release: device.release, Flags: device.flags, CloseDevice: device.close,
     Exit: device.exit_process, Madvise: _madvise, Pagemap: pagemap.pagemap,
     Mlock: _mlock, Munlock: _munlock, Mremap: remap.mremap,
-    ClearSoftDirty: _clear_soft_dirty,
+    ClearSoftDirty: _clear_soft_dirty, Compact: _compact,
 }
 
 

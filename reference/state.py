@@ -50,7 +50,8 @@ class Pte:
     soft_dirty: bool = True
 
 
-ZERO_PTE = Pte(Kind.ZERO)
+# do_anonymous_page maps the zero page for a read: no pte_mkdirty, so no soft-dirty bit.
+ZERO_PTE = Pte(Kind.ZERO, soft_dirty=False)
 
 
 class Lazyfree(Enum):

@@ -1,0 +1,43 @@
+"""Compaction on the real kernels (7.2, 6.12, 6.1), judged by the model: pages may move
+(new PFNs, the device mirror re-faults them; whether any moves is the kernel's choice: on
+7.2 they did, on 6.1 not in one run), content and sharing stay."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_vm_model_support import agrees, kernel_fixture
+
+pytestmark = pytest.mark.vm
+
+each_kernel = kernel_fixture()
+
+
+def test_compaction_moves_pages_and_the_mirror_faults_them_again(each_kernel):
+    agrees(each_kernel, """
+        region a pages=64
+        region b pages=8
+        p0 map a[0:64]
+        p0 write a[0:64] seed=1
+        p0 read a[60:64]
+        p0 open d0 dmirror0
+        p0 dev_read d0 a[0:64]
+        p0 pagemap a[0:4]
+        p0 fork p1
+        p1 write a[1:2] seed=2
+        p0 compact
+        p0 pagemap a[0:4]
+        p1 pagemap a[0:4]
+        p0 dev_read d0 a[0:64]
+        p0 check_exclusive d0 a[0:64]
+        p0 dev_write d0 a[0:64] seed=3
+        p0 snapshot d0 a[0:64]
+        p0 map b[0:8]
+        p0 write b[0:8] seed=4
+        p0 migrate_to_dev d0 b[0:4]
+        p0 compact
+        p0 compact
+        p0 dev_read d0 b[0:8]
+        p0 pagemap b[0:8]
+        p1 read a[0:4]
+    """)
