@@ -181,14 +181,9 @@ def _copy_vma(world: World, mm: Mm, vma: Vma, start: int, new_start: int, new_le
     faulted = vma.anon is not None
     shift = vma.shift + start - new_start if faulted else 0
     fresh = replace(vma, start=new_start, end=new_start + new_len, shift=shift)
-    if not faulted and keep_source:
-        # "if (!faulted_in_anon_vma && keep_source)": prev/next == vma are not merge
-        # candidates. The destination cannot touch the source VMA without overlapping the
-        # source range unless it is adjacent: merge_new would find it as prev or next.
-        adjacent = vma.end == new_start or new_start + new_len == vma.start
-        if adjacent:
-            raise Unmodelled("mremap dontunmap of an unfaulted VMA next to its destination")
-    return vmas.merge_new(mm, fresh, vma, world.profile)
+    # "if (!faulted_in_anon_vma && keep_source)": prev/next == vma are no merge candidates
+    return vmas.merge_new(mm, fresh, vma, world.profile,
+                          not_with_source=not faulted and keep_source)
 
 
 def _move_page_tables(world: World, mm_id: int, mm: Mm, start: int, length: int,

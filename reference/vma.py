@@ -82,15 +82,21 @@ def _sticky(*parts: Vma) -> bool:
     return any(part.softdirty for part in parts)
 
 
-def merge_new(mm: Mm, fresh: Vma, source: Vma | None, profile: Profile) -> Vma:
+def merge_new(mm: Mm, fresh: Vma, source: Vma | None, profile: Profile,
+              not_with_source: bool = False) -> Vma:
     """vma_merge_new_range for a VMA `fresh` over a free range, or a new VMA: mmap (no
     source), copy_vma for mremap (`source` is the VMA copied from, whose anon_vma the copy
-    carries), vma_merge_extend (the VMA itself grows). Returns the VMA now covering it."""
+    carries), vma_merge_extend (the VMA itself grows). Returns the VMA now covering it.
+    `not_with_source`: the source is no merge candidate (copy_vma of an unfaulted VMA that
+    stays, "if (!faulted_in_anon_vma && keep_source)")."""
     vmas = mm.vmas
     start, end = fresh.start, fresh.end
     i = next((k for k, v in enumerate(vmas) if v.start >= end), len(vmas))
     prev = vmas[i - 1] if i > 0 and vmas[i - 1].end == start else None
     nxt = vmas[i] if i < len(vmas) and vmas[i].start == end else None
+    if not_with_source:
+        prev = None if prev == source else prev
+        nxt = None if nxt == source else nxt
     right = nxt is not None and _same_flags(nxt, fresh) and \
         _anon_mergeable(nxt, fresh.anon, source, profile)
     if profile.mmap_checks_prev_against_next:
