@@ -38,7 +38,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <linux/membarrier.h>
 #include <linux/mempolicy.h>
 #include <linux/userfaultfd.h>
 
@@ -1021,15 +1020,15 @@ static void serve_process(int me)
 
 /* ------------------------------------------------------------------ memory counters */
 
-/* Bring memory to a state two readings can be compared in: drop_caches drains every CPU's
- * LRU batches (lru_add_drain_all) and runs the shrinkers; MEMBARRIER_CMD_GLOBAL waits for
- * an RCU grace period (synchronize_rcu), after which page tables, task structs and
- * slab objects freed by RCU are on their way back. */
+/* Bring memory to a state two readings can be compared in: drop_caches=1 drains every
+ * CPU's LRU batches (lru_add_drain_all), so the pages they held are freed, and drops
+ * clean page cache. Frees the kernel defers further (RCU callbacks, per-CPU work) land
+ * within the pauses of measure_memory. The slab shrinkers (drop_caches=2) and an explicit
+ * RCU grace period (membarrier) are left out: they tripled the cost of a reading and did
+ * not narrow the balance's spread (the host counts slab pages as held by the kernel). */
 static void settle_memory(void)
 {
-	write_file("/proc/sys/vm/drop_caches", "3");
-	syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0);
-	write_file("/proc/sys/vm/drop_caches", "3");
+	write_file("/proc/sys/vm/drop_caches", "1");
 }
 
 static char proc_text[1 << 16];
@@ -1084,15 +1083,10 @@ static int64_t count_of(const char *text, const char *needle)
 	return count;
 }
 
-static void read_memory(int64_t *counters)
+static void read_vmstat(int64_t *counters)
 {
-	const char *vmstat;
+	const char *vmstat = read_proc("/proc/vmstat");
 
-	counters[WMEM_PCP] = sum_after(read_proc("/proc/zoneinfo"), "\n              count: ");
-	counters[WMEM_DEVICE_CHUNKS] = count_of(read_proc("/proc/iomem"), "hmm_dmirror");
-	counters[WMEM_VMALLOC_KB] = sum_after(read_proc("/proc/meminfo"), "\nVmallocUsed:");
-	counters[WMEM_PERCPU_KB] = sum_after(proc_text, "\nPercpu:");
-	vmstat = read_proc("/proc/vmstat");
 	counters[WMEM_FREE] = vmstat_value(vmstat, "nr_free_pages");
 	counters[WMEM_SLAB] = vmstat_value(vmstat, "nr_slab_reclaimable") +
 			      vmstat_value(vmstat, "nr_slab_unreclaimable");
@@ -1105,23 +1099,29 @@ static void read_memory(int64_t *counters)
 }
 
 /* Frees the kernel defers (RCU callbacks, per-CPU work) land some milliseconds after the
- * processes are gone: read until two readings a few milliseconds apart agree on the free
- * pages, or give up after MEMORY_READINGS and keep the last. */
+ * processes are gone: read /proc/vmstat until two readings a few milliseconds apart agree
+ * on the free pages and the slab (or give up after MEMORY_READINGS and keep the last),
+ * then the rest, which is slower to read (/proc/zoneinfo lists every CPU of every zone). */
 #define MEMORY_READINGS 20
 
 static void measure_memory(int64_t *counters)
 {
 	struct timespec pause = { .tv_nsec = 5000000 };
-	int64_t last = -1;
+	int64_t last_free = -1, last_slab = -1;
 
 	for (int reading = 0; reading < MEMORY_READINGS; reading++) {
 		settle_memory();
-		read_memory(counters);
-		if (counters[WMEM_FREE] + counters[WMEM_PCP] == last)
-			return;
-		last = counters[WMEM_FREE] + counters[WMEM_PCP];
+		read_vmstat(counters);
+		if (counters[WMEM_FREE] == last_free && counters[WMEM_SLAB] == last_slab)
+			break;
+		last_free = counters[WMEM_FREE];
+		last_slab = counters[WMEM_SLAB];
 		nanosleep(&pause, NULL);
 	}
+	counters[WMEM_PCP] = sum_after(read_proc("/proc/zoneinfo"), "\n              count: ");
+	counters[WMEM_DEVICE_CHUNKS] = count_of(read_proc("/proc/iomem"), "hmm_dmirror");
+	counters[WMEM_VMALLOC_KB] = sum_after(read_proc("/proc/meminfo"), "\nVmallocUsed:");
+	counters[WMEM_PERCPU_KB] = sum_after(proc_text, "\nPercpu:");
 }
 
 /* ------------------------------------------------------------------ coordinator */
@@ -1231,6 +1231,10 @@ static uint32_t silent_status;
 
 /* The memory counters of the program being run (done.measured says whether they were) */
 static struct wire_done memory_done;
+/* What the last measured program's teardown left: the next program's "before", as long as
+ * nothing else ran in between (an executable, a provoked crash, a benchmark) */
+static int64_t memory_baseline[WMEM_NCOUNTERS];
+static int have_baseline;
 
 static void send_done(uint32_t status, uint32_t ops_run, int32_t failed_op, int32_t detail)
 {
@@ -1375,8 +1379,11 @@ static void run_program(const struct wire_program *program)
 	}
 	reset_system_knobs();
 	op_timeout_ms = program->op_timeout_ms;
-	if (!silent)
+	if (!silent && have_baseline)
+		memcpy(memory_done.memory_before, memory_baseline, sizeof(memory_baseline));
+	else if (!silent)
 		measure_memory(memory_done.memory_before);
+	have_baseline = 0;
 	memset(ctl->pid, 0, sizeof(ctl->pid));
 	for (int p = 0; p < WIRE_MAX_PROCS; p++)
 		sem_init(&ctl->go[p], 1, 0);
@@ -1428,8 +1435,11 @@ static void run_program(const struct wire_program *program)
 	destroy_backing();
 	/* every process of the program is reaped: what it held should be back */
 	if (!silent && (status == DONE_COMPLETED || status == DONE_DIED)) {
+		reset_system_knobs();
 		measure_memory(memory_done.memory_after);
 		memory_done.measured = 1;
+		memcpy(memory_baseline, memory_done.memory_after, sizeof(memory_baseline));
+		have_baseline = 1;
 	}
 	snprintf(marker, sizeof(marker), "hmmfuzz: program %llu end\n",
 		 (unsigned long long)program->serial);
@@ -1450,6 +1460,7 @@ static void provoke(uint32_t length)
 
 	if (length >= sizeof(type) || read_all(type, length))
 		fatal("bad provoke message");
+	have_baseline = 0;
 	pid = fork();
 	if (pid == 0) {
 		write_file("/sys/kernel/debug/provoke-crash/DIRECT", type);
@@ -1475,6 +1486,7 @@ static void exec_binary(uint32_t length)
 	int out[2];
 	pid_t pid;
 
+	have_baseline = 0;
 	for (uint32_t left = length; left; ) {
 		uint32_t n = left < sizeof(chunk) ? left : sizeof(chunk);
 
@@ -1537,6 +1549,7 @@ static void bench_program(const struct wire_program *program)
 	}
 	clock_gettime(CLOCK_MONOTONIC, &end);
 	silent = 0;
+	have_baseline = 0;
 	result.nanoseconds = (uint64_t)(end.tv_sec - start.tv_sec) * 1000000000ULL +
 			     (uint64_t)(end.tv_nsec - start.tv_nsec);
 	send_message(MSG_BENCH_DONE, &PART(&result, sizeof(result)), 1);
