@@ -18,6 +18,7 @@ from harness.kernel.config import FRAGMENT, missing_options
 from harness.prog import Ending, OpResult, Program, Trace
 from harness.runner import build, wire
 
+from .console import find_reports
 from .qemu import ChannelLost, Machine, MachineConfig, MachineError, kvm_usable
 
 
@@ -39,6 +40,7 @@ class RunInfo:
 
     died_signal: int = 0   # the process running the last op died by this signal
     seconds: float = 0.0
+    inherited_crash: bool = False  # the guest was already dying of the request before
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,12 @@ class KernelSession:
         self.serial = 0
         self.restarts = 0
         self.last_info = RunInfo()
+        self._previous_start: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> wire.Hello:
+        self._previous_start = None  # console offset where the last request began
         initramfs = build.initramfs(self.cache_dir)
         accel = self._accel()
         self.machine = Machine(self.kernel.bzimage, initramfs, self.workdir / "vm", self.config, accel)
@@ -155,9 +159,14 @@ class KernelSession:
     # ------------------------------------------------------------------ programs
 
     def run(self, program: Program) -> Trace:
+        """Run the program; if the guest died of the program before it (its report began
+        before this one was sent), run it again on the fresh guest: that crash is not
+        this program's, and it was recorded with the program that caused it."""
         budget = len(program.ops) * self.op_timeout_ms / 1000 + 30
-        request = wire.encode_program(program, self.serial + 1, self.op_timeout_ms)
-        return self._exchange(request, budget)
+        trace = self._exchange(wire.encode_program(program, self.serial + 1, self.op_timeout_ms), budget)
+        if self.last_info.inherited_crash:
+            trace = self._exchange(wire.encode_program(program, self.serial + 1, self.op_timeout_ms), budget)
+        return trace
 
     def bench(self, program: Program, repeat: int) -> tuple[float, int]:
         """Run the program `repeat` times inside the guest with nothing reported per op:
@@ -208,12 +217,17 @@ class KernelSession:
                 break
         except ChannelLost:
             ending = Ending.CRASHED if machine.exits_within(2.0) else Ending.HUNG
+        inherited = False
         if ending in (Ending.CRASHED, Ending.HUNG):
             self._give_up(machine, console_start)
-        self.last_info = RunInfo(died_signal=died, seconds=time.monotonic() - started)
+            inherited = self._crash_began_before(machine, console_start)
+        console = machine.console(console_start)
+        self._previous_start = console_start
+        self.last_info = RunInfo(died_signal=died, seconds=time.monotonic() - started,
+                                 inherited_crash=inherited)
         ordered = tuple(results[i] for i in range(len(results)))
         return Trace(kernel_release=self.hello.release, results=ordered, ending=ending,
-                     console=machine.console(console_start), memory=memory)
+                     console=console, memory=memory)
 
     def execute(self, executable: bytes, budget: float = 300) -> Execution:
         """Run a static executable (a C reproducer) once in the guest, as the runner's child."""
@@ -227,12 +241,23 @@ class KernelSession:
             if msg_type != wire.C.MSG_EXEC_DONE:
                 raise wire.ProtocolError(f"expected MSG_EXEC_DONE, got message type {msg_type}")
             status, output = wire.decode_exec_done(payload)
+            self._previous_start = console_start
             return Execution(status, output.decode(errors="replace"), Ending.COMPLETED,
                              machine.console(console_start))
         except ChannelLost:
             ending = Ending.CRASHED if machine.exits_within(2.0) else Ending.HUNG
             self._give_up(machine, console_start)
             return Execution(None, "", ending, machine.console(console_start))
+
+    def _crash_began_before(self, machine: Machine, start: int) -> bool:
+        """Whether the report the guest died with began before `start`: the serial console
+        lags the runner's channel, so the request before can have reported DONE while its
+        oops was still printing, and the guest died under this request without it."""
+        if self._previous_start is None:
+            return False
+        before = machine.console(self._previous_start)
+        lines_before = before[: start - self._previous_start].count("\n")
+        return any(report.fatal and report.line < lines_before for report in find_reports(before))
 
     def _give_up(self, machine: Machine, console_start: int):
         """The guest crashed or hung: keep its last words, stop it (the next request boots a
