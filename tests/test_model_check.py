@@ -1,6 +1,4 @@
-"""How check() reports: per field, continuing after a divergence, partial traces, speed."""
-
-import time
+"""How check() reports: per field, continuing after a divergence, partial traces."""
 
 from test_model_support import (
     EFAULT, assert_accepts, cpu, dev, err, ok, pattern, patterns, program, snap, trace,
@@ -100,7 +98,8 @@ def test_profile_and_expected_helper():
     assert predicted[3][0].as_result() == good(prog)[3]
 
 
-def test_fifty_ops_check_in_well_under_ten_milliseconds():
+def test_a_fifty_op_program_agrees_with_what_the_model_expects_of_it():
+    # (how fast the check is lives in benchmarks/check_cost.py, measured against VM runs)
     lines = ["region a pages=16", "region b pages=16", "p0 map a[0:16]", "p0 open d0 dmirror0",
              "p0 open d1 dmirror1"]
     body = ["p0 write a[0:8] seed=3", "p0 dev_read d0 a[0:16]", "p0 mprotect a[4:8] r",
@@ -110,13 +109,9 @@ def test_fifty_ops_check_in_well_under_ten_milliseconds():
     lines += body * 5
     prog = program("\n".join(lines))
     results = [e[0].as_result() for e in expected(prog)]
-    check(prog, trace(*results))  # warm the digest cache, as a campaign would
-    start = time.perf_counter()
-    for _ in range(20):
-        verdict = check(prog, trace(*results))
-    elapsed = (time.perf_counter() - start) / 20
+    verdict = check(prog, trace(*results))
     assert verdict.ok, str(verdict)
-    assert elapsed < 0.010, f"{elapsed * 1000:.1f} ms"
+    assert verdict.checked == len(prog.ops)
 
 
 def test_a_failed_ioctl_reports_nothing_but_its_errno():
