@@ -56,7 +56,8 @@ def main():
             records.append({"program": name, "ops": len(program.ops),
                             "ending": trace.ending.value, "leaked": leak,
                             "before": dataclasses.asdict(trace.memory.before),
-                            "after": dataclasses.asdict(trace.memory.after)})
+                            "after": dataclasses.asdict(trace.memory.after),
+                            "again": dataclasses.asdict(trace.memory.again)})
             print(f"{name}: leaked {leak}  free {trace.memory.before.free_total} -> "
                   f"{trace.memory.after.free_total}")
         release = session.hello.release

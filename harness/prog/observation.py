@@ -205,10 +205,13 @@ class MemoryCounters:
 
 @dataclass(frozen=True)
 class MemoryCheck:
-    """The counters before a program and after all its processes were gone."""
+    """The counters before a program and after all its processes were gone, read twice
+    (`again` some milliseconds after `after`): a page the kernel holds for a moment shows
+    in one of the two readings only, a leaked one in both."""
 
     before: MemoryCounters
     after: MemoryCounters
+    again: MemoryCounters
 
 
 @dataclass(frozen=True)

@@ -298,6 +298,8 @@ struct wire_done {
 	uint32_t reserved;
 	int64_t memory_before[WMEM_NCOUNTERS];
 	int64_t memory_after[WMEM_NCOUNTERS];
+	int64_t memory_again[WMEM_NCOUNTERS]; /* read again MEMORY_RECHECK_MS later: a
+						 transient allocation is in one reading only */
 };
 
 #endif

@@ -284,5 +284,6 @@ def decode_done(payload: bytes) -> Done:
     memory = None
     if done.measured:
         memory = MemoryCheck(_memory_counters(done.memory_before),
-                             _memory_counters(done.memory_after))
+                             _memory_counters(done.memory_after),
+                             _memory_counters(done.memory_again))
     return Done(done.status, done.ops_run, done.failed_op, done.detail, memory)
