@@ -114,6 +114,39 @@ def mismatches(expect: Expect, seen: OpResult) -> list[Mismatch]:
             found += _sequence("snapshot", expect.snapshot, seen.snapshot, prot_name, (),
                                expect.why.get("snapshot", ""))
     found += compare_pagemap(expect.pagemap, seen.pagemap)
+    found += _node_status(expect, seen)
+    return found
+
+
+def _status(value: int) -> str:
+    return f"node {value}" if value >= 0 else f"-{errno_name(-value)}"
+
+
+def _node_status(expect: Expect, seen: OpResult) -> list[Mismatch]:
+    """move_pages' status array: each page's status must be one the model allows."""
+    allowed, got = expect.node_status, seen.node_status
+    reason = expect.why.get("node_status", "")
+    if allowed is None or got is None:
+        if allowed is None and got is None:
+            return []
+        return [("node_status", ("not reported" if allowed is None else
+                                 f"{len(allowed)} statuses",),
+                 "not reported" if got is None else f"{len(got)} statuses",
+                 reason or "only move_pages reports a status array")]
+    if len(allowed) != len(got):
+        return [("node_status", (f"{len(allowed)} statuses",), f"{len(got)} statuses",
+                 "one status per page of the range")]
+    found = []
+    for i, (values, value) in enumerate(zip(allowed, got)):
+        if value not in values:
+            why = expect.page_why[i] if i < len(expect.page_why) else reason
+            found.append((f"node_status[{i}]", tuple(map(_status, values)), _status(value),
+                          why))
+    if len(found) > MAX_PER_FIELD:
+        rest = len(found) - MAX_PER_FIELD
+        found = found[:MAX_PER_FIELD] + [(f"{found[MAX_PER_FIELD][0]}, ...",
+                                          ("the model's values",),
+                                          f"{rest} more differing entries", reason)]
     return found
 
 

@@ -43,15 +43,15 @@ def _free_folio(world: World, folio_id: int) -> None:
         world.folios.pop(folio_id, None)
 
 
-def _back_to_system(world: World, mm: Mm, vpn: int) -> None:
-    """remove_migration_ptes(device folio -> new system folio): the PTE maps a new folio
-    with the device entry's write permission (a writable migration entry maps writable);
-    RMAP_EXCLUSIVE unless the entry was a plain readable one, i.e. PageAnonExclusive
-    carries over (remove_migration_pte)."""
+def _back_to_system(world: World, mm: Mm, vpn: int, node: int) -> None:
+    """remove_migration_ptes(device folio -> new system folio on `node`): the PTE maps a
+    new folio with the device entry's write permission (a writable migration entry maps
+    writable); RMAP_EXCLUSIVE unless the entry was a plain readable one, i.e.
+    PageAnonExclusive carries over (remove_migration_pte)."""
     pte = mm.ptes[vpn]
     old = world.folios[pte.folio]
     new = world.new_folio(old.content)
-    world.folios[new] = Folio(old.content, 1, old.exclusive, lazyfree=old.lazyfree)
+    world.folios[new] = Folio(old.content, 1, old.exclusive, lazyfree=old.lazyfree, node=node)
     # remove_migration_pte: writable iff the migration entry was, the soft-dirty bit
     # carried over (no pte_needs_soft_dirty_wp check on this path).
     mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable, soft_dirty=pte.soft_dirty)
@@ -88,7 +88,8 @@ def devmem_fault(world: World, mm_id: int, mm: Mm, vpn: int) -> None:
         owner.table.pop(vpn, None)
     invalidate(world, mm_id, vpn, vpn + 1, migrating_device=folio.device)
     _stale_other_entries(world, mm_id, folio.owner, vpn, pte.folio)
-    _back_to_system(world, mm, vpn)
+    # dmirror_devmem_fault_alloc_and_copy: alloc_page_vma, by the VMA's policy
+    _back_to_system(world, mm, vpn, vmas.alloc_node(mm.vma_at(vpn)))
 
 
 # ------------------------------------------------------------------ MIGRATE_TO_DEV
@@ -245,7 +246,8 @@ def migrate_to_sys(world: World, op, places: Places) -> list[Outcome]:
             # dmirror_devmem_fault_alloc_and_copy erases the page from *this* dmirror.
             mirror.table.pop(vpn, None)
             _stale_other_entries(world, mirror.mm, mirror_id, vpn, pte.folio)
-            _back_to_system(world, mm, vpn)
+            # dmirror_devmem_fault_alloc_and_copy: alloc_page_vma, by the VMA's policy
+            _back_to_system(world, mm, vpn, vmas.alloc_node(vma))
             migrated += 1
     return [(Expect(cpages=(migrated,), faults=(0,), why={
         "errno": "dmirror_migrate_to_system: every piece of the range has a readable VMA",
@@ -272,7 +274,9 @@ def evict_device(world: World, device: str) -> None:
             _shared_device_page(world, vpn, folio, "evicting device pages")
             invalidate(world, mm_id, vpn, vpn + 1)
             _stale_other_entries(world, mm_id, None, vpn, pte.folio)
-            _back_to_system(world, mm, vpn)
+            # dmirror_device_evict_chunk: alloc_page without a VMA, the caller's (default)
+            # policy: the local node
+            _back_to_system(world, mm, vpn, vmas.LOCAL_NODE)
 
 
 def release(world: World, op, places: Places) -> list[Outcome]:

@@ -25,13 +25,20 @@ class Expect:
     pages: tuple[Page, ...] = ()
     snapshot: bytes | None = None
     pagemap: tuple | None = None     # pagemap.PageSpec per page, for a `pagemap` op
+    # move_pages' status array: per page the statuses allowed (a node or -errno)
+    node_status: tuple[tuple[int, ...], ...] | None = None
+    # per page of node_status, the folio whose node the model does not know yet (else
+    # None): World.learn records the node the kernel reported
+    node_folios: tuple[int | None, ...] = field(default=(), compare=False, hash=False)
     why: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     page_why: tuple[str, ...] = field(default=(), compare=False, hash=False)
 
     def as_result(self) -> OpResult:
         """The first allowed outcome, as the runner would report it."""
+        node_status = None if self.node_status is None else \
+            tuple(allowed[0] for allowed in self.node_status)
         return OpResult(errno=self.errno[0], cpages=self.cpages[0], faults=self.faults[0],
-                        pages=self.pages, snapshot=self.snapshot)
+                        pages=self.pages, snapshot=self.snapshot, node_status=node_status)
 
     def __str__(self) -> str:
         return str(self.as_result())
@@ -64,6 +71,8 @@ WRITTEN = Page()
 SEGV = Page(signal=SIGSEGV)
 
 EBUSY = errno_codes.EBUSY
+EACCES = errno_codes.EACCES
+ENODEV = errno_codes.ENODEV
 EFAULT = errno_codes.EFAULT
 EPERM = errno_codes.EPERM
 EEXIST = errno_codes.EEXIST

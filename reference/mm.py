@@ -139,7 +139,7 @@ def _write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
     if pte is None:
         # do_anonymous_page: vmf_anon_prepare, then a zeroed folio mapped writable.
         vmas.anon_prepare(world, mm, vpn)
-        mm.ptes[vpn] = Pte(Kind.PRESENT, world.new_folio(ZERO), True)
+        mm.ptes[vpn] = Pte(Kind.PRESENT, world.new_folio(ZERO, vmas.alloc_node(vma)), True)
         return
     if pte.kind is Kind.EXCLUSIVE:
         restore_exclusive(world, mm_id, mm, vma, vpn)
@@ -163,7 +163,7 @@ def _write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
         # on the page) into a newly allocated zeroed folio.
         vmas.anon_prepare(world, mm, vpn)
         invalidate(world, mm_id, vpn, vpn + 1)
-        mm.ptes[vpn] = Pte(Kind.PRESENT, world.new_folio(ZERO), True)
+        mm.ptes[vpn] = Pte(Kind.PRESENT, world.new_folio(ZERO, vmas.alloc_node(vma)), True)
         return
     _write_protected_anon(world, mm_id, mm, vpn, pte)
 
@@ -180,7 +180,8 @@ def _write_protected_anon(world: World, mm_id: int, mm: Mm, vpn: int, pte: Pte) 
         # Still mapped by another process: wp_page_copy (MMU_NOTIFY_CLEAR on the page).
         invalidate(world, mm_id, vpn, vpn + 1)
         world.unmap_folio(pte.folio)
-        mm.ptes[vpn] = Pte(Kind.PRESENT, world.new_folio(folio.content), True)
+        copy = world.new_folio(folio.content, vmas.alloc_node(mm.vma_at(vpn)))
+        mm.ptes[vpn] = Pte(Kind.PRESENT, copy, True)
         return
     # Mapped once but not exclusive (the other side of a fork already copied or unmapped it):
     # wp_can_reuse_anon_folio reuses it only if folio_ref_count() == 1 after lru_add_drain(),
@@ -202,9 +203,12 @@ def _write_protected_anon(world: World, mm_id: int, mm: Mm, vpn: int, pte: Pte) 
     # A copy would be a new swap-backed folio, a reuse keeps a lazyfree one lazyfree.
     reclaim.lost_track(world, pte.folio)
     folio = world.folios[pte.folio]
-    # A copy would have another PFN: forget the one a pagemap op showed.
+    # A copy would have another PFN: forget the one a pagemap op showed. It would also be
+    # allocated by the VMA's policy (wp_page_copy -> folio_prealloc), which may name
+    # another node than the one the folio is on: then its node is no longer known.
     world.pfns.pop(("pfn", pte.folio), None)
-    world.folios[pte.folio] = replace(folio, exclusive=True)
+    node = folio.node if folio.node == vmas.alloc_node(mm.vma_at(vpn)) else None
+    world.folios[pte.folio] = replace(folio, exclusive=True, node=node)
     mm.ptes[vpn] = replace(pte, writable=True)
 
 

@@ -73,6 +73,10 @@ class Profile:
     # clear_soft_dirty and the soft-dirty write-protection are modelled from 7.2's
     # fs/proc/task_mmu.c and pte_needs_soft_dirty_wp users; refused before.
     clear_soft_dirty: bool = False
+    # move_pages looks pages up with follow_page(FOLL_DUMP) (6.1: add_page_for_migration,
+    # do_pages_stat_array): pte_none is -EFAULT (no_page_table); 6.12 and 7.2 use
+    # folio_walk_start, which finds no folio: -ENOENT.
+    move_pages_follow_page: bool = False
 
 
 NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False, mremap=True,
@@ -81,7 +85,7 @@ V6_12 = Profile("6.12", 64, 64, True, False, False, False, 27, 28, 29, False,
                 swapin_skips_swapcache=True)
 V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,
                swapin_skips_swapcache=True, mprotect_writable_needs_dirty=True,
-               swapin_read_maps_writable=False)
+               swapin_read_maps_writable=False, move_pages_follow_page=True)
 
 
 def profile_for(kernel_release: str) -> Profile:

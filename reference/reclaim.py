@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from .refuse import Unmodelled
 from .state import Folio, Kind, Lazyfree, Mm, Pte, Vma, World
+from .vma import alloc_node
 
 # The zram swap device holds 256 MiB: 65535 slots. Far below that, reclaim of a program's
 # pages cannot fail for want of swap space (add_to_swap); the model refuses beyond.
@@ -113,11 +114,15 @@ def _swap_out(world: World, mm: Mm, vpn: int) -> None:
 
 def willneed(world: World, mm: Mm, start: int, end: int) -> None:
     """madvise_willneed on an anonymous VMA: swapin_walk_ops reads every swap entry of the
-    range into the swap cache (read_swap_cache_async) without mapping it."""
+    range into the swap cache (read_swap_cache_async, allocating by the VMA's policy)
+    without mapping it."""
+    node = alloc_node(mm.vma_at(start))
     for vpn in range(start, end):
         pte = mm.ptes.get(vpn)
         if pte is not None and pte.kind is Kind.SWAP:
-            world.folios[pte.folio] = replace(world.folios[pte.folio], swapcache=True)
+            slot = world.folios[pte.folio]
+            if not slot.swapcache:
+                world.folios[pte.folio] = replace(slot, swapcache=True, node=node)
 
 
 def swap_in(world: World, mm: Mm, vma: Vma, vpn: int, write: bool) -> None:
@@ -136,7 +141,9 @@ def swap_in(world: World, mm: Mm, vma: Vma, vpn: int, write: bool) -> None:
         raise Unmodelled("a swap-in of a swap entry shared by several processes")
     exclusive = slot.exclusive or (world.profile.swapin_skips_swapcache and not slot.swapcache)
     del world.folios[pte.folio]
-    folio = world.new_folio(slot.content)
+    # The folio comes from the swap cache (allocated when willneed read it) or is allocated
+    # now by the VMA's policy (swapin_readahead / alloc_swap_folio).
+    folio = world.new_folio(slot.content, slot.node if slot.swapcache else alloc_node(vma))
     world.folios[folio] = replace(world.folios[folio], exclusive=exclusive)
     soft_dirty = pte.soft_dirty or write   # pte_swp_soft_dirty; a write: pte_mkdirty
     writable = exclusive and vma.prot.writable and \

@@ -89,6 +89,13 @@ class Folio:
     # kernels swap it in (reclaim.swap_in).
     swapped: bool = False
     swapcache: bool = False
+    # The NUMA node of the page (numa.py): where it was allocated (the VMA's mbind policy,
+    # else the local node of CPU 0, where the runner pins every program process) or where a
+    # migration put it. None: the kernel may have placed it on either of two nodes (a
+    # reuse-or-copy write fault under a policy, mm._write_protected_anon); a move_pages
+    # query then allows both and the model learns the answer (World.learn). For a swap
+    # slot in the swap cache: the node of that swap-cache folio.
+    node: int | None = 0
 
 
 # ------------------------------------------------------------------ VMAs
@@ -228,9 +235,9 @@ class World:
     def content(self, folio: int) -> Content:
         return ZERO if folio == ZERO_FOLIO else self.folios[folio].content
 
-    def new_folio(self, content: Content) -> int:
+    def new_folio(self, content: Content, node: int = 0) -> int:
         fid = self.new_id()
-        self.folios[fid] = Folio(content)
+        self.folios[fid] = Folio(content, node=node)
         return fid
 
     def set_content(self, folio: int, content: Content) -> None:
@@ -265,10 +272,16 @@ class World:
         )
 
     def learn(self, expect, seen) -> None:
-        """After `seen` matched `expect`: remember what it showed (pagemap PFNs)."""
+        """After `seen` matched `expect`: remember what it showed (pagemap PFNs, the nodes
+        of pages the model did not know the node of)."""
         if expect.pagemap is not None and seen.pagemap is not None:
             from .pagemap import learn
             learn(self, expect.pagemap, seen.pagemap)
+        if expect.node_folios and seen.node_status is not None:
+            for folio_id, status in zip(expect.node_folios, seen.node_status):
+                folio = self.folios.get(folio_id) if folio_id is not None else None
+                if folio is not None and folio.node is None and status >= 0:
+                    self.folios[folio_id] = replace(folio, node=status)
 
 
 def _key0(item):

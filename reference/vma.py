@@ -24,6 +24,36 @@ from .state import Mm, Vma, World
 Split = tuple[Vma, int]
 
 
+# The node every program process allocates on by default: the runner pins the processes to
+# CPU 0, which is on node 0, and the default policy allocates on the local node
+# (policy_node -> numa_node_id()).
+LOCAL_NODE = 0
+_BIND = "bind"   # Vma.flags holds "bind<N>" for an mbind(MPOL_BIND, {N}) policy
+
+
+def bound_node(vma: Vma) -> int | None:
+    """The node of the VMA's MPOL_BIND policy (mbind), or None for the default policy."""
+    for flag in vma.flags:
+        if flag.startswith(_BIND):
+            return int(flag[len(_BIND):])
+    return None
+
+
+def with_policy(flags: frozenset, node: int) -> frozenset:
+    """The VMA's flags with its policy replaced by MPOL_BIND to `node`. The policy sits
+    with the flags because it decides merges the same way: is_mergeable_vma and
+    anon_vma_compatible want mpol_equal(), and fork and mremap copy it (vma_dup_policy)."""
+    return frozenset(f for f in flags if not f.startswith(_BIND)) | {f"{_BIND}{node}"}
+
+
+def alloc_node(vma: Vma) -> int:
+    """Where a page allocated for the VMA lands (vma_alloc_folio, alloc_page_vma with the
+    VMA's policy): its MPOL_BIND node, else the local node. The guest has ample memory on
+    both nodes, so no allocation falls back to another node."""
+    node = bound_node(vma)
+    return LOCAL_NODE if node is None else node
+
+
 def overlaps(mm: Mm, start: int, end: int) -> list[Vma]:
     return [v for v in mm.vmas if v.start < end and start < v.end]
 
