@@ -14,18 +14,17 @@ from dataclasses import dataclass, field, replace
 
 from harness.prog import ParseError, Program, format_program, parse_program
 from harness.prog.ops import (
-    DEVICES, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, ClearSoftDirty, CloseDevice,
-    Compact,
-    CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, Located, Madvise, Map,
-    MigrateToDev, MigrateToSys, Mlock, Mprotect, Mremap, Munlock, Munmap, Op, OpenDevice,
-    PageRange, Pagemap, Prot, Region, Release, Snapshot,
+    DEVICES, MAX_NODE, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, ClearSoftDirty,
+    CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, Located,
+    Madvise, Map, Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap,
+    Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot, Region, Release, Snapshot,
 )
 
 MAX_OPS = 64
 # The ops the reference model knows (docs/model.md); campaigns draw from these. An op the
 # model refuses would leave the rest of the program unchecked.
 RANGE_OPS = (Map, Munmap, Mprotect, CpuWrite, CpuRead, Madvise, Pagemap, Mlock, Munlock,
-             Mremap)
+             Mremap, MovePages, Mbind)
 DEVICE_OPS = (DevRead, DevWrite, Snapshot, Exclusive, CheckExclusive, MigrateToDev, MigrateToSys)
 FD_OPS = (Release, CloseDevice)
 MODELLED_ADVICE = tuple(advice for advice in Advice if advice is not Advice.COLLAPSE)
@@ -123,12 +122,21 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
         return Madvise(proc, page_range, chooser.pick(MODELLED_ADVICE))
     if kind is Mremap:
         return _mremap(chooser, scope, proc, page_range)
+    if kind is MovePages:
+        return MovePages(proc, page_range, None if chooser.chance(40) else _node(chooser))
+    if kind is Mbind:
+        return Mbind(proc, page_range, _node(chooser))
     if kind in (Map, Munmap, CpuRead, Pagemap, Mlock, Munlock):
         return kind(proc, page_range)
     fd = chooser.pick(fds)
     if kind is DevWrite:
         return DevWrite(proc, fd, page_range, seed=chooser.pick(SEEDS_OF_INTEREST))
     return kind(proc, fd, page_range)
+
+
+def _node(chooser: Chooser) -> int:
+    """Node 0 or 1 (the guest's two), now and then one without memory."""
+    return chooser.integer(0, MAX_NODE) if chooser.chance(10) else chooser.integer(0, 1)
 
 
 def _mremap(chooser: Chooser, scope: Scope, proc: str, page_range: PageRange) -> Mremap:

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from fuzz.mutate import Chooser, generate
 from fuzz.strategies import programs
 from harness.prog import CpuWrite, DevWrite, Trace
-from harness.prog.ops import Mremap, Pagemap
+from harness.prog.ops import Exit, Fork, MovePages, Mremap, PageRange, Pagemap
 from reference import check, expected
+from reference.numa import MEMORY_NODES
 from reference.places import Places
 from reference.profile import NEWEST, V6_1, V6_12
 from reference.refuse import Unmodelled
@@ -72,8 +73,13 @@ def assert_coherent(world: World) -> None:
     for mm in world.mms.values():
         if not mm.alive:
             assert not mm.vmas and not mm.ptes, "a dead mm still maps something"
+    for mm in world.mms.values():
+        for vma in mm.vmas:
+            assert sum(flag.startswith("bind") for flag in vma.flags) <= 1, "two policies"
     for folio_id, folio in world.folios.items():
         assert folio_id != ZERO_FOLIO
+        if not folio.swapped and folio.device is None:
+            assert folio.node in MEMORY_NODES + (None,), "a page on a node without memory"
         assert not (folio.swapped and folio.lazyfree), "a swap slot cannot be lazyfree"
         assert mapped[folio_id] == folio.mapcount, "mapcount differs from the PTEs"
         assert not folio.exclusive or folio.mapcount == 1
@@ -152,3 +158,34 @@ def test_the_model_accepts_its_own_prediction(prog):
     results = tuple(allowed[0].as_result() for allowed in predicted)
     verdict = check(prog, Trace(kernel_release="7.2.13", results=results))
     assert verdict.ok, str(verdict)
+
+
+@given(prog=campaign_programs, node=st.sampled_from(MEMORY_NODES), data=st.data())
+@SETTINGS
+def test_a_page_move_pages_reports_on_a_node_is_found_there(prog, node, data):
+    """do_pages_move stores the node as the status of a page only once it is there
+    (already, or migrated): a query right after finds it there."""
+    region = data.draw(st.sampled_from(sorted(prog.regions.values(), key=lambda r: r.slot)))
+    start = data.draw(st.integers(0, region.pages - 1))
+    end = data.draw(st.integers(start + 1, region.pages))
+    page_range = PageRange(region.name, start, end)
+    prog = prog.with_ops(list(prog.ops) + [MovePages("p0", page_range, node),
+                                           MovePages("p0", page_range)])
+    predicted = expected(prog)
+    if len(predicted) < len(prog.ops) or "p0" not in _alive(prog):
+        return  # refused before the end, or p0 is gone
+    (move,), query = predicted[-2], predicted[-1]
+    for expect in query:
+        for moved, found in zip(move.node_status, expect.node_status):
+            if moved == (node,):
+                assert found == (node,)
+
+
+def _alive(prog) -> set:
+    alive = {"p0"}
+    for op in prog.ops:
+        if isinstance(op, Fork):
+            alive.add(op.child)
+        elif isinstance(op, Exit):
+            alive.discard(op.proc)
+    return alive
