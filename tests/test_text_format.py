@@ -4,6 +4,7 @@ the line it is about and says what was expected there."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, find, given, settings
@@ -586,3 +587,13 @@ def test_every_thp_mode_round_trips(enabled, defrag):
 ])
 def test_errors_of_the_kernel_ops(line, expected):
     assert_error(PRELUDE + line + "\n", BAD_LINE, *expected)
+
+
+OPS_SEEDS = sorted((Path(__file__).resolve().parent.parent / "corpus" / "ops").glob("*.txt"))
+
+
+@pytest.mark.parametrize("path", OPS_SEEDS, ids=[p.stem for p in OPS_SEEDS])
+def test_each_ops_seed_is_canonical_and_says_what_it_is_about(path):
+    text = path.read_text()
+    assert format_program(load_program(path)) == text
+    assert text.startswith("# ")
