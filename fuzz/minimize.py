@@ -20,7 +20,8 @@ from .judge import ProgramVerdict
 
 def signature(verdict: ProgramVerdict) -> str | None:
     """What makes two failures the same failure: for a crash, the console title; for a
-    divergence, the op kind, the field kind and what the model allowed. None when ok."""
+    divergence, the op kind, the field kind and what the model allowed; for a leak, that
+    it leaked (the leak check's balance varies). None when ok."""
     if verdict.reports:
         return f"crash: {verdict.reports[0].title}"
     if verdict.trace.ending.value in ("crashed", "hung", "died"):
@@ -31,7 +32,7 @@ def signature(verdict: ProgramVerdict) -> str | None:
         what = "process died" if verdict.trace.ending.value == "died" else verdict.trace.ending.value
         return f"{what} in {where}"
     if not verdict.model.divergences:
-        return None
+        return verdict.leak_signature  # None when the program is clean
     first = verdict.model.divergences[0]
     op = verdict.program.ops[first.op_index]
     field = re.sub(r"\[\d+\]", "[]", first.field)

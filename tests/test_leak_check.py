@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fuzz.judge import LEAK_THRESHOLD_PAGES, judge, leak_verdict, leaked_pages, Status
+from fuzz.minimize import signature
 from harness.prog import MemoryCheck, MemoryCounters, OpResult, Trace, parse_program
 
 DATA = Path(__file__).parent / "data"
@@ -100,6 +101,7 @@ def test_a_leak_is_a_finding_of_the_whole_program():
     verdict = judge(program, Trace("7.2.13", (OpResult(),), memory=memory))
     assert verdict.leak and verdict.status is Status.DIVERGENCE
     assert verdict.leak_signature == "leak: pages leaked"
+    assert signature(verdict) == "leak: pages leaked"  # one finding, whatever the count
     assert any(f"LEAK pages leaked: {verdict.leak}" in line for line in verdict.lines())
     clean = judge(program, Trace("7.2.13", (OpResult(),), memory=check_of(record)))
-    assert clean.leak is None and clean.status is Status.OK
+    assert clean.leak is None and clean.status is Status.OK and signature(clean) is None
