@@ -24,6 +24,7 @@ from harness.prog.ops import (
 
 HERE = Path(__file__).parent
 UAPI_HEADER = HERE.parent / "prog" / "test_hmm_uapi.h"
+KERNEL_OPS_HEADER = HERE.parent / "runner" / "kernel_ops.h"  # what the runner runs, verbatim
 
 
 class NotRenderable(Exception):
@@ -88,8 +89,8 @@ _RANGE_CALLS = {
     CpuRead: ("cpu_read", lambda op: []),
     Pagemap: ("show_pagemap", lambda op: []),
     Smaps: ("show_smaps", lambda op: []),
-    MovePages: ("move_range", lambda op: [-1 if op.node is None else op.node]),
-    Mbind: ("bind_range", lambda op: [op.node]),
+    MovePages: ("numa_move", lambda op: [-1 if op.node is None else op.node]),
+    Mbind: ("numa_bind", lambda op: [op.node]),
 }
 
 
@@ -120,18 +121,18 @@ def call(program: Program, op: Op, names: _Names) -> str:
         return (f"begin(); syscall_done((long)mremap({old}, {flags}, "
                 f"(void *)({_region_address(to.slot, op.to.start)})));")
     if isinstance(op, Thp):
-        return f'set_thp("{op.enabled.value}", "{op.defrag.value}");'
+        return f'thp("{op.enabled.value}", "{op.defrag.value}");'
     if isinstance(op, Compact):
         return 'knob("/proc/sys/vm/compact_memory", "1");'
     if isinstance(op, ClearSoftDirty):
         return 'knob("/proc/self/clear_refs", "4");'
     if isinstance(op, (UffdRegister, UffdUnregister, UffdWriteprotect)):
-        request = ("REGISTER_WP" if isinstance(op, UffdRegister) else "UNREGISTER"
+        request = ("UFFD_REGISTER_WP" if isinstance(op, UffdRegister) else "UFFD_UNREGISTER"
                    if isinstance(op, UffdUnregister) else
-                   "WRITEPROTECT" if op.protect is Switch.ON else "UNPROTECT")
-        return f"uffd_range({request}, {_address(program, op)}, {op.range.npages});"
+                   "UFFD_PROTECT" if op.protect is Switch.ON else "UFFD_UNPROTECT")
+        return f"userfault({request}, {_address(program, op)}, {op.range.npages});"
     if isinstance(op, KsmMerge):
-        return "ksm_merge();"
+        return "ksm();"
     if isinstance(op, OpenDevice):
         return f"device_open({names.fd(op.fd)}, {int(op.device.removeprefix('dmirror'))});"
     if isinstance(op, CloseDevice):
@@ -304,7 +305,8 @@ def _steps(program: Program, expected: list[Expected | None]) -> str:
 def _prelude(steps: str, check: str, processes: bool = True) -> str:
     """The helpers, then `steps`, then (with `processes`) the machinery that runs each step
     in its process."""
-    text = PRELUDE.read_text().replace("/* @@UAPI@@ */", _uapi())
+    text = (PRELUDE.read_text().replace("/* @@UAPI@@ */", _uapi())
+            .replace("/* @@KERNEL_OPS@@ */", "/* harness/runner/kernel_ops.h */\n" + KERNEL_OPS_HEADER.read_text()))
     helpers, machinery = text.split(STEPS_MARK)
     return (f"#define CHECK(expected) {check}\n" + helpers + steps
             + (machinery if processes else ""))

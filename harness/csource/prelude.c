@@ -24,17 +24,14 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include <linux/mempolicy.h>
-#include <linux/userfaultfd.h>
 
 /* A reproducer uses only some of the helpers below */
 #pragma GCC diagnostic ignored "-Wunused-function"
 
 /* @@UAPI@@ */
 
-#define PAGE_SIZE 4096UL
-#define WORDS_PER_PAGE (PAGE_SIZE / 8)
-#define VPN_MASK ((1ULL << 39) - 1)
+/* @@KERNEL_OPS@@ */
+
 #define MAX_PROCS 4
 #define MAX_FDS 16
 #define MAX_REGIONS 16
@@ -92,15 +89,6 @@ static void begin(void)
 
 /* ------------------------------------------------------------------ page contents */
 
-/* word i of a page written with `seed` at virtual page `vpn`: (seed << 48) | (vpn << 9) | i */
-static void fill_pattern(uint64_t *words, uint32_t seed, uint64_t addr)
-{
-	uint64_t base = ((uint64_t)seed << 48) | (((addr / PAGE_SIZE) & VPN_MASK) << 9);
-
-	for (unsigned long i = 0; i < WORDS_PER_PAGE; i++)
-		words[i] = base | i;
-}
-
 static void describe(const uint64_t *words, char *out, size_t len)
 {
 	uint64_t want[WORDS_PER_PAGE];
@@ -120,33 +108,6 @@ static void describe(const uint64_t *words, char *out, size_t len)
 
 /* ------------------------------------------------------------------ CPU accesses */
 
-static sigjmp_buf fault_jump;
-static volatile sig_atomic_t fault_signal;
-
-static void on_fault(int sig)
-{
-	fault_signal = sig;
-	siglongjmp(fault_jump, 1);
-}
-
-static int load_page(const volatile uint64_t *src, uint64_t *copy)
-{
-	if (sigsetjmp(fault_jump, 1))
-		return fault_signal;
-	for (unsigned long w = 0; w < WORDS_PER_PAGE; w++)
-		copy[w] = src[w];
-	return 0;
-}
-
-static int store_page(volatile uint64_t *dst, const uint64_t *pattern)
-{
-	if (sigsetjmp(fault_jump, 1))
-		return fault_signal;
-	for (unsigned long w = 0; w < WORDS_PER_PAGE; w++)
-		dst[w] = pattern[w];
-	return 0;
-}
-
 static uint8_t *buffer(unsigned long npages)
 {
 	void *p = mmap(NULL, (npages ? npages : 1) * PAGE_SIZE, PROT_READ | PROT_WRITE,
@@ -165,7 +126,7 @@ static void cpu_read(uint64_t addr, unsigned long npages)
 	begin();
 	result.bytes = buffer(npages);
 	for (unsigned long i = 0; i < npages; i++)
-		result.signal[i] = load_page((const uint64_t *)(addr + i * PAGE_SIZE),
+		result.signal[i] = guarded_load((const uint64_t *)(addr + i * PAGE_SIZE),
 					     (uint64_t *)(result.bytes + i * PAGE_SIZE));
 }
 
@@ -176,7 +137,7 @@ static void cpu_write(uint64_t addr, unsigned long npages, uint32_t seed)
 	begin();
 	for (unsigned long i = 0; i < npages; i++) {
 		fill_pattern(pattern, seed, addr + i * PAGE_SIZE);
-		result.signal[i] = store_page((uint64_t *)(addr + i * PAGE_SIZE), pattern);
+		result.signal[i] = guarded_store((uint64_t *)(addr + i * PAGE_SIZE), pattern);
 	}
 }
 
@@ -252,42 +213,12 @@ static void show_pagemap(uint64_t addr, unsigned long npages)
 		close(kpageflags);
 }
 
-/* ------------------------------------------------------------------ system-wide knobs */
+/* ------------------------------------------------------------------ kernel-wide ops */
 
-static int write_knob(const char *path, const char *text)
-{
-	int fd = open(path, O_WRONLY), err = 0;
-
-	if (fd < 0)
-		return errno;
-	if (write(fd, text, strlen(text)) < 0)
-		err = errno;
-	close(fd);
-	return err;
-}
-
-static long long read_number(const char *path)
-{
-	char text[32] = "";
-	int fd = open(path, O_RDONLY);
-	ssize_t n;
-
-	if (fd < 0)
-		return -1;
-	n = read(fd, text, sizeof(text) - 1);
-	close(fd);
-	return n > 0 ? strtoll(text, NULL, 10) : -1;
-}
-
-#define THP_DIR "/sys/kernel/mm/transparent_hugepage/"
-#define KSM_DIR "/sys/kernel/mm/ksm/"
-
-static void set_thp(const char *enabled, const char *defrag)
+static void thp(const char *enabled, const char *defrag)
 {
 	begin();
-	result.err = write_knob(THP_DIR "enabled", enabled);
-	if (!result.err)
-		result.err = write_knob(THP_DIR "defrag", defrag);
+	result.err = set_thp(enabled, defrag);
 }
 
 static void knob(const char *path, const char *text)
@@ -296,105 +227,39 @@ static void knob(const char *path, const char *text)
 	result.err = write_knob(path, text);
 }
 
-/* move_pages(2) of the range to `node`, or (node < 0) only where each page is */
-static void move_range(uint64_t addr, unsigned long npages, int node)
+/* Not checked in C: prints the per-page status */
+static void numa_move(uint64_t addr, unsigned long npages, int node)
 {
-	static void *pages[8192];
-	static int nodes[8192], status[8192];
+	static int status[8192];
 
 	begin();
-	for (unsigned long i = 0; i < npages; i++) {
-		pages[i] = (void *)(addr + i * PAGE_SIZE);
-		nodes[i] = node;
-		status[i] = -EINVAL;
-	}
-	syscall_done(syscall(SYS_move_pages, 0, npages, pages, node < 0 ? NULL : nodes, status,
-			     node < 0 ? 0 : MPOL_MF_MOVE));
+	result.err = move_range(addr, npages, node, status);
 	for (unsigned long i = 0; i < npages; i++)
 		printf("  page %lu: status %d\n", i, status[i]);
 }
 
-static void bind_range(uint64_t addr, unsigned long npages, int node)
+static void numa_bind(uint64_t addr, unsigned long npages, int node)
 {
-	unsigned long mask = 1UL << node;
-
 	begin();
-	/* maxnode counts one more than the bits the kernel reads (get_nodes: --maxnode) */
-	syscall_done(syscall(SYS_mbind, addr, npages * PAGE_SIZE, MPOL_BIND, &mask,
-			     sizeof(mask) * 8 + 1, MPOL_MF_MOVE));
+	result.err = bind_range(addr, npages, node);
 }
 
-/* The process's own userfaultfd, made at its first uffd op: UFFD_FEATURE_SIGBUS, so a
- * fault a handler would have to resolve raises SIGBUS instead (handle_userfault). */
-static int uffd = -1;
-static pid_t uffd_owner;
-
-static int own_uffd(void)
+static void userfault(enum uffd_request request, uint64_t addr, unsigned long npages)
 {
-	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_SIGBUS };
-
-	if (uffd >= 0 && uffd_owner == getpid())
-		return 0;
-	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-	if (uffd < 0)
-		return errno;
-	uffd_owner = getpid();
-	if (ioctl(uffd, UFFDIO_API, &api)) {
-		int err = errno;
-
-		close(uffd);
-		uffd = -1;
-		return err;
-	}
-	return 0;
+	begin();
+	result.err = uffd_range(request, addr, npages);
 }
 
-enum uffd_request { REGISTER_WP, UNREGISTER, WRITEPROTECT, UNPROTECT };
-
-static void uffd_range(enum uffd_request request, uint64_t addr, unsigned long npages)
+/* Not checked in C: prints what KSM did */
+static void ksm(void)
 {
-	struct uffdio_range range = { .start = addr, .len = npages * PAGE_SIZE };
-	struct uffdio_register reg = { .range = range, .mode = UFFDIO_REGISTER_MODE_WP };
-	struct uffdio_writeprotect wp = {
-		.range = range, .mode = request == WRITEPROTECT ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
-	};
+	int64_t scans;
 
 	begin();
-	result.err = own_uffd();
-	if (result.err)
-		return;
-	if (request == REGISTER_WP)
-		syscall_done(ioctl(uffd, UFFDIO_REGISTER, &reg));
-	else if (request == UNREGISTER)
-		syscall_done(ioctl(uffd, UFFDIO_UNREGISTER, &range));
-	else
-		syscall_done(ioctl(uffd, UFFDIO_WRITEPROTECT, &wp));
-}
-
-/* Run KSM until it has done three more full scans (a page merges on its second scan, and
- * the first one counted may have begun before), then stop it; ETIMEDOUT after 10 s. */
-static void ksm_merge(void)
-{
-	struct timespec pause = { .tv_nsec = 1000000 };
-	long long first, scans = 0;
-
-	begin();
-	write_knob(KSM_DIR "smart_scan", "0"); /* 6.7+: else pages that never merged are skipped */
-	result.err = write_knob(KSM_DIR "pages_to_scan", "100000");
-	if (!result.err)
-		result.err = write_knob(KSM_DIR "sleep_millisecs", "0");
-	first = read_number(KSM_DIR "full_scans");
-	if (!result.err)
-		result.err = first < 0 ? ENOENT : write_knob(KSM_DIR "run", "1");
-	for (int waited = 0; !result.err && scans < 3; waited++) {
-		scans = read_number(KSM_DIR "full_scans") - first;
-		if (waited > 10000)
-			result.err = ETIMEDOUT;
-		nanosleep(&pause, NULL);
-	}
-	write_knob(KSM_DIR "run", "0");
-	printf("  ksm: %lld full scans, pages_shared %lld, pages_sharing %lld\n", scans,
-	       read_number(KSM_DIR "pages_shared"), read_number(KSM_DIR "pages_sharing"));
+	result.err = ksm_merge_scans(KSM_MAX_WAIT_MS, &scans);
+	printf("  ksm: %lld full scans, pages_shared %lld, pages_sharing %lld\n", (long long)scans,
+	       (long long)read_number(KSM_DIR "pages_shared"),
+	       (long long)read_number(KSM_DIR "pages_sharing"));
 }
 
 /* Not checked in C: prints the smaps lines of the VMAs that overlap the range */
@@ -615,12 +480,7 @@ static void announce(int index, const char *line)
 /* Before the first op: settings, no device fds yet, the regions' memfds and files */
 static void prepare(const int *memfd_slots, const int *file_slots, const unsigned long *pages)
 {
-	struct sigaction sa = { .sa_handler = on_fault, .sa_flags = SA_NODEFER };
-
-	/* a CPU access that faults is an outcome to check, not the end of the program */
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGSEGV, &sa, NULL);
-	sigaction(SIGBUS, &sa, NULL);
+	catch_faults();
 	setvbuf(stdout, NULL, _IONBF, 0);
 	kmsg = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
 	settle_system();

@@ -13,7 +13,8 @@ from harness.prog.device import UAPI_HEADER
 from .wire import WIRE_FINGERPRINT, WIRE_HEADER
 
 RUNNER_SOURCE = Path(__file__).with_name("runner.c")
-SOURCES = (RUNNER_SOURCE, WIRE_HEADER, UAPI_HEADER)
+KERNEL_OPS_HEADER = Path(__file__).with_name("kernel_ops.h")  # shared with C reproducers
+SOURCES = (RUNNER_SOURCE, KERNEL_OPS_HEADER, WIRE_HEADER, UAPI_HEADER)
 
 
 class RunnerBuildError(Exception):

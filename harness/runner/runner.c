@@ -41,6 +41,7 @@
 #include <linux/mempolicy.h>
 #include <linux/userfaultfd.h>
 
+#include "kernel_ops.h"
 #include "test_hmm_uapi.h"
 #include "wire.h"
 
@@ -48,9 +49,6 @@
 #error "build with -DWIRE_FINGERPRINT=<fingerprint of wire.h> (harness/runner/build.py does)"
 #endif
 
-#define PAGE_SIZE 4096UL
-#define WORDS_PER_PAGE (PAGE_SIZE / 8)
-#define VPN_MASK ((1ULL << 39) - 1)
 #define CONFIG_MAX (1 << 20)
 
 #ifndef MAP_FIXED_NOREPLACE
@@ -113,8 +111,6 @@ static int files[WIRE_MAX_REGIONS];
 static uint32_t op_timeout_ms;
 /* The userfaultfd of the process running an op (an inherited one belongs to the parent's
  * mm, so a child makes its own): see own_uffd() */
-static int uffd = -1;
-static pid_t uffd_owner;
 
 /* ------------------------------------------------------------------ utilities */
 
@@ -208,7 +204,6 @@ static void write_file(const char *path, const char *text)
 	close(fd);
 }
 
-static long elapsed_ms(const struct timespec *start);
 
 /* zlib's CRC-32, so the host can check digests with zlib.crc32 */
 static uint32_t crc_table[256];
@@ -231,15 +226,6 @@ static uint32_t crc32_of(const uint8_t *p, size_t len)
 	while (len--)
 		c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
 	return c ^ 0xFFFFFFFFU;
-}
-
-/* The page pattern of harness/prog/content.py: word i = (seed << 48) | (vpn << 9) | i */
-static void fill_pattern(uint64_t *words, uint32_t seed, uint64_t addr)
-{
-	uint64_t base = ((uint64_t)seed << 48) | (((addr / PAGE_SIZE) & VPN_MASK) << 9);
-
-	for (unsigned long i = 0; i < WORDS_PER_PAGE; i++)
-		words[i] = base | i;
 }
 
 static void digest_page(struct wire_page *page, const uint8_t *bytes)
@@ -404,45 +390,6 @@ static void boot(void)
 }
 
 /* ------------------------------------------------------------------ ops */
-
-static sigjmp_buf fault_jump;
-static volatile sig_atomic_t fault_signal;
-
-static void on_fault(int sig)
-{
-	fault_signal = sig;
-	siglongjmp(fault_jump, 1);
-}
-
-static void catch_faults(void)
-{
-	struct sigaction sa = { .sa_handler = on_fault };
-
-	sigemptyset(&sa.sa_mask);
-	sa.sa_flags = SA_NODEFER;
-	sigaction(SIGSEGV, &sa, NULL);
-	sigaction(SIGBUS, &sa, NULL);
-}
-
-/* Copy one page, or return the signal the access raised. Nothing here is live across
- * the siglongjmp, which is what makes it safe. */
-static int guarded_load(const volatile uint64_t *src, uint64_t *copy)
-{
-	if (sigsetjmp(fault_jump, 1))
-		return fault_signal;
-	for (unsigned long w = 0; w < WORDS_PER_PAGE; w++)
-		copy[w] = src[w];
-	return 0;
-}
-
-static int guarded_store(volatile uint64_t *dst, const uint64_t *pattern)
-{
-	if (sigsetjmp(fault_jump, 1))
-		return fault_signal;
-	for (unsigned long w = 0; w < WORDS_PER_PAGE; w++)
-		dst[w] = pattern[w];
-	return 0;
-}
 
 static void cpu_read(const struct wire_op *op, struct wire_result *res)
 {
@@ -647,35 +594,6 @@ out:
 		close(kpageflags);
 }
 
-/* write_file for an op: the errno of the open or write, 0 if it worked */
-static int write_knob(const char *path, const char *text)
-{
-	int fd = open(path, O_WRONLY), err = 0;
-
-	if (fd < 0)
-		return errno;
-	if (write(fd, text, strlen(text)) < 0)
-		err = errno;
-	close(fd);
-	return err;
-}
-
-static int64_t read_number(const char *path)
-{
-	char text[32] = "";
-	int fd = open(path, O_RDONLY);
-	ssize_t n;
-
-	if (fd < 0)
-		return -1;
-	n = read(fd, text, sizeof(text) - 1);
-	close(fd);
-	return n > 0 ? strtoll(text, NULL, 10) : -1;
-}
-
-#define THP_DIR "/sys/kernel/mm/transparent_hugepage/"
-#define KSM_DIR "/sys/kernel/mm/ksm/"
-
 static const char *const thp_enabled_names[] = {
 	[WTHP_ALWAYS] = "always", [WTHP_MADVISE] = "madvise", [WTHP_NEVER] = "never",
 };
@@ -687,136 +605,40 @@ static const char *const thp_defrag_names[] = {
 #define THP_ENABLED_OF(arg) ((arg) & 0xff)
 #define THP_DEFRAG_OF(arg) ((arg) >> 8)
 
-static void set_thp(const struct wire_op *op, struct wire_result *res)
+static void set_thp_op(const struct wire_op *op, struct wire_result *res)
 {
-	res->err = write_knob(THP_DIR "enabled", thp_enabled_names[THP_ENABLED_OF(op->arg)]);
-	if (!res->err)
-		res->err = write_knob(THP_DIR "defrag", thp_defrag_names[THP_DEFRAG_OF(op->arg)]);
+	res->err = set_thp(thp_enabled_names[THP_ENABLED_OF(op->arg)],
+			   thp_defrag_names[THP_DEFRAG_OF(op->arg)]);
 }
 
 /* move_pages(2): to a node, or (WIRE_NODE_QUERY) only where each page is */
 static void move_pages_op(const struct wire_op *op, struct wire_result *res)
 {
-	static void *pages[WIRE_MAX_OP_PAGES];
-	static int nodes[WIRE_MAX_OP_PAGES], status[WIRE_MAX_OP_PAGES];
-	int query = op->arg == WIRE_NODE_QUERY;
+	static int status[WIRE_MAX_OP_PAGES];
 
-	for (uint64_t i = 0; i < op->npages; i++) {
-		pages[i] = (void *)(op->addr + i * PAGE_SIZE);
-		nodes[i] = op->arg;
-		status[i] = -EINVAL;
-	}
-	/* a positive return counts pages not migrated: the status array says which */
-	if (syscall(SYS_move_pages, 0, op->npages, pages, query ? NULL : nodes, status,
-		    query ? 0 : MPOL_MF_MOVE) < 0)
-		res->err = errno;
+	res->err = move_range(op->addr, op->npages, op->arg == WIRE_NODE_QUERY ? -1 : (int)op->arg,
+			      status);
 	for (uint64_t i = 0; i < op->npages; i++)
 		ctl->values[i] = status[i];
 	res->nvalues = op->npages;
 	res->values_kind = WVAL_NODE_STATUS;
 }
 
-static void mbind_op(const struct wire_op *op, struct wire_result *res)
-{
-	unsigned long mask = 1UL << op->arg;
-
-	/* maxnode counts one more than the bits the kernel reads (get_nodes: --maxnode) */
-	if (syscall(SYS_mbind, op->addr, op->npages * PAGE_SIZE, MPOL_BIND, &mask,
-		    sizeof(mask) * 8 + 1, MPOL_MF_MOVE))
-		res->err = errno;
-}
-
-/* The process's own userfaultfd, made at its first uffd op: UFFD_FEATURE_SIGBUS, so a
- * fault a handler would have to resolve raises SIGBUS instead (handle_userfault). */
-static int own_uffd(void)
-{
-	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_SIGBUS };
-
-	if (uffd >= 0 && uffd_owner == getpid())
-		return 0;
-	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-	if (uffd < 0)
-		return errno;
-	uffd_owner = getpid();
-	if (ioctl(uffd, UFFDIO_API, &api)) {
-		int err = errno;
-
-		close(uffd);
-		uffd = -1;
-		return err;
-	}
-	return 0;
-}
-
 static void uffd_op(const struct wire_op *op, struct wire_result *res)
 {
-	struct uffdio_range range = { .start = op->addr, .len = op->npages * PAGE_SIZE };
-	struct uffdio_register reg = { .range = range, .mode = UFFDIO_REGISTER_MODE_WP };
-	struct uffdio_writeprotect wp = {
-		.range = range, .mode = op->arg ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
-	};
-	int failed;
+	enum uffd_request request = op->kind == WOP_UFFD_REGISTER ? UFFD_REGISTER_WP
+		: op->kind == WOP_UFFD_UNREGISTER ? UFFD_UNREGISTER
+		: op->arg ? UFFD_PROTECT : UFFD_UNPROTECT;
 
-	res->err = own_uffd();
-	if (res->err)
-		return;
-	switch (op->kind) {
-	case WOP_UFFD_REGISTER:
-		failed = ioctl(uffd, UFFDIO_REGISTER, &reg);
-		break;
-	case WOP_UFFD_UNREGISTER:
-		failed = ioctl(uffd, UFFDIO_UNREGISTER, &range);
-		break;
-	default:
-		failed = ioctl(uffd, UFFDIO_WRITEPROTECT, &wp);
-		break;
-	}
-	if (failed)
-		res->err = errno;
+	res->err = uffd_range(request, op->addr, op->npages);
 }
-
-/* KSM scans each page twice before it merges it: the first full scan records a
- * checksum, the next inserts an unchanged page into the unstable tree or merges it
- * (cmp_and_merge_page). The first full scan counted may have started before the op,
- * so it waits for three. */
-#define KSM_FULL_SCANS 3
-#define KSM_MAX_WAIT_MS 10000
-/* ksmd completes no full scan while no mm asked for merging (at most one, of the cursor it
- * had): no full scan for this long means nothing to scan */
-#define KSM_IDLE_MS 3000
 
 static void ksm_merge(struct wire_result *res)
 {
-	struct timespec start, advanced, pause = { .tv_nsec = 1000000 };
-	int64_t first, scans = 0;
 	long budget = op_timeout_ms / 2 < KSM_MAX_WAIT_MS ? op_timeout_ms / 2 : KSM_MAX_WAIT_MS;
+	int64_t scans;
 
-	/* smart_scan (6.7+) skips pages that did not merge before: off, so every scan looks
-	 * at every page (absent on older kernels, where every scan does) */
-	write_knob(KSM_DIR "smart_scan", "0");
-	res->err = write_knob(KSM_DIR "pages_to_scan", "100000");
-	if (!res->err)
-		res->err = write_knob(KSM_DIR "sleep_millisecs", "0");
-	first = read_number(KSM_DIR "full_scans");
-	if (!res->err && first < 0)
-		res->err = ENOENT;
-	if (!res->err)
-		res->err = write_knob(KSM_DIR "run", "1");
-	clock_gettime(CLOCK_MONOTONIC, &start);
-	advanced = start;
-	while (!res->err) {
-		int64_t now = read_number(KSM_DIR "full_scans") - first;
-
-		if (now != scans)
-			clock_gettime(CLOCK_MONOTONIC, &advanced);
-		scans = now;
-		if (scans >= KSM_FULL_SCANS || elapsed_ms(&advanced) > KSM_IDLE_MS)
-			break;
-		if (elapsed_ms(&start) > budget)
-			res->err = ETIMEDOUT;
-		nanosleep(&pause, NULL);
-	}
-	write_knob(KSM_DIR "run", "0");
+	res->err = ksm_merge_scans(budget, &scans);
 	ctl->values[WKSM_FULL_SCANS] = scans;
 	ctl->values[WKSM_PAGES_SHARED] = read_number(KSM_DIR "pages_shared");
 	ctl->values[WKSM_PAGES_SHARING] = read_number(KSM_DIR "pages_sharing");
@@ -921,7 +743,7 @@ static void run_op(const struct wire_op *op, struct wire_result *res)
 		read_pagemap(op, res);
 		break;
 	case WOP_THP:
-		set_thp(op, res);
+		set_thp_op(op, res);
 		break;
 	case WOP_COMPACT:
 		res->err = write_knob("/proc/sys/vm/compact_memory", "1");
@@ -933,7 +755,7 @@ static void run_op(const struct wire_op *op, struct wire_result *res)
 		move_pages_op(op, res);
 		break;
 	case WOP_MBIND:
-		mbind_op(op, res);
+		res->err = bind_range(op->addr, op->npages, op->arg);
 		break;
 	case WOP_UFFD_REGISTER:
 	case WOP_UFFD_UNREGISTER:
@@ -1153,14 +975,6 @@ static int process_gone(pid_t pid, int *sig)
 	state = strrchr(stat, ')');
 	*sig = 0;
 	return state && (state[2] == 'Z' || state[2] == 'X');
-}
-
-static long elapsed_ms(const struct timespec *start)
-{
-	struct timespec now;
-
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (now.tv_sec - start->tv_sec) * 1000 + (now.tv_nsec - start->tv_nsec) / 1000000;
 }
 
 /* Wait for the op's `done`; returns DONE_COMPLETED, DONE_HUNG or DONE_DIED. */
