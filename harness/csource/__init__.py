@@ -15,6 +15,7 @@ from pathlib import Path
 
 from harness.prog import Content, Page, Program, format_op, format_program
 from harness.prog.content import recognise
+from harness.runner.wire import Numbering  # processes and fds numbered as the runner does
 from harness.prog.ops import (
     CheckExclusive, ClearSoftDirty, CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite,
     Exclusive, Exit, Flags, Fork, KsmMerge, Madvise, Map, MapKind, Mbind, MigrateToDev,
@@ -56,20 +57,6 @@ _BACKING = {MapKind.ANON: "ANON", MapKind.SHARED: "SHARED", MapKind.MEMFD: "MEMF
             MapKind.FILE: "FILE_PRIVATE"}
 
 
-class _Names:
-    """Processes and fds of a program numbered in order of appearance, as the runner does."""
-
-    def __init__(self):
-        self.procs = {"p0": 0}
-        self.fds: dict[str, int] = {}
-
-    def proc(self, name: str) -> int:
-        return self.procs.setdefault(name, len(self.procs))
-
-    def fd(self, name: str) -> int:
-        return self.fds.setdefault(name, len(self.fds))
-
-
 def _address(program: Program, op) -> str:
     region = program.regions[op.range.region]
     return _region_address(region.slot, op.range.start)
@@ -94,7 +81,7 @@ _RANGE_CALLS = {
 }
 
 
-def call(program: Program, op: Op, names: _Names) -> str:
+def call(program: Program, op: Op, names: Numbering) -> str:
     """The C statement that performs `op` and leaves what it reported in `result`."""
     if type(op) in _RANGE_CALLS:
         function, extra = _RANGE_CALLS[type(op)]
@@ -238,7 +225,7 @@ def _c_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _step_body(index: int, program: Program, op: Op, names: _Names, expected: Expected | None,
+def _step_body(index: int, program: Program, op: Op, names: Numbering, expected: Expected | None,
                indent: str) -> str:
     """The op's call and checks, with STEP and LINE in scope for the checks."""
     head = [] if expected is None else [f"enum {{ STEP = {index} }};",
@@ -247,13 +234,13 @@ def _step_body(index: int, program: Program, op: Op, names: _Names, expected: Ex
     return "\n".join(f"{indent}{line}" if line else "" for line in statements)
 
 
-def _step_function(index: int, program: Program, op: Op, names: _Names,
+def _step_function(index: int, program: Program, op: Op, names: Numbering,
                    expected: Expected | None) -> str:
     body = _step_body(index, program, op, names, expected, "\t")
     return f"/* {program.where(index)}: {format_op(op)} */\nstatic void step_{index}(void)\n{{\n{body}\n}}\n"
 
 
-def _table_row(index: int, op: Op, names: _Names) -> str:
+def _table_row(index: int, op: Op, names: Numbering) -> str:
     proc = names.proc(op.proc)
     text = _c_string(format_op(op))
     if isinstance(op, Fork):
@@ -284,16 +271,16 @@ def _uapi() -> str:
 def _padded(program: Program, expected: list[Expected | None]) -> list[Expected | None]:
     for op in program.ops:  # fail early, before any C is written
         if not isinstance(op, (Fork, Exit)):
-            call(program, op, _Names())
+            call(program, op, Numbering())
     return list(expected) + [None] * (len(program.ops) - len(expected))
 
 
 def _steps(program: Program, expected: list[Expected | None]) -> str:
     """One function per op and the table that says which process runs which step."""
-    names = _Names()
+    names = Numbering()
     functions = [_step_function(index, program, op, names, expected[index])
                  for index, op in enumerate(program.ops) if not isinstance(op, (Fork, Exit))]
-    names = _Names()
+    names = Numbering()
     rows = []
     for index, op in enumerate(program.ops):
         names.proc(op.proc)
@@ -348,7 +335,7 @@ def selftest(program: Program, expected: list[Expected | None], name: str, title
 
 
 def _inline_body(program: Program, expected: list[Expected | None]) -> str:
-    names, blocks = _Names(), []
+    names, blocks = Numbering(), []
     for index, op in enumerate(program.ops):
         body = _step_body(index, program, op, names, expected[index], "\t\t")
         blocks.append(f"\t/* {program.where(index)}: {format_op(op)} */\n\t{{\n{body}\n\t}}")

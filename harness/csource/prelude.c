@@ -534,36 +534,18 @@ static void serve(int me)
 	}
 }
 
-/* Gone means a zombie or reaped: its mm and files have been released */
-static int gone(pid_t pid)
-{
-	char path[64], stat[256] = "", *state;
-	int fd, status;
-	ssize_t n;
-
-	if (waitpid(pid, &status, WNOHANG) == pid)
-		return 1;
-	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-	fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return 1;
-	n = read(fd, stat, sizeof(stat) - 1);
-	close(fd);
-	stat[n > 0 ? n : 0] = 0;
-	state = strrchr(stat, ')');
-	return state && (state[2] == 'Z' || state[2] == 'X');
-}
-
 /* The step's process answered (its reply), or died under it (returns 0 and says so) */
 static int wait_done(int index, pid_t pid, int *reply)
 {
 	struct pollfd p = { .fd = done[0], .events = POLLIN };
+	int sig;
 
 	for (;;) {
 		if (poll(&p, 1, 100) > 0 && read(done[0], reply, sizeof(*reply)) == sizeof(*reply))
 			return 1;
-		if (gone(pid)) {
-			mismatch(index, steps[index].line, "process p%d died", steps[index].proc);
+		if (process_gone(pid, &sig)) {
+			mismatch(index, steps[index].line, "process p%d died (signal %d)",
+				 steps[index].proc, sig);
 			return 0;
 		}
 	}
@@ -602,7 +584,7 @@ static int run_program(const int *memfd_slots, const int *file_slots, const unsi
 		if (write(go[step->proc][1], &index, sizeof(index)) != sizeof(index))
 			return 2;
 		if (step->kind == EXIT) {
-			while (!gone(pid[step->proc]))
+			while (!process_gone(pid[step->proc], &status))
 				usleep(500);
 			pid[step->proc] = 0;
 			continue;

@@ -15,7 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <stdio.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -254,6 +256,35 @@ static int ksm_merge_scans(long budget_ms, int64_t *scans)
 	}
 	write_knob(KSM_DIR "run", "0");
 	return err;
+}
+
+/* ------------------------------------------------------------------ processes */
+
+/* Whether a process of the program is gone: reaped, or a zombie (its mm and files are
+ * released then); `sig` is the signal that killed it, when that can be known. */
+static int process_gone(pid_t pid, int *sig)
+{
+	char path[64], stat[256];
+	int fd, status;
+	ssize_t n;
+	char *state;
+
+	/* The first process is our child: waitpid tells us directly. */
+	if (waitpid(pid, &status, WNOHANG) == pid) {
+		*sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+		return 1;
+	}
+	/* Grandchildren are not ours to wait for: look at their state instead. */
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return 1;
+	n = read(fd, stat, sizeof(stat) - 1);
+	close(fd);
+	stat[n > 0 ? n : 0] = 0;
+	state = strrchr(stat, ')');
+	*sig = 0;
+	return state && (state[2] == 'Z' || state[2] == 'X');
 }
 
 #endif

@@ -952,31 +952,6 @@ static void measure_memory(int64_t *counters)
 
 /* ------------------------------------------------------------------ coordinator */
 
-static int process_gone(pid_t pid, int *sig)
-{
-	char path[64], stat[256];
-	int fd, status;
-	ssize_t n;
-	char *state;
-
-	/* The first process is our child: waitpid tells us directly. */
-	if (waitpid(pid, &status, WNOHANG) == pid) {
-		*sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-		return 1;
-	}
-	/* Grandchildren are not ours to wait for: look at their state instead. */
-	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-	fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return 1;
-	n = read(fd, stat, sizeof(stat) - 1);
-	close(fd);
-	stat[n > 0 ? n : 0] = 0;
-	state = strrchr(stat, ')');
-	*sig = 0;
-	return state && (state[2] == 'Z' || state[2] == 'X');
-}
-
 /* Wait for the op's `done`; returns DONE_COMPLETED, DONE_HUNG or DONE_DIED. */
 static int wait_for_op(pid_t pid, uint32_t timeout_ms, int *sig)
 {

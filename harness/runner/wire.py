@@ -69,7 +69,7 @@ def parse_frame_header(data: bytes) -> tuple[int, int]:
     return header.type, header.length
 
 
-class _Numbering:
+class Numbering:
     """Process and fd names of a program, numbered in order of appearance."""
 
     def __init__(self):
@@ -85,7 +85,7 @@ class _Numbering:
 
 
 def encode_ops(program: Program) -> list[dict]:
-    numbering = _Numbering()
+    numbering = Numbering()
     encoded = []
     for op in program.ops:
         fields = {"kind": OP_KIND[type(op)], "proc": numbering.proc(op.proc), "target": 0,
