@@ -124,8 +124,9 @@ class KernelSession:
             raise MissingKernelOption(f"/dev/hmm_dmirror0 and 1 are missing in the guest "
                                       f"(CONFIG_TEST_HMM, CONFIG_DEVICE_PRIVATE)")
         if self.config.coherent_devices and not {2, 3} <= hello.devices:
+            console = self.machine.console_path if self.machine else "the guest's console"
             self.log("note: /dev/hmm_dmirror2 and 3 (device-coherent) are missing: test_hmm "
-                     f"did not take the reserved memory (see {self.machine.console_path})")
+                     f"did not take the reserved memory (see {console})")
         weaker = missing_options(config_text, FRAGMENT.read_text())
         if weaker:
             self.log(f"note: the guest kernel lacks fragment options {', '.join(weaker)}; "
