@@ -9,7 +9,7 @@ archive is a cache of this tree's own observation classes, not an exchange forma
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -52,4 +52,13 @@ def runs(path: Path) -> Iterator[Run]:
                 return
             if version != FORMAT:
                 raise ValueError(f"{path}: archive format {version}, this hmmfuzz reads {FORMAT}")
-            yield Run(parse_program(text, f"{path}:{trace.kernel_release}"), trace, died)
+            yield Run(parse_program(text, f"{path}:{trace.kernel_release}"), _current(trace), died)
+
+
+def _current(trace: Trace) -> Trace:
+    """The trace as this tree's classes hold it: a memory check recorded before its fields
+    changed is dropped (not measured) rather than misread."""
+    memory = trace.memory
+    if memory is not None and not all(hasattr(memory, f.name) for f in fields(memory)):
+        memory = None
+    return replace(trace, memory=memory)
