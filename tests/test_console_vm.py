@@ -21,7 +21,8 @@ def session(test_kernel, tmp_path_factory):
 
 def test_lkdtm_warning_and_bug_are_titled_and_the_session_recovers(session):
     warning = session.provoke("WARNING")
-    assert warning.ending is Ending.COMPLETED              # a WARNING does not kill the guest
+    assert warning.ending is Ending.COMPLETED              # a WARNING does not kill the guest,
+    assert not session.machine.alive()                     # but the next request gets a fresh one
     [report] = find_reports(warning.console)
     assert (report.kind, report.title) == (Kind.WARNING, "WARNING in lkdtm_WARNING")
     assert not report.corrupted and not report.fatal
@@ -36,6 +37,6 @@ def test_lkdtm_warning_and_bug_are_titled_and_the_session_recovers(session):
     program = parse_program("region a pages=2\np0 map a[0:2]\np0 write a[0:2] seed=3\n"
                             "p0 read a[0:2]\n", "after-bug")
     after = session.run(program)
-    assert session.restarts == 1
+    assert session.restarts == 2  # after the WARNING (a tainted kernel) and after the BUG
     assert after.ending is Ending.COMPLETED and len(after.results) == 3
     assert find_reports(after.console) == []

@@ -40,3 +40,27 @@ def test_an_oops_that_begins_under_this_program_is_its_own():
 def test_the_first_program_of_a_guest_has_nothing_before_it():
     sent = OOPS.index("RIP:")
     assert not session_after(previous_start=None)._crash_began_before(Console(OOPS), sent)
+
+
+class Stoppable(Console):
+    console_path = "console.log"
+    stopped = False
+
+    def stop(self):
+        self.stopped = True
+
+
+def test_a_guest_that_cannot_fork_after_other_programs_is_restarted_and_the_program_rerun():
+    session = session_after(previous_start=0)
+    session.log = lambda message: None
+    machine = Stoppable("")
+    assert session._broken_guest(machine, 12) is True and machine.stopped
+
+
+def test_a_fresh_guest_that_cannot_fork_is_an_infrastructure_failure():
+    import pytest
+
+    from harness.vm.session import RunnerFailure
+
+    with pytest.raises(RunnerFailure, match="Cannot allocate memory"):
+        session_after(previous_start=None)._broken_guest(Stoppable(""), 12)

@@ -1197,8 +1197,14 @@ static void run_program(const struct wire_program *program)
 		sched_setaffinity(0, sizeof(cpu0), &cpu0);
 		serve_process(0);
 	}
-	if (first < 0)
-		fatal("fork");
+	if (first < 0) {
+		int err = errno;
+
+		say("cannot fork the program's first process: %s", strerror(err));
+		destroy_backing();
+		send_done(DONE_NO_PROCESS, 0, 0, err);
+		return;
+	}
 	ctl->pid[0] = first;
 
 	for (i = 0; i < program->nops; i++) {

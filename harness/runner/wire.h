@@ -263,7 +263,9 @@ enum wire_done_status {
 	DONE_HUNG = 1,        /* op `failed_op` did not finish within op_timeout_ms */
 	DONE_DIED = 2,        /* the process running `failed_op` died (signal in `detail`) */
 	DONE_UNKILLABLE = 3,  /* a program process could not be reaped after the program */
-	DONE_BAD_PROGRAM = 4  /* the runner refused the program (detail says why) */
+	DONE_BAD_PROGRAM = 4, /* the runner refused the program (detail says why) */
+	DONE_NO_PROCESS = 5   /* the kernel would not fork the program's first process (errno in
+				 detail): the guest is broken, by a program before this one */
 };
 
 /* System memory counters the runner reads before a program and after its processes are

@@ -196,7 +196,7 @@ class KernelSession:
         console_start = machine.console_size()
         started = time.monotonic()
         results: dict[int, OpResult] = {}
-        ending, died, memory = Ending.COMPLETED, 0, None
+        ending, died, memory, no_process = Ending.COMPLETED, 0, None, 0
         try:
             machine.send(request)
             while True:
@@ -215,6 +215,8 @@ class KernelSession:
                     ending, died = Ending.DIED, done.detail
                 elif done.status == wire.C.DONE_BAD_PROGRAM:
                     raise wire.ProtocolError(f"the runner refused op {done.failed_op}")
+                elif done.status == wire.C.DONE_NO_PROCESS:
+                    no_process = done.detail
                 break
         except ChannelLost:
             ending = Ending.CRASHED if machine.exits_within(2.0) else Ending.HUNG
@@ -223,6 +225,12 @@ class KernelSession:
             self._give_up(machine, console_start)
             inherited = self._crash_began_before(machine, console_start)
         console = machine.console(console_start)
+        if no_process:
+            inherited = self._broken_guest(machine, no_process)
+        elif ending is Ending.COMPLETED and find_reports(console):
+            # The kernel warned or reported and lives on, tainted: the next program gets a
+            # fresh guest, so what it sees is its own doing.
+            machine.stop()
         self._previous_start = console_start
         self.last_info = RunInfo(died_signal=died, seconds=time.monotonic() - started,
                                  inherited_crash=inherited)
@@ -249,6 +257,17 @@ class KernelSession:
             ending = Ending.CRASHED if machine.exits_within(2.0) else Ending.HUNG
             self._give_up(machine, console_start)
             return Execution(None, "", ending, machine.console(console_start))
+
+    def _broken_guest(self, machine: Machine, err: int) -> bool:
+        """The kernel would not fork the program's first process: a program before this one
+        broke the guest (its memory, say). Start afresh and run again; a fresh guest that
+        cannot either is an infrastructure failure."""
+        machine.stop()
+        if self._previous_start is None:
+            raise RunnerFailure(f"a fresh guest cannot fork a program process: {os.strerror(err)} "
+                                f"(console: {machine.console_path})")
+        self.log(f"the guest could not fork ({os.strerror(err)}): restarting it")
+        return True
 
     def _crash_began_before(self, machine: Machine, start: int) -> bool:
         """Whether the report the guest died with began before `start`: the serial console
