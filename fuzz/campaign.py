@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import re
 import signal
 import subprocess
@@ -20,11 +21,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.kernel import KernelImage
+from harness.prog import format_program
 
 from .findings import FindingStore
+from .mutate import Chooser, generate
 from .worker import WorkerConfig
 
 COVERAGE = re.compile(r"cov: (\d+) ft: (\d+)")
+GENERATED_SEEDS = 32
 STATUS_EVERY = 5.0
 
 
@@ -70,6 +74,11 @@ class Campaign:
         would only spend the campaign's first minutes rediscovering them)."""
         staged = self.workdir / "seeds"
         staged.mkdir(parents=True, exist_ok=True)
+        # Besides the hand-written programs (long hmm-tests scenarios over 1024-page buffers),
+        # small programs from the generator give the mutator short, varied starting points.
+        chooser = Chooser(random.Random(GENERATED_SEEDS))
+        for index in range(GENERATED_SEEDS):
+            (staged / f"generated-{index:02d}.txt").write_text(format_program(generate(chooser)))
         for seed_dir in self.seeds:
             for path in sorted(seed_dir.rglob("*.txt")):
                 if "regressions" in path.relative_to(seed_dir).parts or path.name == "README.txt":
