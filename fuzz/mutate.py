@@ -242,11 +242,29 @@ def _splice(chooser, regions, ops, other):
     return ops[:chooser.integer(0, len(ops))] + tail[chooser.integer(0, len(tail) - 1):]
 
 
-MUTATIONS = (_insert, _insert, _delete, _duplicate, _boundary, _boundary, _retarget, _splice)
+def _burst(chooser, regions, ops, other):
+    """Several fresh ops in a row: most kernel bugs found so far need three to five ops on
+    the same pages (e.g. migrate_to_dev, mprotect, dev_read), which single insertions
+    reach only through many rounds of selection."""
+    at = chooser.integer(0, len(ops))
+    burst: list[Op] = []
+    for _ in range(chooser.integer(2, 8)):
+        scope = Scope.after({r.name: r for r in regions}, ops[:at] + burst)
+        burst.append(random_op(chooser, scope, ops[:at] + burst))
+    return ops[:at] + burst + ops[at:]
+
+
+MUTATIONS = (_insert, _insert, _burst, _delete, _duplicate, _boundary, _boundary, _retarget,
+             _splice)
+# How often a mutation starts over from a fresh program: the mutator then keeps the
+# unguided generator's reach while coverage decides which programs are worth varying.
+FRESH_PERCENT = 10
 
 
 def mutate(program: Program, chooser: Chooser, other: Program | None = None,
            attempts: int = 16) -> Program:
+    if chooser.chance(FRESH_PERCENT):
+        return generate(chooser)
     regions, ops = _regions(program), list(program.ops)
     for _ in range(attempts):
         mutation = chooser.pick(MUTATIONS if other is not None else MUTATIONS[:-1])
