@@ -37,12 +37,6 @@
 #define MAX_REGIONS 16
 /* Region slot s starts at 32 TiB + s GiB: the addresses hmmfuzz ran the program at */
 #define REGION(slot) (0x200000000000ULL + (uint64_t)(slot) * (1ULL << 30))
-#ifndef MAP_FIXED_NOREPLACE
-#define MAP_FIXED_NOREPLACE 0x100000
-#endif
-#ifndef MREMAP_DONTUNMAP
-#define MREMAP_DONTUNMAP 4
-#endif
 /* madvise advice newer than some C libraries (include/uapi/asm-generic/mman-common.h) */
 #ifndef MADV_COLD
 #define MADV_COLD 20

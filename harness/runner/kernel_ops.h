@@ -29,6 +29,13 @@
 #define VPN_MASK ((1ULL << 39) - 1)
 #define THP_DIR "/sys/kernel/mm/transparent_hugepage/"
 #define KSM_DIR "/sys/kernel/mm/ksm/"
+/* flags newer than some C libraries (include/uapi/linux/mman.h, asm-generic/mman-common.h) */
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
 
 /* ------------------------------------------------------------------ page contents */
 

@@ -51,12 +51,6 @@
 
 #define CONFIG_MAX (1 << 20)
 
-#ifndef MAP_FIXED_NOREPLACE
-#define MAP_FIXED_NOREPLACE 0x100000
-#endif
-#ifndef MREMAP_DONTUNMAP
-#define MREMAP_DONTUNMAP 4
-#endif
 #define ZRAM_SWAP_BYTES (256ULL << 20)
 
 /* wire.h carries the kernel's MADV_* numbers; where the C library knows them too, they agree */
