@@ -410,7 +410,7 @@ def triage(finding, kernels, runs, regression, accel, workdir):
         signatures = [signature(v) for v in verdicts]
         failing = [s for s in signatures if s]
         first = next((v for v in verdicts if v.status is not Status.OK), verdicts[0])
-        verdict = failing[0] if failing else "every op agrees with the model"
+        verdict = failing[0] if failing else _agreement(first)
         rows.append((kernel, release, f"{len(failing)}/{runs}", verdict, first))
     click.echo(f"{path}\n")
     click.echo("| kernel | release | reproduced | model verdict |")
@@ -477,6 +477,14 @@ def minimize(finding, output, kernel, source, bzimage, accel, workdir):
     for line in final.lines():
         click.echo(line)
     sys.exit(final.status)
+
+
+def _agreement(verdict: ProgramVerdict) -> str:
+    """An ok verdict in words, saying where the model stopped checking if it did."""
+    if verdict.model.unmodelled_from is None:
+        return "every op agrees with the model"
+    return (f"the {verdict.model.unmodelled_from} ops checked agree; from op "
+            f"{verdict.model.unmodelled_from} unchecked: {verdict.model.unmodelled}")
 
 
 def _load_or_exit(path: Path) -> Program:
