@@ -36,7 +36,9 @@ def signature(verdict: ProgramVerdict) -> str | None:
     first = verdict.model.divergences[0]
     op = verdict.program.ops[first.op_index]
     field = re.sub(r"\[\d+\]", "[]", first.field)
-    return f"divergence: {op.keyword} {field} allowed {' or '.join(first.allowed)}"
+    # the model numbers folios as it meets them: "folio #6" in one program is "#15" in another
+    allowed = re.sub(r"#\d+", "#", " or ".join(first.allowed))
+    return f"divergence: {op.keyword} {field} allowed {allowed}"
 
 
 @dataclass(frozen=True)
