@@ -128,9 +128,16 @@ def write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
     pte = mm.ptes.get(vpn)
     if pte is not None and pte.kind is Kind.PRESENT and pte.writable:
         return
+    back_writable = pte is not None and pte.kind is Kind.DEVICE and pte.writable
     _write_fault(world, mm_id, mm, vma, vpn)
     reclaim.dirtied(world, mm, vpn)
-    # every write fault maps the page with pte_mkdirty, which on x86 sets the soft-dirty bit
+    if back_writable:
+        # A writable device-private entry comes back through migrate_to_ram and
+        # remove_migration_pte, mapped writable with the entry's soft-dirty bit and no
+        # pte_mkdirty (the migration entry made from a device-private one is not dirty):
+        # the write needs no further fault, so nothing marks it (findings 8 and 9).
+        return
+    # every other write fault maps the page with pte_mkdirty, which on x86 sets soft-dirty
     mm.ptes[vpn] = replace(mm.ptes[vpn], soft_dirty=True)
 
 
