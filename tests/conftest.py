@@ -38,3 +38,22 @@ def kernel_session(test_kernel, tmp_path_factory):
     session.start()
     yield session
     session.close()
+
+
+KERNELS = ("7.2", "6.12", "6.1")
+
+
+def kernel_fixture(name: str = "each_kernel"):
+    """A module-scoped fixture, named `name`, booting each of KERNELS in turn (one guest per
+    kernel for the whole module: a boot costs seconds under TCG)."""
+
+    @pytest.fixture(scope="module", params=KERNELS, name=name)
+    def session(request, tmp_path_factory):
+        from harness.kernel import resolve_kernel
+        from harness.vm.session import KernelSession
+
+        kernel = resolve_kernel(request.param, log=print)
+        with KernelSession(kernel, tmp_path_factory.mktemp(f"vm-{request.param}")) as booted:
+            yield booted
+
+    return session

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import pytest
 
-from harness.kernel import resolve_kernel
 from harness.prog import Content, Ending, OpResult, Trace, digest, parse_program
 from harness.prog.device import (
     PROT_DEV_COHERENT_LOCAL, PROT_DEV_COHERENT_REMOTE, PROT_WRITE, describe_snapshot,
 )
 from harness.vm.console import find_reports
 from harness.vm.qemu import MachineConfig, memory_layout
-from harness.vm.session import KernelSession
 from reference import check
+
+from conftest import kernel_fixture
 
 pytestmark = pytest.mark.vm
 
@@ -41,11 +41,7 @@ p0 migrate_to_dev d2 a[0:2]
 """
 
 
-@pytest.fixture(scope="module", params=["7.2", "6.12", "6.1"])
-def session(request, tmp_path_factory):
-    kernel = resolve_kernel(request.param, log=print)
-    with KernelSession(kernel, tmp_path_factory.mktemp(f"vm-{request.param}")) as session:
-        yield session
+session = kernel_fixture("session")
 
 
 def run(session, text):

@@ -6,10 +6,8 @@ from __future__ import annotations
 import pytest
 
 from fuzz.replay import replay
-from harness.kernel import resolve_kernel
-from harness.vm.session import KernelSession
 
-from conftest import CORPUS
+from conftest import CORPUS, kernel_fixture
 
 pytestmark = pytest.mark.vm
 PROGRAMS = sorted(CORPUS.glob("*.txt"))
@@ -19,11 +17,7 @@ PROGRAMS = sorted(CORPUS.glob("*.txt"))
 REGRESSIONS = sorted((CORPUS / "regressions").glob("*.txt"))
 
 
-@pytest.fixture(scope="module", params=["7.2", "6.12", "6.1"])
-def session(request, tmp_path_factory):
-    kernel = resolve_kernel(request.param, log=print)
-    with KernelSession(kernel, tmp_path_factory.mktemp(f"vm-{request.param}")) as session:
-        yield session
+session = kernel_fixture("session")
 
 
 @pytest.mark.parametrize("path", PROGRAMS, ids=[p.stem for p in PROGRAMS])

@@ -13,7 +13,7 @@ from harness.kernel import resolve_kernel
 from harness.prog import Ending, load_program, parse_program
 from harness.vm.session import KernelSession
 
-from conftest import CORPUS
+from conftest import CORPUS, kernel_fixture
 
 pytestmark = pytest.mark.vm
 PROGRAMS = sorted(CORPUS.glob("*.txt"))
@@ -22,11 +22,7 @@ PROGRAMS = sorted(CORPUS.glob("*.txt"))
 NOISE_PAGES = LEAK_THRESHOLD_PAGES // 2
 
 
-@pytest.fixture(scope="module", params=["7.2", "6.12", "6.1"])
-def session(request, tmp_path_factory):
-    kernel = resolve_kernel(request.param, log=print)
-    with KernelSession(kernel, tmp_path_factory.mktemp(f"vm-leak-{request.param}")) as session:
-        yield session
+session = kernel_fixture("session")
 
 
 def test_the_corpus_leaks_nothing(session):

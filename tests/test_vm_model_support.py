@@ -6,26 +6,9 @@ from __future__ import annotations
 
 import textwrap
 
-import pytest
 
-from harness.kernel import resolve_kernel
 from harness.prog import Ending, parse_program
-from harness.vm.session import KernelSession
 from reference import check
-
-KERNELS = ("7.2", "6.12", "6.1")
-
-
-def kernel_fixture(name: str = "each_kernel"):
-    """A module-scoped fixture booting each of KERNELS in turn."""
-
-    @pytest.fixture(scope="module", params=KERNELS, name=name)
-    def session(request, tmp_path_factory):
-        kernel = resolve_kernel(request.param, log=print)
-        with KernelSession(kernel, tmp_path_factory.mktemp(f"vm-{request.param}")) as booted:
-            yield booted
-
-    return session
 
 
 def agrees(session, text: str, fully_modelled: bool = True):

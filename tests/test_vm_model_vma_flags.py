@@ -10,7 +10,8 @@ import signal
 
 import pytest
 
-from test_vm_model_support import agrees, kernel_fixture
+from conftest import kernel_fixture
+from test_vm_model_support import agrees
 
 pytestmark = pytest.mark.vm
 

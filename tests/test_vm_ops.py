@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from fuzz.replay import replay
-from harness.kernel import resolve_kernel
 from harness.prog import Content, Ending, digest, parse_program
 from harness.prog.device import PROT_DEV_PRIVATE_LOCAL, PROT_WRITE
 from harness.prog.ops import Flags
-from harness.vm.session import KernelSession
+
+from conftest import kernel_fixture
 
 pytestmark = pytest.mark.vm
 
@@ -483,11 +483,7 @@ p0 pagemap a[0:8]
 """
 
 
-@pytest.fixture(scope="module", params=["7.2", "6.12", "6.1"])
-def each_kernel(request, tmp_path_factory):
-    kernel = resolve_kernel(request.param, log=print)
-    with KernelSession(kernel, tmp_path_factory.mktemp(f"vm-ops-{request.param}")) as session:
-        yield session
+each_kernel = kernel_fixture("each_kernel")
 
 
 def test_every_new_op_runs_on_each_kernel(each_kernel):
