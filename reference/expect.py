@@ -27,6 +27,7 @@ class Expect:
     pagemap: tuple | None = None     # pagemap.PageSpec per page, for a `pagemap` op
     # move_pages' status array: per page the statuses allowed (a node or -errno)
     node_status: tuple[tuple[int, ...], ...] | None = None
+    smaps: tuple | None = None       # smaps.SmapsSpec per VMA, for a `smaps` op
     # per page of node_status, the folio whose node the model does not know yet (else
     # None): World.learn records the node the kernel reported
     node_folios: tuple[int | None, ...] = field(default=(), compare=False, hash=False)

@@ -77,6 +77,11 @@ class Profile:
     # do_pages_stat_array): pte_none is -EFAULT (no_page_table); 6.12 and 7.2 use
     # folio_walk_start, which finds no folio: -ENOENT.
     move_pages_follow_page: bool = False
+    # smaps_account counts a device-exclusive entry (not present, has a pfn) as private:
+    # 6.1 treats only migration entries as "mapcount 1" and finds the page's mapcount 0
+    # (the entry dropped the rmap); 6.12 and 7.2 count every non-present entry as shared
+    # ("maybe shared, but not sure how often").
+    smaps_exclusive_entry_private: bool = False
 
 
 NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False, mremap=True,
@@ -85,7 +90,8 @@ V6_12 = Profile("6.12", 64, 64, True, False, False, False, 27, 28, 29, False,
                 swapin_skips_swapcache=True)
 V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,
                swapin_skips_swapcache=True, mprotect_writable_needs_dirty=True,
-               swapin_read_maps_writable=False, move_pages_follow_page=True)
+               swapin_read_maps_writable=False, move_pages_follow_page=True,
+               smaps_exclusive_entry_private=True)
 
 
 def profile_for(kernel_release: str) -> Profile:

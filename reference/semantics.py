@@ -16,10 +16,10 @@ from harness.prog import (
 from harness.prog.ops import (
     COHERENT_DEVICES, Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev,
     ClearSoftDirty, Compact, Mbind, MigrateToSys, Mlock, MovePages, Mremap, Munlock, Pagemap,
-    Release,
+    Release, Smaps,
 )
 
-from . import device, hmm, mm as cpu, numa, pagemap, reclaim, remap, vma as vmas
+from . import device, hmm, mm as cpu, numa, pagemap, reclaim, remap, smaps, vma as vmas
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, WRITTEN, Expect, done, fail, read_page
 from .places import Places
 from .refuse import Unmodelled
@@ -352,7 +352,7 @@ _STEPS = {
     Exit: device.exit_process, Madvise: _madvise, Pagemap: pagemap.pagemap,
     Mlock: _mlock, Munlock: _munlock, Mremap: remap.mremap,
     ClearSoftDirty: _clear_soft_dirty, Compact: _compact,
-    MovePages: numa.move_pages, Mbind: numa.mbind,
+    MovePages: numa.move_pages, Mbind: numa.mbind, Smaps: smaps.smaps,
 }
 
 
