@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from harness.prog import Content, OpResult, Page, digest
 
 SIGSEGV = int(signal.SIGSEGV)
+SIGBUS_NUMBER = int(signal.SIGBUS)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ def read_page(content: Content) -> Page:
 
 WRITTEN = Page()
 SEGV = Page(signal=SIGSEGV)
+SIGBUS = Page(signal=SIGBUS_NUMBER)
 
 EBUSY = errno_codes.EBUSY
 EACCES = errno_codes.EACCES

@@ -14,6 +14,7 @@ from harness.prog import ZERO
 
 from . import reclaim, vma as vmas
 from .state import ZERO_PTE, Dmirror, Kind, Mm, Pte, Vma, World
+from .uffd_wp import check_write, protected
 
 
 def invalidate(world: World, mm_id: int, start: int, end: int,
@@ -63,9 +64,11 @@ def _restored(world: World, vma: Vma, pte: Pte) -> Pte:
         # 6.1/6.12 restore_exclusive_pte: maybe_mkwrite() only for a writable entry.
         writable = vma.prot.writable and pte.writable
     else:
+        # can_change_pte_writable -> maybe_change_pte_writable
         writable = vma.prot.writable and world.folios[pte.folio].exclusive and \
-            not needs_soft_dirty_wp(vma, pte)
-    return Pte(Kind.PRESENT, pte.folio, writable, soft_dirty=pte.soft_dirty)
+            not needs_soft_dirty_wp(vma, pte) and not protected(vma, pte)
+    return Pte(Kind.PRESENT, pte.folio, writable, soft_dirty=pte.soft_dirty,
+               uffd_wp=pte.uffd_wp)   # pte_swp_uffd_wp -> pte_mkuffd_wp
 
 
 def needs_soft_dirty_wp(vma: Vma, pte: Pte) -> bool:
@@ -165,6 +168,7 @@ def _write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
         pte = mm.ptes[vpn]
     if pte.writable:
         return
+    check_write(vma, pte, vpn)   # do_wp_page: userfaultfd_pte_wp -> handle_userfault
     if pte.kind is Kind.ZERO:
         # do_wp_page: the zero page is not a normal page -> wp_page_copy (MMU_NOTIFY_CLEAR
         # on the page) into a newly allocated zeroed folio.
@@ -257,33 +261,46 @@ def zap(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
     invalidate(world, mm_id, start, end)
 
 
-def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
+def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int,
+                      uffd_wp: bool | None = None) -> None:
     """change_protection over [start, end) after the VMA got its new flags.
 
     change_pud_range fires MMU_NOTIFY_PROTECTION_VMA over [addr, end) from the first PUD entry
     that is not none (mm/mprotect.c, 7.2; older kernels from the first populated PMD in
     change_pmd_range): without page tables no entry can be mirrored, the page past the range
     included (see split_pmd), so the model simply invalidates the range. Present PTEs
-    take the new protection; when the VMA becomes writable, PTEs of PageAnonExclusive folios
-    become writable at once (MM_CP_TRY_CHANGE_WRITABLE, can_change_private_pte_writable), the
-    zero page and shared folios stay read-only. Device-exclusive entries are left alone in
-    7.2; older kernels make writable ones readable (profile.exclusive_entry_permission).
+    take the VMA's protection (pte_modify: read-only for a private VMA); when the VMA is
+    writable, PTEs of PageAnonExclusive folios become writable at once
+    (MM_CP_TRY_CHANGE_WRITABLE, can_change_private_pte_writable), the zero page, shared
+    folios and uffd-wp PTEs (maybe_change_pte_writable) stay read-only. Device-exclusive
+    entries are left alone in 7.2; older kernels make writable ones readable
+    (profile.exclusive_entry_permission).
+
+    `uffd_wp` (uffd_wp_range, uffd.py): True is MM_CP_UFFD_WP (every present PTE, the zero
+    page included, gets the bit, and there is no MM_CP_TRY_CHANGE_WRITABLE: all stay
+    read-only); False is MM_CP_UFFD_WP_RESOLVE (the bit goes, then as for mprotect); None
+    (mprotect) keeps the bit (pte_modify keeps _PAGE_UFFD_WP).
     """
     ptes = mm.ptes
     vma = mm.vma_at(start)
-    writable = vma.prot.writable
+    writable = vma.prot.writable and uffd_wp is not True
     entry_permission = world.profile.exclusive_entry_permission
     for vpn in range(start, end) if end - start <= len(ptes) else sorted(ptes):
         if not start <= vpn < end:
             continue
         pte = ptes.get(vpn)
-        if pte is None or pte.kind is Kind.ZERO:
+        if pte is None:
+            continue
+        if uffd_wp is not None and pte.kind in (Kind.PRESENT, Kind.ZERO):
+            pte = ptes[vpn] = replace(pte, uffd_wp=uffd_wp)
+        if pte.kind is Kind.ZERO:
             continue
         if pte.kind is Kind.PRESENT:
             # 6.1 can_change_pte_writable also wants the PTE dirty.
             dirty_enough = not (world.profile.mprotect_writable_needs_dirty and pte.clean)
             ptes[vpn] = replace(pte, writable=writable and world.folios[pte.folio].exclusive
-                                and dirty_enough and not needs_soft_dirty_wp(vma, pte))
+                                and dirty_enough and not needs_soft_dirty_wp(vma, pte)
+                                and not protected(vma, pte))
         elif pte.kind is Kind.DEVICE:
             # change_softleaf_pte: a writable device-private entry becomes readable whatever
             # the new protection; nothing makes it writable again.
@@ -309,7 +326,10 @@ def fork(world: World, parent_id: int, child_id: int) -> None:
         # is_cow_mapping: MMU_NOTIFY_PROTECTION_PAGE over the whole parent VMA.
         invalidate(world, parent_id, vma.start, vma.end)
         for vpn in _vpns_in(parent, vma.start, vma.end):
-            child_ptes[vpn] = _copy_pte(world, parent, vma, vpn)
+            # The child's VMA is not registered (dup_userfaultfd without
+            # UFFD_FEATURE_EVENT_FORK): __copy_present_ptes / copy_nonpresent_pte clear
+            # the uffd-wp bit for a VMA without userfaultfd_wp.
+            child_ptes[vpn] = replace(_copy_pte(world, parent, vma, vpn), uffd_wp=False)
     world.mms[child_id] = Mm(child_vmas, child_ptes)
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 from harness.prog.observation import PagemapEntry
 from harness.prog.observation import (
-    KPF, PM_MMAP_EXCLUSIVE, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP,
+    KPF, PM_MMAP_EXCLUSIVE, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP, PM_UFFD_WP,
 )
 
 from .expect import Expect
@@ -62,6 +62,7 @@ class PageSpec:
     def __str__(self) -> str:
         bits = [name for name, bit in (("present", PM_PRESENT), ("swapped", PM_SWAP),
                                        ("exclusive", PM_MMAP_EXCLUSIVE),
+                                       ("uffd_wp", PM_UFFD_WP),
                                        ("soft_dirty", PM_SOFT_DIRTY)) if self.flags & bit]
         text = "|".join(bits) or "none"
         if self.frame == "pfn":
@@ -100,6 +101,8 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
                                               f"the VMA's VM_SOFTDIRTY ({vma.softdirty})"))
             continue
         sd = PM_SOFT_DIRTY if vma.softdirty or pte.soft_dirty else 0
+        if pte.uffd_wp:
+            sd |= PM_UFFD_WP   # pte_uffd_wp / pte_swp_uffd_wp, whatever the VMA
         if pte.kind is Kind.ZERO:
             specs.append(PageSpec(PM_PRESENT | sd, "pfn", ZERO_KEY,
                                   known=world.pfns.get(ZERO_KEY), count=0,

@@ -16,14 +16,15 @@ from harness.prog import (
 from harness.prog.ops import (
     COHERENT_DEVICES, Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev,
     ClearSoftDirty, Compact, Mbind, MigrateToSys, Mlock, MovePages, Mremap, Munlock, Pagemap,
-    Release, Smaps,
+    Release, Smaps, UffdRegister, UffdUnregister, UffdWriteprotect,
 )
 
-from . import device, hmm, mm as cpu, numa, pagemap, reclaim, remap, smaps, vma as vmas
-from .expect import EEXIST, EINVAL, ENOMEM, SEGV, WRITTEN, Expect, done, fail, read_page
+from . import device, hmm, mm as cpu, numa, pagemap, reclaim, remap, smaps, uffd, vma as vmas
+from .expect import EEXIST, EINVAL, ENOMEM, SEGV, SIGBUS, WRITTEN, Expect, done, fail, read_page
 from .places import Places
 from .refuse import Unmodelled
 from .state import Dmirror, Kind, World
+from .uffd_wp import UffdWriteProtected
 
 __all__ = ["Unmodelled", "step"]
 
@@ -91,7 +92,11 @@ def _cpu_access(world: World, op, places: Places, kind: str, permitted, access) 
 
 def _write(world: World, op: CpuWrite, places: Places) -> list[Outcome]:
     def store(mm_id, mm, vma, vpn):
-        cpu.write_fault(world, mm_id, mm, vma, vpn)
+        try:
+            cpu.write_fault(world, mm_id, mm, vma, vpn)
+        except UffdWriteProtected:
+            return SIGBUS, (f"{places.name(vpn)} is uffd-wp: do_wp_page -> handle_userfault "
+                            "-> VM_FAULT_SIGBUS (UFFD_FEATURE_SIGBUS)")
         reclaim.dirtied(world, mm, vpn)  # the store sets the PTE's dirty bit
         world.set_content(mm.ptes[vpn].folio, Content(op.seed, vpn))
         return WRITTEN, f"{places.name(vpn)} is in a writable VMA"
@@ -353,6 +358,8 @@ _STEPS = {
     Mlock: _mlock, Munlock: _munlock, Mremap: remap.mremap,
     ClearSoftDirty: _clear_soft_dirty, Compact: _compact,
     MovePages: numa.move_pages, Mbind: numa.mbind, Smaps: smaps.smaps,
+    UffdRegister: uffd.register, UffdUnregister: uffd.unregister,
+    UffdWriteprotect: uffd.writeprotect,
 }
 
 
@@ -362,4 +369,11 @@ def step(world: World, op: Op, places: Places) -> list[Outcome]:
     function = _STEPS.get(type(op))
     if function is None:
         raise Unmodelled(op.keyword)
-    return function(world, op, places)
+    uffd.refuse_unfollowed(world, op)
+    try:
+        return function(world, op, places)
+    except UffdWriteProtected as fault:
+        # A write fault on a uffd-wp page where the op does not state the outcome (GUP of
+        # populate_write, mlock or mprotect's populate): VM_FAULT_SIGBUS -> -EFAULT there.
+        raise Unmodelled(f"{op.keyword} with a GUP write fault on a uffd-wp page",
+                         f"{fault}: -EFAULT from populate is not stated") from None

@@ -48,6 +48,9 @@ class Pte:
     # nothing makes the PTE writable without a fault while it is clear
     # (pte_needs_soft_dirty_wp).
     soft_dirty: bool = True
+    # The uffd-wp bit (pte_uffd_wp), set by UFFDIO_WRITEPROTECT on present PTEs (the zero
+    # page included); see uffd.py. Such a PTE is read-only.
+    uffd_wp: bool = False
 
 
 # do_anonymous_page maps the zero page for a read: no pte_mkdirty, so no soft-dirty bit.

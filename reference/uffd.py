@@ -1,0 +1,166 @@
+"""userfaultfd write-protection: the `uffd_register`, `uffd_unregister` and `uffd_wp` ops
+(mm/userfaultfd.c, 7.2) and what a uffd-wp PTE does to later faults.
+
+The runner gives each process its own userfaultfd at its first uffd op (UFFD_API with
+UFFD_FEATURE_SIGBUS only), registered for its own mm; so an mm has at most one context and
+a VMA's VM_UFFD_WP flag (Vma.flags "uffd_wp") says all the model needs about its
+vm_userfaultfd_ctx. Like the other flags it takes part in merges (is_mergeable_vma also
+compares vm_userfaultfd_ctx) and anon_vma sharing.
+
+- `uffd_register` (userfaultfd_register, UFFDIO_REGISTER_MODE_WP): -EINVAL when no VMA
+  lies in the range (vma_find); every VMA in it passes vma_can_userfault (private
+  anonymous, VM_MAYWRITE even for PROT_NONE); userfaultfd_register_range then gives each
+  VMA piece VM_UFFD_WP (vma_modify_flags_uffd: merge or split like mprotect, holes
+  skipped). Nothing else: no PTE changes, no notifier.
+- `uffd_unregister` (userfaultfd_unregister): -EINVAL when no VMA lies in the range; each
+  registered piece goes through userfaultfd_clear_vma: uffd_wp_range(..., false) over the
+  piece (change_protection with MM_CP_UFFD_WP_RESOLVE | MM_CP_TRY_CHANGE_WRITABLE for a
+  VM_WRITE VMA: the notifier, bits cleared, PTEs rewritten like mprotect to the same
+  protection), then the flag goes (merge or split).
+- `uffd_wp on|off` (mwriteprotect_range): VMA by VMA over the range, holes skipped:
+  -ENOENT at the first VMA not registered for WP (earlier ones are done) and when no VMA
+  lies in the range; each piece: uffd_wp_range -> change_protection (MMU_NOTIFY_
+  PROTECTION_VMA; `on`: MM_CP_UFFD_WP, every present PTE, the zero page included, becomes
+  read-only with the uffd-wp bit; pte_none gets nothing, since an anonymous VMA uses no
+  markers without UFFD_FEATURE_WP_UNPOPULATED, userfaultfd_wp_use_markers; `off`: as for
+  unregister).
+
+A write fault on a PTE with the bit in a VMA registered for WP (userfaultfd_pte_wp) goes
+from do_wp_page to handle_userfault, which with UFFD_FEATURE_SIGBUS returns
+VM_FAULT_SIGBUS: SIGBUS for a CPU store, -EFAULT for GUP (exclusive) and hmm_range_fault
+(dev_write). A read is unaffected. Elsewhere the bit stays: mprotect keeps it
+(change_present_ptes: pte_modify keeps _PAGE_UFFD_WP) and does not make such a PTE
+writable (maybe_change_pte_writable), fork drops it in the child with the VMA's
+registration (dup_userfaultfd without UFFD_FEATURE_EVENT_FORK resets the child's VMA, then
+__copy_present_ptes / copy_nonpresent_pte clear the bit for a VMA without userfaultfd_wp),
+zap drops it with the PTE (anonymous VMAs get no marker: pte_install_uffd_wp_if_needed).
+
+Not modelled yet, refused: a uffd-wp bit on swap, device-private or device-exclusive
+entries (`uffd_wp on` over such an entry), and the ops whose paths the model has not
+followed with uffd state around (GUARDED below).
+"""
+
+from __future__ import annotations
+
+from harness.prog.ops import (
+    Advice, ClearSoftDirty, Madvise, Mbind, MigrateToDev, MovePages, Mremap, Switch,
+    UffdRegister, UffdUnregister, UffdWriteprotect,
+)
+
+from . import mm as cpu, vma as vmas
+from .expect import EINVAL, ENOENT, done, fail
+from .places import Places
+from .refuse import Unmodelled
+from .state import Kind, Mm, Vma, World
+from .uffd_wp import FLAG
+
+# ------------------------------------------------------------------ the ops
+
+def _with_flag(vma: Vma) -> dict:
+    return {"flags": vma.flags | {FLAG}}
+
+
+def _without_flag(vma: Vma) -> dict:
+    return {"flags": vma.flags - {FLAG}}
+
+
+def register(world: World, op: UffdRegister, places: Places):
+    mm_id = world.procs[op.proc]
+    mm = world.mms[mm_id]
+    start, end = places.vpns(op.range)
+    if not vmas.overlaps(mm, start, end):
+        return [(fail(EINVAL, "userfaultfd_register: vma_find finds no VMA in the range "
+                              "-> -EINVAL"), world)]
+    _, _, splits = vmas.modify(mm, start, end, _with_flag, world.profile, stop_at_hole=False)
+    for vma, vpn in splits:
+        cpu.split_pmd(world, mm_id, vma, vpn)
+    return [(done("userfaultfd_register_range: every VMA in the range is private "
+                  "anonymous with VM_MAYWRITE (vma_can_userfault)"), world)]
+
+
+def unregister(world: World, op: UffdUnregister, places: Places):
+    mm_id = world.procs[op.proc]
+    mm = world.mms[mm_id]
+    start, end = places.vpns(op.range)
+    if not vmas.overlaps(mm, start, end):
+        return [(fail(EINVAL, "userfaultfd_unregister: vma_find finds no VMA in the range "
+                              "-> -EINVAL"), world)]
+    for vma in vmas.overlaps(mm, start, end):
+        if FLAG in vma.flags:
+            # userfaultfd_clear_vma: uffd_wp_range(..., false) before the flags change
+            cpu.change_protection(world, mm_id, mm, max(start, vma.start),
+                                  min(end, vma.end), uffd_wp=False)
+    _, _, splits = vmas.modify(mm, start, end, _without_flag, world.profile,
+                               stop_at_hole=False)
+    for vma, vpn in splits:
+        cpu.split_pmd(world, mm_id, vma, vpn)
+    return [(done("userfaultfd_unregister: the registered VMAs of the range are "
+                  "unprotected and lose VM_UFFD_WP"), world)]
+
+
+def writeprotect(world: World, op: UffdWriteprotect, places: Places):
+    mm_id = world.procs[op.proc]
+    mm = world.mms[mm_id]
+    start, end = places.vpns(op.range)
+    enable = op.protect is Switch.ON
+    found = vmas.overlaps(mm, start, end)
+    if not found:
+        return [(fail(ENOENT, "mwriteprotect_range: no VMA in the range -> -ENOENT"), world)]
+    pieces = []
+    unregistered = None
+    for vma in found:
+        if FLAG not in vma.flags:
+            unregistered = vma
+            break
+        pieces.append((max(start, vma.start), min(end, vma.end)))
+    if enable:
+        _refuse_softleaf_entries(mm, pieces)
+    for piece_start, piece_end in pieces:
+        cpu.change_protection(world, mm_id, mm, piece_start, piece_end, uffd_wp=enable)
+    if unregistered is not None:
+        return [(fail(ENOENT, f"mwriteprotect_range: {places.name(max(start, unregistered.start))}"
+                              "'s VMA is not registered for WP (userfaultfd_wp) -> -ENOENT "
+                              "(the VMAs before it were done)"), world)]
+    return [(done("mwriteprotect_range: every VMA of the range is registered for WP"), world)]
+
+
+def _refuse_softleaf_entries(mm: Mm, pieces) -> None:
+    for piece_start, piece_end in pieces:
+        for vpn in range(piece_start, piece_end):
+            pte = mm.ptes.get(vpn)
+            if pte is not None and pte.kind in (Kind.SWAP, Kind.DEVICE, Kind.EXCLUSIVE):
+                raise Unmodelled(
+                    f"uffd_wp on over a {pte.kind.value} entry",
+                    "the bit would ride through swap-in, migration and restore paths "
+                    "(pte_swp_uffd_wp) the model does not follow yet")
+
+
+# ------------------------------------------------------------------ the guard
+
+def armed(world: World) -> bool:
+    """Some VMA is registered for WP or some PTE has the uffd-wp bit (unregister and fork
+    clear the bits with the registration, so the flag alone tells)."""
+    return any(FLAG in vma.flags for mm in world.mms.values() for vma in mm.vmas)
+
+
+# Advice whose paths are followed with uffd-wp PTEs around: zap (no marker for anonymous
+# memory), swap-in read-ahead of entries without the bit, young bits, VMA flags, read faults.
+_ADVICE_FOLLOWED = {Advice.DONTNEED, Advice.WILLNEED, Advice.COLD, Advice.DOFORK,
+                    Advice.DONTFORK, Advice.WIPEONFORK, Advice.KEEPONFORK,
+                    Advice.MERGEABLE, Advice.UNMERGEABLE, Advice.HUGEPAGE,
+                    Advice.NOHUGEPAGE, Advice.POPULATE_READ, Advice.POPULATE_WRITE}
+# Ops whose paths were not followed with uffd state: each would carry the uffd-wp bit into
+# entries the model rebuilds without it (try_to_unmap_one / migrate_vma_collect_pmd /
+# remove_migration_pte / move_ptes keep pte_swp_uffd_wp), or registration through mremap
+# (mremap_userfaultfd_prep) and dup of the flags by other means.
+GUARDED = (MigrateToDev, Mremap, MovePages, Mbind, ClearSoftDirty)
+
+
+def refuse_unfollowed(world: World, op) -> None:
+    """Raise Unmodelled for an op the model has not followed with uffd-wp state around."""
+    if not armed(world):
+        return
+    if isinstance(op, GUARDED) or \
+            (isinstance(op, Madvise) and op.advice not in _ADVICE_FOLLOWED):
+        raise Unmodelled(f"{op.keyword} with userfaultfd-wp registered memory",
+                         "its paths keep the uffd-wp bit in entries the model rebuilds")
