@@ -279,11 +279,14 @@ def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int,
     `uffd_wp` (uffd_wp_range, uffd.py): True is MM_CP_UFFD_WP (every present PTE, the zero
     page included, gets the bit, and there is no MM_CP_TRY_CHANGE_WRITABLE: all stay
     read-only); False is MM_CP_UFFD_WP_RESOLVE (the bit goes, then as for mprotect); None
-    (mprotect) keeps the bit (pte_modify keeps _PAGE_UFFD_WP).
+    (mprotect) keeps the bit (pte_modify keeps _PAGE_UFFD_WP). 6.1 un-protects without
+    MM_CP_TRY_CHANGE_WRITABLE (profile.uffd_unprotect_read_only).
     """
     ptes = mm.ptes
     vma = mm.vma_at(start)
-    writable = vma.prot.writable and uffd_wp is not True
+    try_writable = uffd_wp is None or \
+        (uffd_wp is False and not world.profile.uffd_unprotect_read_only)
+    writable = vma.prot.writable and try_writable
     entry_permission = world.profile.exclusive_entry_permission
     for vpn in range(start, end) if end - start <= len(ptes) else sorted(ptes):
         if not start <= vpn < end:

@@ -82,6 +82,15 @@ class Profile:
     # (the entry dropped the rmap); 6.12 and 7.2 count every non-present entry as shared
     # ("maybe shared, but not sure how often").
     smaps_exclusive_entry_private: bool = False
+    # 6.1 mwriteprotect_range works on one VMA: find_dst_vma wants the whole range inside a
+    # single registered VMA, else -ENOENT with nothing done; 6.12 and 7.2 walk every VMA of
+    # the range (for_each_vma_range) and stop at the first one not registered.
+    uffd_wp_single_vma: bool = False
+    # 6.1 uffd_wp_range un-protects without MM_CP_TRY_CHANGE_WRITABLE (newprot is the
+    # VMA's private, read-only page protection): after `uffd_wp off` or an unregister every
+    # present PTE of the range is read-only until a write fault; 6.12 and 7.2 make
+    # PageAnonExclusive pages writable at once (vma_wants_manual_pte_write_upgrade).
+    uffd_unprotect_read_only: bool = False
 
 
 NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False, mremap=True,
@@ -91,7 +100,8 @@ V6_12 = Profile("6.12", 64, 64, True, False, False, False, 27, 28, 29, False,
 V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,
                swapin_skips_swapcache=True, mprotect_writable_needs_dirty=True,
                swapin_read_maps_writable=False, move_pages_follow_page=True,
-               smaps_exclusive_entry_private=True)
+               smaps_exclusive_entry_private=True, uffd_wp_single_vma=True,
+               uffd_unprotect_read_only=True)
 
 
 def profile_for(kernel_release: str) -> Profile:

@@ -106,6 +106,10 @@ def writeprotect(world: World, op: UffdWriteprotect, places: Places):
     found = vmas.overlaps(mm, start, end)
     if not found:
         return [(fail(ENOENT, "mwriteprotect_range: no VMA in the range -> -ENOENT"), world)]
+    if world.profile.uffd_wp_single_vma and \
+            (found[0].start > start or found[0].end < end or FLAG not in found[0].flags):
+        return [(fail(ENOENT, "mwriteprotect_range (6.1): find_dst_vma wants the range "
+                              "inside one registered VMA -> -ENOENT, nothing done"), world)]
     pieces = []
     unregistered = None
     for vma in found:

@@ -215,3 +215,40 @@ def test_unfollowed_paths_are_refused_by_name():
     """)
     verdict = check(prog, trace(ok(), wrote(1), ok(), ok(), ok()))
     assert verdict.unmodelled_op == "madvise with a GUP write fault on a uffd-wp page"
+
+
+def test_6_1_protects_only_within_one_vma_and_unprotects_read_only():
+    prog = program("""
+        region a pages=4
+        p0 map a[0:4]
+        p0 write a[0:4] seed=1
+        p0 uffd_register a[0:2]
+        p0 uffd_wp a[0:4] on
+        p0 uffd_wp a[0:2] on
+        p0 uffd_wp a[0:1] off
+        p0 open d0 dmirror0
+        p0 snapshot d0 a[0:4]
+    """)
+    start = (ok(), wrote(4), ok(), err(errno.ENOENT))
+    # 7.2/6.12: the first VMA was protected before the -ENOENT; un-protecting makes the
+    # exclusive page writable again (MM_CP_TRY_CHANGE_WRITABLE)
+    assert check(prog, trace(*start, ok(), ok(), ok(), snap(W, R, W, W),
+                             release="7.2.13")).ok
+    assert check(prog, trace(*start, ok(), ok(), ok(), snap(W, R, W, W),
+                             release="6.12.117")).ok
+    # 6.1: uffd_wp_range without MM_CP_TRY_CHANGE_WRITABLE leaves a[0] read-only
+    assert check(prog, trace(*start, ok(), ok(), ok(), snap(R, R, W, W),
+                             release="6.1.192")).ok
+    assert not check(prog, trace(*start, ok(), ok(), ok(), snap(W, R, W, W),
+                                 release="6.1.192")).ok
+    prog = program("""
+        region a pages=4
+        p0 map a[0:4]
+        p0 write a[0:4] seed=1
+        p0 uffd_register a[0:2]
+        p0 uffd_wp a[0:4] on
+        p0 write a[0:1] seed=2
+    """)
+    start = (ok(), wrote(4), ok(), err(errno.ENOENT))
+    assert check(prog, trace(*start, cpu(BUS), release="7.2.13")).ok
+    assert check(prog, trace(*start, wrote(1), release="6.1.192")).ok

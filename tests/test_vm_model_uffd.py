@@ -116,3 +116,26 @@ def test_registration_merges_and_splits_like_any_flag(each_kernel):
         p0 uffd_register a[0:4]
         p0 smaps a[0:12]
     """)
+
+
+def test_protection_across_vmas_and_what_unprotecting_leaves_writable(each_kernel):
+    # 6.1: mwriteprotect_range wants one VMA, and un-protects without
+    # MM_CP_TRY_CHANGE_WRITABLE (profile uffd_wp_single_vma, uffd_unprotect_read_only)
+    agrees(each_kernel, """
+        region a pages=6
+        p0 map a[0:6]
+        p0 write a[0:5] seed=1
+        p0 uffd_register a[0:3]
+        p0 uffd_wp a[0:6] on
+        p0 write a[0:1] seed=2
+        p0 uffd_wp a[1:3] on
+        p0 open d0 dmirror0
+        p0 snapshot d0 a[0:6]
+        p0 uffd_wp a[1:2] off
+        p0 snapshot d0 a[0:6]
+        p0 uffd_unregister a[0:6]
+        p0 snapshot d0 a[0:6]
+        p0 pagemap a[0:6]
+        p0 write a[0:6] seed=3
+        p0 snapshot d0 a[0:6]
+    """)
