@@ -54,7 +54,10 @@ def _back_to_system(world: World, mm: Mm, vpn: int, node: int) -> None:
     world.folios[new] = Folio(old.content, 1, old.exclusive, lazyfree=old.lazyfree, node=node)
     # remove_migration_pte: writable iff the migration entry was, the soft-dirty bit
     # carried over (no pte_needs_soft_dirty_wp check on this path).
-    mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable, soft_dirty=pte.soft_dirty)
+    # The uffd-wp bit rides along too (migrate_vma_collect_pmd: pte_swp_mkuffd_wp into the
+    # migration entry; remove_migration_pte: pte_mkuffd_wp).
+    mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable, soft_dirty=pte.soft_dirty,
+                       uffd_wp=pte.uffd_wp)
     del world.folios[pte.folio]
 
 
@@ -200,10 +203,13 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
         lazyfree = Lazyfree.UNKNOWN if old is not None and old.lazyfree is not None else None
         world.folios[device_folio] = Folio(content, 1, exclusive, mirror.device, mirror_id,
                                            lazyfree=lazyfree)
-        # migrate_vma_collect_pmd carries a present page's soft-dirty bit into the entry;
-        # migrate_vma_insert_page (pte_none, zero page) makes an entry without it.
+        # migrate_vma_collect_pmd carries a present page's soft-dirty and uffd-wp bits into
+        # the entry (the migration entry's pte_swp_mkuffd_wp, then remove_migration_pte);
+        # migrate_vma_insert_page (pte_none, zero page) makes a fresh entry without either,
+        # writable iff VM_WRITE even where the zero page was uffd-wp (docs/findings.md #10).
         ptes[vpn] = Pte(Kind.DEVICE, device_folio, writable,
-                        soft_dirty=old is not None and pte.soft_dirty)
+                        soft_dirty=old is not None and pte.soft_dirty,
+                        uffd_wp=old is not None and pte.uffd_wp)
         if old is not None:
             # The source folio is freed: dmirrors of this device (which ignored the
             # notifier) other than this one keep a pointer to it.

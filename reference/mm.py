@@ -294,7 +294,8 @@ def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int,
         pte = ptes.get(vpn)
         if pte is None:
             continue
-        if uffd_wp is not None and pte.kind in (Kind.PRESENT, Kind.ZERO):
+        if uffd_wp is not None:
+            # change_present_ptes / change_softleaf_pte: pte_(swp_)mkuffd_wp or the clear
             pte = ptes[vpn] = replace(pte, uffd_wp=uffd_wp)
         if pte.kind is Kind.ZERO:
             continue

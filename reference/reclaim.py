@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from .refuse import Unmodelled
 from .state import Folio, Kind, Lazyfree, Mm, Pte, Vma, World
+from .uffd_wp import protected
 from .vma import alloc_node
 
 # The zram swap device holds 256 MiB: 65535 slots. Far below that, reclaim of a program's
@@ -109,7 +110,8 @@ def _swap_out(world: World, mm: Mm, vpn: int) -> None:
     folio = world.folios.pop(pte.folio)
     slot = world.new_id()
     world.folios[slot] = Folio(folio.content, 1, folio.exclusive, swapped=True)
-    mm.ptes[vpn] = Pte(Kind.SWAP, slot, soft_dirty=pte.soft_dirty)  # pte_swp_mksoft_dirty
+    # try_to_unmap_one: pte_swp_mksoft_dirty, pte_swp_mkuffd_wp
+    mm.ptes[vpn] = Pte(Kind.SWAP, slot, soft_dirty=pte.soft_dirty, uffd_wp=pte.uffd_wp)
 
 
 def willneed(world: World, mm: Mm, start: int, end: int) -> None:
@@ -145,12 +147,21 @@ def swap_in(world: World, mm: Mm, vma: Vma, vpn: int, write: bool) -> None:
     # now by the VMA's policy (swapin_readahead / alloc_swap_folio).
     folio = world.new_folio(slot.content, slot.node if slot.swapcache else alloc_node(vma))
     world.folios[folio] = replace(world.folios[folio], exclusive=exclusive)
+    # The swap entry's uffd-wp bit comes along (pte_mkuffd_wp) and keeps the page
+    # read-only (userfaultfd_pte_wp); a write then goes on to do_wp_page: SIGBUS.
+    uffd_wp = protected(vma, pte)
     soft_dirty = pte.soft_dirty or write   # pte_swp_soft_dirty; a write: pte_mkdirty
     writable = exclusive and vma.prot.writable and \
         (write or world.profile.swapin_read_maps_writable) and \
-        (vma.softdirty or soft_dirty)   # not pte_needs_soft_dirty_wp
-    mm.ptes[vpn] = Pte(Kind.PRESENT, folio, writable, clean=not (write and writable),
-                       soft_dirty=soft_dirty)
+        (vma.softdirty or soft_dirty) and not uffd_wp   # not pte_needs_soft_dirty_wp
+    # 6.1 dirties an exclusive page on a write fault before the uffd-wp pte_wrprotect
+    # (maybe_mkwrite(pte_mkdirty())); 6.12 and 7.2 only when they map it writable.
+    dirty = write and (writable or (uffd_wp and exclusive and
+                                    not world.profile.swapin_read_maps_writable))
+    if uffd_wp:
+        soft_dirty = pte.soft_dirty or dirty
+    mm.ptes[vpn] = Pte(Kind.PRESENT, folio, writable, clean=not dirty,
+                       soft_dirty=soft_dirty, uffd_wp=pte.uffd_wp)
 
 
 def mark_lazyfree(world: World, mm: Mm, start: int, end: int) -> None:

@@ -28,30 +28,31 @@ compares vm_userfaultfd_ctx) and anon_vma sharing.
 A write fault on a PTE with the bit in a VMA registered for WP (userfaultfd_pte_wp) goes
 from do_wp_page to handle_userfault, which with UFFD_FEATURE_SIGBUS returns
 VM_FAULT_SIGBUS: SIGBUS for a CPU store, -EFAULT for GUP (exclusive) and hmm_range_fault
-(dev_write). A read is unaffected. Elsewhere the bit stays: mprotect keeps it
-(change_present_ptes: pte_modify keeps _PAGE_UFFD_WP) and does not make such a PTE
-writable (maybe_change_pte_writable), fork drops it in the child with the VMA's
-registration (dup_userfaultfd without UFFD_FEATURE_EVENT_FORK resets the child's VMA, then
-__copy_present_ptes / copy_nonpresent_pte clear the bit for a VMA without userfaultfd_wp),
-zap drops it with the PTE (anonymous VMAs get no marker: pte_install_uffd_wp_if_needed).
+(dev_write). A read is unaffected. Elsewhere the bit stays with the entry: mprotect keeps
+it (change_present_ptes: pte_modify keeps _PAGE_UFFD_WP) and does not make such a PTE
+writable (maybe_change_pte_writable); swap-out and swap-in (try_to_unmap_one,
+do_swap_page: the page comes back read-only with the bit), migration to the device and
+back and NUMA migration/compaction (migration entries and remove_migration_pte),
+device-exclusive entries (restore_exclusive_pte) carry it. A zero page migrated to the
+device loses it (migrate_vma_insert_page makes a fresh entry, docs/findings.md #10). Fork
+drops it in the child with the VMA's registration (dup_userfaultfd without
+UFFD_FEATURE_EVENT_FORK resets the child's VMA, then __copy_present_ptes /
+copy_nonpresent_pte clear the bit for a VMA without userfaultfd_wp); zap drops it with
+the PTE (anonymous VMAs get no marker: pte_install_uffd_wp_if_needed).
 
-Not modelled yet, refused: a uffd-wp bit on swap, device-private or device-exclusive
-entries (`uffd_wp on` over such an entry), and the ops whose paths the model has not
-followed with uffd state around (GUARDED below).
+Not modelled yet, refused: mremap with registered VMAs, and a GUP write fault on a uffd-wp
+page where the op's error is not stated (madvise populate_write, mlock's populate).
 """
 
 from __future__ import annotations
 
-from harness.prog.ops import (
-    Advice, ClearSoftDirty, Madvise, Mbind, MigrateToDev, MovePages, Mremap, Switch,
-    UffdRegister, UffdUnregister, UffdWriteprotect,
-)
+from harness.prog.ops import Mremap, Switch, UffdRegister, UffdUnregister, UffdWriteprotect
 
 from . import mm as cpu, vma as vmas
 from .expect import EINVAL, ENOENT, done, fail
 from .places import Places
 from .refuse import Unmodelled
-from .state import Kind, Mm, Vma, World
+from .state import Vma, World
 from .uffd_wp import FLAG
 
 # ------------------------------------------------------------------ the ops
@@ -117,8 +118,6 @@ def writeprotect(world: World, op: UffdWriteprotect, places: Places):
             unregistered = vma
             break
         pieces.append((max(start, vma.start), min(end, vma.end)))
-    if enable:
-        _refuse_softleaf_entries(mm, pieces)
     for piece_start, piece_end in pieces:
         cpu.change_protection(world, mm_id, mm, piece_start, piece_end, uffd_wp=enable)
     if unregistered is not None:
@@ -126,17 +125,6 @@ def writeprotect(world: World, op: UffdWriteprotect, places: Places):
                               "'s VMA is not registered for WP (userfaultfd_wp) -> -ENOENT "
                               "(the VMAs before it were done)"), world)]
     return [(done("mwriteprotect_range: every VMA of the range is registered for WP"), world)]
-
-
-def _refuse_softleaf_entries(mm: Mm, pieces) -> None:
-    for piece_start, piece_end in pieces:
-        for vpn in range(piece_start, piece_end):
-            pte = mm.ptes.get(vpn)
-            if pte is not None and pte.kind in (Kind.SWAP, Kind.DEVICE, Kind.EXCLUSIVE):
-                raise Unmodelled(
-                    f"uffd_wp on over a {pte.kind.value} entry",
-                    "the bit would ride through swap-in, migration and restore paths "
-                    "(pte_swp_uffd_wp) the model does not follow yet")
 
 
 # ------------------------------------------------------------------ the guard
@@ -147,24 +135,16 @@ def armed(world: World) -> bool:
     return any(FLAG in vma.flags for mm in world.mms.values() for vma in mm.vmas)
 
 
-# Advice whose paths are followed with uffd-wp PTEs around: zap (no marker for anonymous
-# memory), swap-in read-ahead of entries without the bit, young bits, VMA flags, read faults.
-_ADVICE_FOLLOWED = {Advice.DONTNEED, Advice.WILLNEED, Advice.COLD, Advice.DOFORK,
-                    Advice.DONTFORK, Advice.WIPEONFORK, Advice.KEEPONFORK,
-                    Advice.MERGEABLE, Advice.UNMERGEABLE, Advice.HUGEPAGE,
-                    Advice.NOHUGEPAGE, Advice.POPULATE_READ, Advice.POPULATE_WRITE}
-# Ops whose paths were not followed with uffd state: each would carry the uffd-wp bit into
-# entries the model rebuilds without it (try_to_unmap_one / migrate_vma_collect_pmd /
-# remove_migration_pte / move_ptes keep pte_swp_uffd_wp), or registration through mremap
-# (mremap_userfaultfd_prep) and dup of the flags by other means.
-GUARDED = (MigrateToDev, Mremap, MovePages, Mbind, ClearSoftDirty)
+# mremap of a registered VMA goes through mremap_userfaultfd_prep (without
+# UFFD_FEATURE_EVENT_REMAP the new VMA loses its registration) and move_ptes clears the
+# bits for it: not followed yet.
+GUARDED = (Mremap,)
 
 
 def refuse_unfollowed(world: World, op) -> None:
     """Raise Unmodelled for an op the model has not followed with uffd-wp state around."""
     if not armed(world):
         return
-    if isinstance(op, GUARDED) or \
-            (isinstance(op, Madvise) and op.advice not in _ADVICE_FOLLOWED):
+    if isinstance(op, GUARDED):
         raise Unmodelled(f"{op.keyword} with userfaultfd-wp registered memory",
-                         "its paths keep the uffd-wp bit in entries the model rebuilds")
+                         "mremap_userfaultfd_prep and move_ptes are not followed")

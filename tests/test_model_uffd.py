@@ -16,7 +16,7 @@ from reference import check, uapi
 
 BUS = Page(signal=int(signal.SIGBUS))
 W, R, Z = uapi.PROT_WRITE, uapi.PROT_READ, uapi.PROT_ZERO
-SD, EXCL, UFFD_WP, PRESENT = 1 << 55, 1 << 56, 1 << 57, 1 << 63
+SD, EXCL, UFFD_WP, SWAP, PRESENT = 1 << 55, 1 << 56, 1 << 57, 1 << 62, 1 << 63
 ANON, ZERO_PAGE, ANON_EXCL = 1 << 12, 1 << 24, 1 << 34
 
 
@@ -188,23 +188,14 @@ def test_a_wrong_outcome_is_a_divergence():
 def test_unfollowed_paths_are_refused_by_name():
     prog = program("""
         region a pages=2
+        region b pages=2
         p0 map a[0:2]
         p0 write a[0:2] seed=1
         p0 uffd_register a[0:2]
-        p0 madvise a[0:1] pageout
+        p0 mremap a[0:2] b[0:2]
     """)
     verdict = check(prog, trace(ok(), wrote(2), ok(), ok()))
-    assert verdict.unmodelled_op == "madvise with userfaultfd-wp registered memory"
-    prog = program("""
-        region a pages=2
-        p0 map a[0:2]
-        p0 write a[0:2] seed=1
-        p0 madvise a[0:1] pageout
-        p0 uffd_register a[0:2]
-        p0 uffd_wp a[0:2] on
-    """)
-    verdict = check(prog, trace(ok(), wrote(2), ok(), ok(), ok()))
-    assert verdict.unmodelled_op == "uffd_wp on over a swap entry"
+    assert verdict.unmodelled_op == "mremap with userfaultfd-wp registered memory"
     prog = program("""
         region a pages=1
         p0 map a[0:1]
@@ -215,6 +206,56 @@ def test_unfollowed_paths_are_refused_by_name():
     """)
     verdict = check(prog, trace(ok(), wrote(1), ok(), ok(), ok()))
     assert verdict.unmodelled_op == "madvise with a GUP write fault on a uffd-wp page"
+
+
+def test_the_bit_rides_through_swap_device_memory_and_device_exclusive_entries():
+    prog = program("""
+        region a pages=4
+        p0 map a[0:4]
+        p0 write a[0:4] seed=1
+        p0 open d0 dmirror0
+        p0 uffd_register a[0:4]
+        p0 madvise a[0:1] pageout
+        p0 migrate_to_dev d0 a[1:2]
+        p0 exclusive d0 a[2:3]
+        p0 uffd_wp a[0:4] on
+        p0 pagemap a[0:4]
+        p0 write a[0:4] seed=2
+        p0 read a[0:4]
+        p0 pagemap a[0:3]
+    """)
+    one = patterns(prog, 1, "a", 0, 4)
+    swp = lambda kind, offset: PagemapEntry(SWAP | UFFD_WP | SD | kind | offset << 5)
+    accepted = check(prog, trace(
+        ok(), wrote(4), ok(), ok(), ok(), dev(1, 0, one[1:2]), dev(1, 0, one[2:3]), ok(),
+        OpResult(pagemap=(swp(0, 1), swp(29, 0x100), swp(30, 0x1003),
+                          PagemapEntry(PRESENT | EXCL | UFFD_WP | SD | 0x1004, 1,
+                                       ANON | ANON_EXCL))),
+        cpu(BUS, BUS, BUS, BUS), cpu(*one),
+        OpResult(pagemap=(PagemapEntry(PRESENT | EXCL | UFFD_WP | SD | 0x2001, 1,
+                                       ANON | ANON_EXCL),
+                          PagemapEntry(PRESENT | EXCL | UFFD_WP | SD | 0x2002, 1,
+                                       ANON | ANON_EXCL),
+                          PagemapEntry(PRESENT | EXCL | UFFD_WP | SD | 0x1003, 1,
+                                       ANON | ANON_EXCL)))))
+    assert accepted.ok, str(accepted)
+
+
+def test_a_protected_zero_page_migrated_to_the_device_loses_its_protection():
+    # migrate_vma_insert_page makes a fresh device-private entry: writable iff VM_WRITE,
+    # no uffd-wp bit (docs/findings.md #10)
+    prog = program("""
+        region a pages=1
+        p0 map a[0:1]
+        p0 read a[0:1]
+        p0 uffd_register a[0:1]
+        p0 uffd_wp a[0:1] on
+        p0 open d0 dmirror0
+        p0 migrate_to_dev d0 a[0:1]
+        p0 write a[0:1] seed=2
+    """)
+    assert_accepts(prog, ok(), cpu(*zeros(1)), ok(), ok(), ok(), dev(1, 0, zeros(1)),
+                   wrote(1))
 
 
 def test_6_1_protects_only_within_one_vma_and_unprotects_read_only():

@@ -139,3 +139,76 @@ def test_protection_across_vmas_and_what_unprotecting_leaves_writable(each_kerne
         p0 write a[0:6] seed=3
         p0 snapshot d0 a[0:6]
     """)
+
+
+def test_the_bit_rides_through_swap_migration_and_device_entries(each_kernel):
+    _, trace, _ = agrees(each_kernel, """
+        region a pages=10
+        p0 map a[0:10]
+        p0 write a[0:9] seed=1
+        p0 open d0 dmirror0
+        p0 open d1 dmirror1
+        p0 uffd_register a[0:10]
+        p0 madvise a[0:1] pageout
+        p0 migrate_to_dev d0 a[1:2]
+        p0 exclusive d0 a[2:3]
+        p0 uffd_wp a[0:10] on
+        p0 pagemap a[0:10]
+        p0 madvise a[3:4] pageout
+        p0 move_pages a[4:5] 1
+        p0 mbind a[5:6] 1
+        p0 migrate_to_dev d0 a[6:7]
+        p0 madvise a[7:8] free
+        p0 pagemap a[0:10]
+        p0 smaps a[0:10]
+        p0 dev_write d1 a[1:2] seed=2
+        p0 write a[0:10] seed=3
+        p0 pagemap a[0:10]
+        p0 migrate_to_dev d0 a[0:2]
+        p0 migrate_to_sys d0 a[0:2]
+        p0 dev_read d1 a[0:10]
+        p0 uffd_wp a[0:10] off
+        p0 pagemap a[0:10]
+        p0 write a[0:10] seed=4
+        p0 read a[0:10]
+        p0 uffd_wp a[3:6] on
+        p0 compact
+        p0 pagemap a[0:10]
+        p0 write a[0:10] seed=5
+        p0 read a[0:10]
+    """)
+    assert all(entry.uffd_wp for entry in trace.results[9].pagemap[:9])
+
+
+def test_a_protected_zero_page_taken_to_the_device_comes_back_writable(each_kernel):
+    # migrate_vma_insert_page: a fresh device-private entry, no uffd-wp bit
+    # (docs/findings.md #10)
+    _, trace, _ = agrees(each_kernel, """
+        region a pages=2
+        p0 map a[0:2]
+        p0 read a[0:2]
+        p0 uffd_register a[0:2]
+        p0 uffd_wp a[0:2] on
+        p0 open d0 dmirror0
+        p0 migrate_to_dev d0 a[0:1]
+        p0 pagemap a[0:2]
+        p0 write a[0:2] seed=1
+    """)
+    assert [page.signal for page in trace.results[7].pages] == [0, int(signal.SIGBUS)]
+
+
+def test_clear_soft_dirty_keeps_the_bit(kernel_session):
+    agrees(kernel_session, """
+        region a pages=4
+        p0 map a[0:4]
+        p0 write a[0:4] seed=1
+        p0 uffd_register a[0:4]
+        p0 uffd_wp a[0:2] on
+        p0 clear_soft_dirty
+        p0 pagemap a[0:4]
+        p0 write a[0:4] seed=2
+        p0 uffd_wp a[0:2] off
+        p0 pagemap a[0:4]
+        p0 write a[0:4] seed=3
+        p0 pagemap a[0:4]
+    """)
