@@ -17,14 +17,15 @@ from harness.prog.ops import (
     DEVICES, MAX_NODE, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, ClearSoftDirty,
     CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, Located,
     Madvise, Map, Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap,
-    Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot, Region, Release, Snapshot,
+    Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot, Region, Release, Smaps, Snapshot,
+    Switch, UffdRegister, UffdUnregister, UffdWriteprotect,
 )
 
 MAX_OPS = 64
 # The ops the reference model knows (docs/model.md); campaigns draw from these. An op the
 # model refuses would leave the rest of the program unchecked.
 RANGE_OPS = (Map, Munmap, Mprotect, CpuWrite, CpuRead, Madvise, Pagemap, Mlock, Munlock,
-             Mremap, MovePages, Mbind)
+             Mremap, MovePages, Mbind, UffdRegister, UffdUnregister, UffdWriteprotect, Smaps)
 DEVICE_OPS = (DevRead, DevWrite, Snapshot, Exclusive, CheckExclusive, MigrateToDev, MigrateToSys)
 FD_OPS = (Release, CloseDevice)
 MODELLED_ADVICE = tuple(advice for advice in Advice if advice is not Advice.COLLAPSE)
@@ -126,7 +127,10 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
         return MovePages(proc, page_range, None if chooser.chance(40) else _node(chooser))
     if kind is Mbind:
         return Mbind(proc, page_range, _node(chooser))
-    if kind in (Map, Munmap, CpuRead, Pagemap, Mlock, Munlock):
+    if kind is UffdWriteprotect:
+        return UffdWriteprotect(proc, page_range, chooser.pick(list(Switch)))
+    if kind in (Map, Munmap, CpuRead, Pagemap, Mlock, Munlock, UffdRegister, UffdUnregister,
+                Smaps):
         return kind(proc, page_range)
     fd = chooser.pick(fds)
     if kind is DevWrite:
