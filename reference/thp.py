@@ -37,13 +37,14 @@ from dataclasses import dataclass, replace
 from harness.prog import ZERO
 from harness.prog.ops import (
     Advice, CheckExclusive, ClearSoftDirty, CloseDevice, Compact, CpuRead, CpuWrite,
-    DeviceOp, Exit, Flags, Fork, Madvise, Map, Mlock, Mprotect, Mremap, Munlock, Munmap,
-    OpenDevice, Pagemap, Release, Thp, ThpEnabled,
+    DeviceOp, DevRead, DevWrite, Exit, Flags, Fork, Madvise, Map, Mlock, Mprotect, Mremap,
+    Munlock, Munmap, OpenDevice, Pagemap, Release, Snapshot, Thp, ThpEnabled,
 )
 
 from .expect import done
 from .refuse import Unmodelled
 from .state import Folio, Kind, Mm, Pte, Vma, World
+from .uapi import PROT_NONE, PROT_PMD, PROT_READ
 
 PMD_PAGES = 512
 
@@ -254,17 +255,32 @@ def zap_pmds(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
             split_pmd_mapping(mm, index)
 
 
+# ------------------------------------------------------------------ the device's view
+
+def snapshot_byte(mm: Mm, vpn: int, byte: int) -> int:
+    """dmirror_mkentry of a page hmm_vma_handle_pmd reported: map order PMD adds
+    HMM_DMIRROR_PROT_PMD; the huge zero page is not is_zero_pfn() (that is the small zero
+    page only), so it reads NONE|READ|PMD rather than ZERO|READ."""
+    pmd = mm.pmds.get(pmd_of(vpn))
+    if pmd is None:
+        return byte
+    if pmd.zero:
+        return PROT_NONE | PROT_READ | PROT_PMD
+    return byte | PROT_PMD
+
+
 # ------------------------------------------------------------------ what is not stated yet
 
 # Ops stated for THPs (their functions call the hooks above).
 _THP_AWARE = (Map, Munmap, Mprotect, CpuRead, CpuWrite, Pagemap, Thp, OpenDevice,
-              CloseDevice, Release, Flags, CheckExclusive, Exit, Mlock, Munlock)
+              CloseDevice, Release, Flags, CheckExclusive, Exit, Mlock, Munlock,
+              DevRead, DevWrite, Snapshot)
 _THP_AWARE_ADVICE = {Advice.DONTNEED, Advice.POPULATE_READ, Advice.POPULATE_WRITE,
                      Advice.HUGEPAGE, Advice.NOHUGEPAGE, Advice.DONTFORK, Advice.DOFORK,
                      Advice.WIPEONFORK, Advice.KEEPONFORK, Advice.MERGEABLE,
                      Advice.UNMERGEABLE}
-# Ops that fault pages in through hmm_range_fault or GUP (a fault may map a THP).
-_FAULTING = ("dev_read", "dev_write", "exclusive")
+# Ops that fault pages in through GUP (a fault may map a THP).
+_FAULTING = ("exclusive",)
 
 
 def has_huge(world: World, mm: Mm, start: int | None = None, end: int | None = None) -> bool:
