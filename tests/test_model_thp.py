@@ -4,18 +4,19 @@ split the PMD but not the folio; the PTE tables that keep a fault from mapping a
 is not stated yet is refused by name."""
 
 from test_model_support import (
-    SEGV, WROTE, assert_accepts, assert_rejects, cpu, dev, ok, patterns, program, trace, wrote,
-    zeros,
+    SEGV, WROTE, assert_accepts, assert_rejects, cpu, dev, ok, patterns, program, snap, trace,
+    wrote, zeros,
 )
 
 from harness.prog import OpResult
 from harness.prog.observation import KPF, PagemapEntry
-from reference import check
+from reference import check, uapi
 
 SD, EXCL, FILE, PRESENT = 1 << 55, 1 << 56, 1 << 61, 1 << 63
 ANON, ANON_EXCL, THP = KPF["ANON"], 1 << 34, KPF["THP"]
 HEAD, TAIL, ZERO_PAGE = KPF["COMPOUND_HEAD"], KPF["COMPOUND_TAIL"], KPF["ZERO_PAGE"]
 LRU_ETC = KPF["UPTODATE"] | KPF["LRU"] | KPF["MMAP"] | KPF["SWAPBACKED"]   # not stated
+W, PMD = uapi.PROT_WRITE, uapi.PROT_PMD
 HUGE_ZERO = 0x1200      # PFN of the huge zero folio's head page
 SMALL_ZERO = 0x181A     # PFN of the small zero page
 
@@ -183,7 +184,8 @@ def test_ops_not_stated_for_thps_yet_are_refused_on_them():
         p0 write a[0:1] seed=1
     """
     for op, name in (("p0 fork p1", "fork of a process with a THP"),
-                     ("p0 dev_read d0 a[0:1]", "dev_read on a THP"),
+                     ("p0 exclusive d0 a[0:1]", "exclusive on a THP"),
+                     ("p0 move_pages a[0:1]", "move_pages on a THP"),
                      ("p0 madvise a[5:6] pageout", "madvise pageout on a THP"),
                      ("p0 migrate_to_dev d0 a[0:512]", "migrate_to_dev on a THP"),
                      ("p0 compact", "compact with a THP")):
@@ -193,16 +195,37 @@ def test_ops_not_stated_for_thps_yet_are_refused_on_them():
         assert verdict.unmodelled_from == 4
 
 
-def test_a_device_fault_that_may_map_a_thp_is_refused():
+def test_a_gup_fault_that_may_map_a_thp_is_refused():
     prog = program("""
         region a pages=512
         p0 thp always madvise
         p0 map a[0:512]
         p0 open d0 dmirror0
-        p0 dev_write d0 a[0:1] seed=1
+        p0 exclusive d0 a[0:1]
     """)
-    verdict = check(prog, trace(ok(), ok(), ok(), dev(1, 1)))
-    assert verdict.unmodelled_op == "dev_write where a fault may map a THP"
+    verdict = check(prog, trace(ok(), ok(), ok(), dev(1, 0)))
+    assert verdict.unmodelled_op == "exclusive where a fault may map a THP"
+
+
+def test_a_device_write_faults_a_thp_and_snapshot_shows_the_pmd():
+    prog = program("""
+        region a pages=1024
+        p0 thp madvise madvise
+        p0 map a[0:1024]
+        p0 madvise a[0:512] hugepage
+        p0 open d0 dmirror0
+        p0 dev_read d0 a[0:1]
+        p0 snapshot d0 a[0:1]
+        p0 dev_write d0 a[0:512] seed=1
+        p0 snapshot d0 a[510:514]
+        p0 read a[0:2]
+    """)
+    data = patterns(prog, 1, "a", 0, 512)
+    # the huge zero page is not is_zero_pfn(): NONE|READ|PMD; the write replaced it by a
+    # THP under MMU_NOTIFY_CLEAR (the READ entry is gone, but dmirror_write faulted anyway)
+    assert_accepts(prog, ok(), ok(), ok(), ok(), dev(1, 1, zeros(1)),
+                   snap(uapi.PROT_READ | uapi.PROT_PMD), dev(512, 1),
+                   snap(W | PMD, W | PMD, 0, 0), cpu(*data[:2]))
 
 
 def test_khugepaged_starting_again_and_older_kernels_are_refused():
