@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.kernel import REQUIRED_OPTIONS, KernelImage, default_cache_dir, parse_config
-from harness.kernel.config import FRAGMENT, missing_options
+from harness.kernel.config import FRAGMENT, OPTIONAL_ORACLES, missing_options
 from harness.prog import Ending, MemoryCheck, OpResult, Program, Trace
 from harness.runner import build, wire
 
@@ -132,6 +132,10 @@ class KernelSession:
         if weaker:
             self.log(f"note: the guest kernel lacks fragment options {', '.join(weaker)}; "
                      "some oracles or ops may be unavailable")
+        for oracle, (needed, where) in OPTIONAL_ORACLES.items():
+            if lacking := [o for o in needed if options.get(o, "n") == "n"]:
+                self.log(f"note: {oracle} is off: the guest kernel lacks {', '.join(lacking)} "
+                         f"({where})")
 
     def close(self):
         if self.machine is not None:
