@@ -39,8 +39,10 @@ class Expect:
         """The first allowed outcome, as the runner would report it."""
         node_status = None if self.node_status is None else \
             tuple(allowed[0] for allowed in self.node_status)
+        smaps = None if self.smaps is None else tuple(spec.example() for spec in self.smaps)
         return OpResult(errno=self.errno[0], cpages=self.cpages[0], faults=self.faults[0],
-                        pages=self.pages, snapshot=self.snapshot, node_status=node_status)
+                        pages=self.pages, snapshot=self.snapshot, node_status=node_status,
+                        smaps=smaps)
 
     def __str__(self) -> str:
         return str(self.as_result())

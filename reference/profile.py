@@ -91,10 +91,13 @@ class Profile:
     # present PTE of the range is read-only until a write fault; 6.12 and 7.2 make
     # PageAnonExclusive pages writable at once (vma_wants_manual_pte_write_upgrade).
     uffd_unprotect_read_only: bool = False
+    # Transparent huge pages are modelled from 7.2's mm/huge_memory.c (reference/thp.py);
+    # older kernels refuse `thp` modes other than never.
+    thp: bool = False
 
 
 NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False, mremap=True,
-                 clear_soft_dirty=True)
+                 clear_soft_dirty=True, thp=True)
 V6_12 = Profile("6.12", 64, 64, True, False, False, False, 27, 28, 29, False,
                 swapin_skips_swapcache=True)
 V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,

@@ -16,10 +16,10 @@ from harness.prog import (
 from harness.prog.ops import (
     COHERENT_DEVICES, Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev,
     ClearSoftDirty, Compact, Mbind, MigrateToSys, Mlock, MovePages, Mremap, Munlock, Pagemap,
-    Release, Smaps, UffdRegister, UffdUnregister, UffdWriteprotect,
+    Release, Smaps, Thp, UffdRegister, UffdUnregister, UffdWriteprotect,
 )
 
-from . import device, hmm, mm as cpu, numa, pagemap, reclaim, remap, smaps, uffd, vma as vmas
+from . import device, hmm, mm as cpu, numa, pagemap, reclaim, remap, smaps, thp, uffd, vma as vmas
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, SIGBUS, WRITTEN, Expect, done, fail, read_page
 from .places import Places
 from .refuse import Unmodelled
@@ -192,6 +192,7 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
             # (device-private, device-exclusive and swap entries included) are zapped under
             # one MMU_NOTIFY_CLEAR over the VMA's part of the range.
             cpu.zap(world, mm_id, mm, piece_start, piece_end)
+            thp.reclaim_empty_tables(mm, piece_start, piece_end)
         elif advice is Advice.FREE:
             # madvise_free_single_vma: MMU_NOTIFY_CLEAR over the VMA's part of the range,
             # then madvise_free_pte_range (reclaim.mark_lazyfree).
@@ -357,7 +358,7 @@ _STEPS = {
     Exit: device.exit_process, Madvise: _madvise, Pagemap: pagemap.pagemap,
     Mlock: _mlock, Munlock: _munlock, Mremap: remap.mremap,
     ClearSoftDirty: _clear_soft_dirty, Compact: _compact,
-    MovePages: numa.move_pages, Mbind: numa.mbind, Smaps: smaps.smaps,
+    MovePages: numa.move_pages, Mbind: numa.mbind, Smaps: smaps.smaps, Thp: thp.set_mode,
     UffdRegister: uffd.register, UffdUnregister: uffd.unregister,
     UffdWriteprotect: uffd.writeprotect,
 }
@@ -369,11 +370,18 @@ def step(world: World, op: Op, places: Places) -> list[Outcome]:
     function = _STEPS.get(type(op))
     if function is None:
         raise Unmodelled(op.keyword)
-    uffd.refuse_unfollowed(world, op)
+    thp.guard(world, op, places)
+    uffd.refuse_unfollowed(world, op, places)
+    if places.thp_programmed:
+        thp.note_tables(world)
     try:
-        return function(world, op, places)
+        outcomes = function(world, op, places)
     except UffdWriteProtected as fault:
         # A write fault on a uffd-wp page where the op does not state the outcome (GUP of
         # populate_write, mlock or mprotect's populate): VM_FAULT_SIGBUS -> -EFAULT there.
         raise Unmodelled(f"{op.keyword} with a GUP write fault on a uffd-wp page",
                          f"{fault}: -EFAULT from populate is not stated") from None
+    if isinstance(op, Mremap):
+        for after in {id(w): w for _, w in outcomes}.values():
+            thp.forget_mremap_tables(after, op, places)
+    return outcomes

@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.prog import PAGE_SIZE
+from harness.prog.observation import SMAPS_FIELDS, SmapsVma
 
 from .expect import Expect
 from .places import Places
@@ -56,6 +57,14 @@ class SmapsSpec:
     exact: tuple[tuple[str, int], ...]
     shared_kb: int      # Shared_Clean + Shared_Dirty
     private_kb: int     # Private_Clean + Private_Dirty
+
+    def example(self) -> SmapsVma:
+        """One record this spec allows: every page dirty and referenced."""
+        fields = dict(self.exact, Shared_Clean=0, Shared_Dirty=self.shared_kb,
+                      Private_Clean=0, Private_Dirty=self.private_kb,
+                      Referenced=dict(self.exact)["Rss"])
+        return SmapsVma(self.start, self.end,
+                        tuple((name, fields[name]) for name in SMAPS_FIELDS))
 
     def __str__(self) -> str:
         values = " ".join(f"{name}={kb}" for name, kb in self.exact if kb)

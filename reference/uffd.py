@@ -46,7 +46,9 @@ page where the op's error is not stated (madvise populate_write, mlock's populat
 
 from __future__ import annotations
 
-from harness.prog.ops import Mremap, Switch, UffdRegister, UffdUnregister, UffdWriteprotect
+from harness.prog.ops import (
+    Mremap, Smaps, Switch, Thp, ThpEnabled, UffdRegister, UffdUnregister, UffdWriteprotect,
+)
 
 from . import mm as cpu, vma as vmas
 from .expect import EINVAL, ENOENT, done, fail
@@ -139,12 +141,23 @@ def armed(world: World) -> bool:
 # UFFD_FEATURE_EVENT_REMAP the new VMA loses its registration) and move_ptes clears the
 # bits for it: not followed yet.
 GUARDED = (Mremap,)
+# Stated for order-0 folios only: THPs bring change_huge_pmd's uffd-wp bit,
+# userfaultfd_huge_pmd_wp and smaps' AnonHugePages and per-page mapcounts of large folios.
+ORDER_0_ONLY = (UffdRegister, UffdUnregister, UffdWriteprotect, Smaps)
 
 
-def refuse_unfollowed(world: World, op) -> None:
-    """Raise Unmodelled for an op the model has not followed with uffd-wp state around."""
+def refuse_unfollowed(world: World, op, places: Places) -> None:
+    """Raise Unmodelled for an op the model has not followed with uffd-wp state (or THPs)
+    around."""
+    thp_was_on = world.thp[0] is not ThpEnabled.NEVER or world.thp[2]
+    if isinstance(op, ORDER_0_ONLY) and thp_was_on:
+        raise Unmodelled(f"{op.keyword} with THP enabled in the program",
+                         "stated for order-0 folios only")
     if not armed(world):
         return
     if isinstance(op, GUARDED):
         raise Unmodelled(f"{op.keyword} with userfaultfd-wp registered memory",
                          "mremap_userfaultfd_prep and move_ptes are not followed")
+    if isinstance(op, Thp) and op.enabled is not ThpEnabled.NEVER:
+        raise Unmodelled("thp with userfaultfd-wp registered memory",
+                         "uffd-wp on THPs is not stated")
