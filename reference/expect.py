@@ -30,6 +30,7 @@ class Expect:
     # per page of node_status, the folio whose node the model does not know yet (else
     # None): World.learn records the node the kernel reported
     node_folios: tuple[int | None, ...] = field(default=(), compare=False, hash=False)
+    ksm: object | None = None        # ksm.KsmSpec, for a `ksm_merge` op
     why: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     page_why: tuple[str, ...] = field(default=(), compare=False, hash=False)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import mm as cpu, vma as vmas
+from . import ksm, mm as cpu, vma as vmas
 from .expect import EFAULT, EINVAL, ENOMEM, Expect, done, fail
 from .places import Places
 from .refuse import Unmodelled
@@ -154,6 +154,8 @@ def _move_vma(world: World, mm_id: int, mm: Mm, start: int, old_len: int, new_st
     flags; MREMAP_DONTUNMAP of a VM_LOCKED VMA first splits the range off), then
     copy_vma_and_data (copy_vma, move_page_tables), then dontunmap_complete or
     unmap_source_vma."""
+    # prep_move_vma: ksm_madvise(MADV_UNMERGEABLE) over the old range breaks its KSM pages
+    ksm.unmerge(world, mm_id, mm, start, start + old_len)
     vma = mm.vma_at(start)
     if dontunmap and "locked" in vma.flags:
         for edge in (start, start + old_len):   # needs_pre_split

@@ -15,11 +15,11 @@ from harness.prog import (
 )
 from harness.prog.ops import (
     COHERENT_DEVICES, Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev,
-    ClearSoftDirty, Compact, Mbind, MigrateToSys, Mlock, MovePages, Mremap, Munlock, Pagemap,
-    Release,
+    ClearSoftDirty, Compact, KsmMerge, Mbind, MigrateToSys, Mlock, MovePages, Mremap, Munlock,
+    Pagemap, Release,
 )
 
-from . import device, hmm, mm as cpu, numa, pagemap, reclaim, remap, vma as vmas
+from . import device, hmm, ksm, mm as cpu, numa, pagemap, reclaim, remap, vma as vmas
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, WRITTEN, Expect, done, fail, read_page
 from .places import Places
 from .refuse import Unmodelled
@@ -122,6 +122,7 @@ def _fork(world: World, op: Fork, places: Places) -> list[Outcome]:
     child = world.new_id()
     world.procs[op.child] = child
     cpu.fork(world, parent, child)
+    ksm.fork(world, parent, child)
     for (proc, name), mirror_id in list(world.fds.items()):
         if proc == op.proc:
             # The child shares the parent's open files: the same dmirror, still bound to the
@@ -146,8 +147,8 @@ def _open(world: World, op: OpenDevice, places: Places) -> list[Outcome]:
 _FLAG_ADVICE = {
     Advice.DONTFORK: ("dontcopy", True, ()), Advice.DOFORK: ("dontcopy", False, ()),
     Advice.WIPEONFORK: ("wipeonfork", True, ()), Advice.KEEPONFORK: ("wipeonfork", False, ()),
-    # ksm_madvise: VM_MERGEABLE only (ksmd does not run: /sys/kernel/mm/ksm/run is 0, so
-    # nothing is merged); UNMERGEABLE first breaks KSM pages, of which there are none.
+    # ksm_madvise: MERGEABLE registers the mm with KSM, UNMERGEABLE first breaks the KSM
+    # pages of VM_MERGEABLE VMAs (ksm.py); ksmd merges only during a ksm_merge op.
     Advice.MERGEABLE: ("mergeable", True, ()), Advice.UNMERGEABLE: ("mergeable", False, ()),
     # hugepage_madvise: the two flags exclude each other; with THP "never" (the runner's
     # setting) neither changes what a fault maps, and khugepaged_enter_vma does nothing.
@@ -180,6 +181,10 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
             einval = max(start, vma.start)
             break
         pieces.append((max(start, vma.start), min(end, vma.end)))
+    if advice in (Advice.FREE, Advice.PAGEOUT):
+        for piece_start, piece_end in pieces:
+            ksm.refuse_ksm_pages(world, mm, piece_start, piece_end, f"madvise {advice.value} "
+                                 "of a KSM page", "a KSM folio made lazyfree or reclaimed")
     worlds = [world]
     for piece_start, piece_end in pieces:
         if advice is Advice.DONTNEED:
@@ -219,6 +224,10 @@ def _madvise_hole() -> Expect:
 def _madvise_flag(world: World, mm_id: int, mm, start: int, end: int,
                   advice: Advice) -> list[Outcome]:
     flag, setting, cleared = _FLAG_ADVICE[advice]
+    if advice is Advice.MERGEABLE:
+        ksm.madvise_mergeable(world, mm_id, mm, start, end)
+    elif advice is Advice.UNMERGEABLE:
+        ksm.unmerge(world, mm_id, mm, start, end)
 
     def update(vma):
         flags = vma.flags - set(cleared)
@@ -352,7 +361,7 @@ _STEPS = {
     Exit: device.exit_process, Madvise: _madvise, Pagemap: pagemap.pagemap,
     Mlock: _mlock, Munlock: _munlock, Mremap: remap.mremap,
     ClearSoftDirty: _clear_soft_dirty, Compact: _compact,
-    MovePages: numa.move_pages, Mbind: numa.mbind,
+    MovePages: numa.move_pages, Mbind: numa.mbind, KsmMerge: ksm.ksm_merge,
 }
 
 

@@ -96,6 +96,10 @@ class Folio:
     # query then allows both and the model learns the answer (World.learn). For a swap
     # slot in the swap cache: the node of that swap-cache folio.
     node: int | None = 0
+    # A KSM folio (folio_test_ksm): ksmd merged identical pages into it (ksm.py). It is
+    # mapped read-only wherever it is mapped and never PageAnonExclusive; a write or an
+    # unshare fault copies it (wp_can_reuse_anon_folio refuses KSM folios).
+    ksm: bool = False
 
 
 # ------------------------------------------------------------------ VMAs
@@ -208,6 +212,10 @@ class World:
     # What `pagemap` ops showed of physical frames, learned from the kernel's answers (see
     # pagemap.py): folio id -> PFN, device folio id -> device PFN, and the zero page's PFN.
     pfns: dict = field(default_factory=dict)
+    # The mms KSM has an mm_slot for (ksm.py): registered by madvise(MADV_MERGEABLE)
+    # (__ksm_enter) or by fork of a registered mm (ksm_fork), dropped by ksmd's scan once
+    # the mm has no VM_MERGEABLE VMA left or has exited. Dead mms may stay in it.
+    ksm_slots: frozenset = frozenset()
 
     @classmethod
     def initial(cls, profile: Profile = NEWEST) -> "World":
@@ -224,6 +232,7 @@ class World:
             next_id=self.next_id,
             profile=self.profile,
             pfns=dict(self.pfns),
+            ksm_slots=self.ksm_slots,
         )
 
     def new_id(self) -> int:
@@ -269,6 +278,7 @@ class World:
             tuple((k, d.device, d.mm, d.flags, tuple(sorted(d.table.items(), key=_key0)))
                   for k, d in sorted(self.mirrors.items())),
             tuple(sorted(self.pfns.items(), key=repr)),
+            tuple(sorted(self.ksm_slots)),
         )
 
     def learn(self, expect, seen) -> None:
