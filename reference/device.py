@@ -172,12 +172,12 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             continue
         if pte is not None and pte.kind is Kind.PRESENT:
             folio = world.folios[pte.folio]
-            if folio.mapcount > 1:
-                # try_to_migrate() of the other mappings: see _shared_device_page.
-                raise Unmodelled("migrate_to_dev of a page mapped by several processes")
             if folio.ksm:
                 raise Unmodelled("migrate_to_dev of a KSM page",
                                  "migrating a KSM folio to device memory is not stated")
+            if folio.mapcount > 1:
+                # try_to_migrate() of the other mappings: see _shared_device_page.
+                raise Unmodelled("migrate_to_dev of a page mapped by several processes")
         # pte_none and the zero page are collected without a page (MIGRATE_PFN_MIGRATE
         # only, no MIGRATE_PFN_WRITE); a present anonymous folio with MIGRATE_PFN_WRITE
         # iff its PTE is writable.

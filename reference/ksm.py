@@ -1,4 +1,8 @@
-"""KSM (mm/ksm.c, 7.2): the `ksm_merge` op, `madvise mergeable/unmergeable`, KSM folios.
+"""KSM (mm/ksm.c): the `ksm_merge` op, `madvise mergeable/unmergeable`, KSM folios.
+
+Read in 7.2; 6.12 and 6.1 scan, merge and break KSM pages the same way, except that 6.1
+breaks them with a write fault (profile.ksm_unmerge_write_fault). 6.1 also searches the
+stable tree before the checksum test, which changes nothing after two full scans.
 
 The runner's `ksm_merge` starts ksmd with pages_to_scan 100000, sleep_millisecs 0 and
 smart_scan off, waits until /sys/kernel/mm/ksm/full_scans advanced by 3 (or did not advance
@@ -126,14 +130,18 @@ def unmerge(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
             if pte is None or pte.kind is not Kind.PRESENT or not world.folios[pte.folio].ksm:
                 continue
             # do_wp_page: a KSM folio is never reused (wp_can_reuse_anon_folio) ->
-            # wp_page_copy: MMU_NOTIFY_CLEAR over the page, a new exclusive folio mapped
-            # read-only for an unshare, with the old PTE's soft-dirty bit and no pte_mkdirty.
+            # wp_page_copy: MMU_NOTIFY_CLEAR over the page and a new exclusive folio, mapped
+            # read-only for an unshare, with the old PTE's soft-dirty bit and no
+            # pte_mkdirty; for 6.1's write fault maybe_mkwrite(pte_mkdirty()).
             invalidate(world, mm_id, vpn, vpn + 1)
             content = world.content(pte.folio)
             world.unmap_folio(pte.folio)
             copy = world.new_folio(content, vmas.alloc_node(vma))
-            mm.ptes[vpn] = Pte(Kind.PRESENT, copy, False, clean=True,
-                               soft_dirty=pte.soft_dirty)
+            if world.profile.ksm_unmerge_write_fault:
+                mm.ptes[vpn] = Pte(Kind.PRESENT, copy, vma.prot.writable)
+            else:
+                mm.ptes[vpn] = Pte(Kind.PRESENT, copy, False, clean=True,
+                                   soft_dirty=pte.soft_dirty)
 
 
 def refuse_ksm_pages(world: World, mm: Mm, start: int, end: int, what: str, why: str) -> None:
@@ -199,7 +207,7 @@ def _full_scans(world: World, scanned: list[int]) -> tuple[int, int | None, str]
 
 def ksm_merge(world: World, op, places: Places) -> list[tuple[Expect, World]]:
     if not world.profile.ksm_merge:
-        raise Unmodelled("ksm_merge on this kernel", "KSM is modelled from 7.2's mm/ksm.c")
+        raise Unmodelled("ksm_merge on this kernel", "KSM is modelled from 6.1, 6.12 and 7.2")
     scanned = _scanned_mms(world)
     min_scans, max_scans, scans_why = _full_scans(world, scanned)
     for key, mappings in _candidates(world, scanned).items():
