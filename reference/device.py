@@ -53,8 +53,9 @@ def _back_to_system(world: World, mm: Mm, vpn: int, node: int) -> None:
     new = world.new_folio(old.content)
     world.folios[new] = Folio(old.content, 1, old.exclusive, lazyfree=old.lazyfree, node=node)
     # remove_migration_pte: writable iff the migration entry was, the soft-dirty bit
-    # carried over (no pte_needs_soft_dirty_wp check on this path).
-    mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable, soft_dirty=pte.soft_dirty)
+    # carried over (no pte_needs_soft_dirty_wp check on this path); clean, as the migration
+    # entry made from a device-private one is never dirty (migrate_vma_collect_pmd).
+    mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable, clean=True, soft_dirty=pte.soft_dirty)
     del world.folios[pte.folio]
 
 

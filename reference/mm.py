@@ -60,8 +60,10 @@ def restore_exclusive(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> N
 
 def _restored(world: World, vma: Vma, pte: Pte) -> Pte:
     if world.profile.exclusive_entry_permission:
-        # 6.1/6.12 restore_exclusive_pte: maybe_mkwrite() only for a writable entry.
+        # 6.1/6.12 restore_exclusive_pte: maybe_mkwrite(pte_mkdirty(pte)) only for a
+        # writable entry; pte_mkdirty sets the soft-dirty bit too on x86.
         writable = vma.prot.writable and pte.writable
+        return Pte(Kind.PRESENT, pte.folio, writable, soft_dirty=pte.soft_dirty or pte.writable)
     else:
         writable = vma.prot.writable and world.folios[pte.folio].exclusive and \
             not needs_soft_dirty_wp(vma, pte)
