@@ -176,6 +176,10 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             if folio.mapcount > 1:
                 # try_to_migrate() of the other mappings: see _shared_device_page.
                 raise Unmodelled("migrate_to_dev of a page mapped by several processes")
+            if folio.swap_slot is not None:
+                # migrate_vma_check_page counts the swap cache's reference; whether
+                # migrate_vma_pages moves a swap-cache folio to device memory is not read.
+                raise Unmodelled("migrate_to_dev of a page in the swap cache")
         # pte_none and the zero page are collected without a page (MIGRATE_PFN_MIGRATE
         # only, no MIGRATE_PFN_WRITE); a present anonymous folio with MIGRATE_PFN_WRITE
         # iff its PTE is writable.

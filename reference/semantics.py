@@ -345,6 +345,9 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
                     entry = mirror.table.get(page)
                     if entry is not None and not entry.maybe_gone:
                         mirror.table[page] = replace(entry, maybe_gone=True)
+    for folio_id, folio in world.folios.items():
+        if folio.swap_slot is not None and folio.mapcount == 0:
+            world.pfns.pop(("pfn", folio_id), None)   # an unmapped swap-cache folio moves too
     return [(done("compact_memory: compaction always reports success"), world)]
 
 
