@@ -89,10 +89,13 @@ class Profile:
     # do_pages_stat_array): pte_none is -EFAULT (no_page_table); 6.12 and 7.2 use
     # folio_walk_start, which finds no folio: -ENOENT.
     move_pages_follow_page: bool = False
+    # Transparent huge pages are modelled from 7.2's mm/huge_memory.c (reference/thp.py);
+    # older kernels refuse `thp` modes other than never.
+    thp: bool = False
 
 
 NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False,
-                 vma_softdirty_sticky=True)
+                 vma_softdirty_sticky=True, thp=True)
 V6_12 = Profile("6.12", 64, 64, True, False, False, False, 27, 28, 29, False,
                 swapin_skips_swapcache=True, mremap_moves_one_vma=True)
 V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,

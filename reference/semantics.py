@@ -16,10 +16,10 @@ from harness.prog import (
 from harness.prog.ops import (
     COHERENT_DEVICES, Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev,
     ClearSoftDirty, Compact, Mbind, MigrateToSys, Mlock, MovePages, Mremap, Munlock, Pagemap,
-    Release,
+    Release, Thp,
 )
 
-from . import device, hmm, mm as cpu, numa, pagemap, reclaim, remap, vma as vmas
+from . import device, hmm, mm as cpu, numa, pagemap, reclaim, remap, thp, vma as vmas
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, WRITTEN, Expect, done, fail, read_page
 from .places import Places
 from .refuse import Unmodelled
@@ -187,6 +187,7 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
             # (device-private, device-exclusive and swap entries included) are zapped under
             # one MMU_NOTIFY_CLEAR over the VMA's part of the range.
             cpu.zap(world, mm_id, mm, piece_start, piece_end)
+            thp.reclaim_empty_tables(mm, piece_start, piece_end)
         elif advice is Advice.FREE:
             # madvise_free_single_vma: MMU_NOTIFY_CLEAR over the VMA's part of the range,
             # then madvise_free_pte_range (reclaim.mark_lazyfree).
@@ -360,7 +361,7 @@ _STEPS = {
     Exit: device.exit_process, Madvise: _madvise, Pagemap: pagemap.pagemap,
     Mlock: _mlock, Munlock: _munlock, Mremap: remap.mremap,
     ClearSoftDirty: _clear_soft_dirty, Compact: _compact,
-    MovePages: numa.move_pages, Mbind: numa.mbind,
+    MovePages: numa.move_pages, Mbind: numa.mbind, Thp: thp.set_mode,
 }
 
 
@@ -370,4 +371,11 @@ def step(world: World, op: Op, places: Places) -> list[Outcome]:
     function = _STEPS.get(type(op))
     if function is None:
         raise Unmodelled(op.keyword)
-    return function(world, op, places)
+    thp.guard(world, op, places)
+    if places.thp_programmed:
+        thp.note_tables(world)
+    outcomes = function(world, op, places)
+    if isinstance(op, Mremap):
+        for after in {id(w): w for _, w in outcomes}.values():
+            thp.forget_mremap_tables(after, op, places)
+    return outcomes

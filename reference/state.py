@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from harness.prog import ZERO, Content, Prot
+from harness.prog.ops import THP_DEFAULT
 
 from .profile import NEWEST, Profile
 
@@ -104,6 +105,11 @@ class Folio:
     # query then allows both and the model learns the answer (World.learn). For a swap
     # slot in the swap cache: the node of that swap-cache folio.
     node: int | None = 0
+    # A page of a transparent huge page (thp.py): the model folio id of its head page and
+    # its index in the 2 MiB folio. Each page keeps its own content and mapcount (the
+    # precise page mapcount kpagecount shows); PFNs are the head's plus the index.
+    thp: int | None = None
+    thp_index: int = 0
 
 
 # ------------------------------------------------------------------ VMAs
@@ -177,9 +183,16 @@ class Mm:
     # False once the last process using it exited (mm_users reached 0): a dmirror still
     # bound to it fails mmget_not_zero().
     alive: bool = True
+    # PMD-level state (thp.py), by PMD index (vpn // 512): the PMD entries that map a THP
+    # or the huge zero page (their 512 pages are also in `ptes`, as they read), and
+    # which PMDs hold a PTE table (True) or might (None): a fault maps a THP only where
+    # the PMD is none.
+    pmds: dict = field(default_factory=dict)
+    tables: dict = field(default_factory=dict)
 
     def clone(self) -> "Mm":
-        return Mm(list(self.vmas), dict(self.ptes), self.alive)
+        return Mm(list(self.vmas), dict(self.ptes), self.alive, dict(self.pmds),
+                  dict(self.tables))
 
     def vma_at(self, vpn: int) -> Vma | None:
         for vma in self.vmas:
@@ -216,6 +229,9 @@ class World:
     # What `pagemap` ops showed of physical frames, learned from the kernel's answers (see
     # pagemap.py): folio id -> PFN, device folio id -> device PFN, and the zero page's PFN.
     pfns: dict = field(default_factory=dict)
+    # /sys/kernel/mm/transparent_hugepage/{enabled,defrag} (harness.prog.ops.THP_DEFAULT
+    # at the start of every program) and whether THP was on at some point (thp.set_mode)
+    thp: tuple = THP_DEFAULT + (False,)
 
     @classmethod
     def initial(cls, profile: Profile = NEWEST) -> "World":
@@ -232,6 +248,7 @@ class World:
             next_id=self.next_id,
             profile=self.profile,
             pfns=dict(self.pfns),
+            thp=self.thp,
         )
 
     def new_id(self) -> int:
@@ -288,12 +305,14 @@ class World:
         return (
             tuple(sorted(self.procs.items())),
             tuple(sorted(self.fds.items())),
-            tuple((k, mm.alive, tuple(mm.vmas), tuple(sorted(mm.ptes.items(), key=_key0)))
+            tuple((k, mm.alive, tuple(mm.vmas), tuple(sorted(mm.ptes.items(), key=_key0)),
+                   tuple(sorted(mm.pmds.items())), tuple(sorted(mm.tables.items(), key=repr)))
                   for k, mm in sorted(self.mms.items())),
             tuple(sorted(self.folios.items(), key=_key0)),
             tuple((k, d.device, d.mm, d.flags, tuple(sorted(d.table.items(), key=_key0)))
                   for k, d in sorted(self.mirrors.items())),
             tuple(sorted(self.pfns.items(), key=repr)),
+            self.thp,
         )
 
     def learn(self, expect, seen) -> None:

@@ -362,6 +362,18 @@ static void reset_system_knobs(void)
 	write_file("/sys/kernel/mm/ksm/run", "2");
 }
 
+/* khugepaged off for programs: it scans when its thread starts (THP going from never to
+ * enabled) and then every scan_sleep_millisecs (10 s by default), collapsing whatever it
+ * finds at a moment no op controls. A day between scans leaves only the start scan, which
+ * the model knows about (reference/thp.py, set_mode). */
+static void quiet_khugepaged(void)
+{
+	write_file("/sys/kernel/mm/transparent_hugepage/khugepaged/scan_sleep_millisecs",
+		   "86400000");
+	write_file("/sys/kernel/mm/transparent_hugepage/khugepaged/alloc_sleep_millisecs",
+		   "86400000");
+}
+
 /*
  * The huge zero folio is allocated at the first read fault on a THP range and kept until a
  * shrinker frees it, so the first program to map it would seem to leak 512 pages (found by
@@ -395,6 +407,7 @@ static void boot(void)
 	/* No background compaction: it would move pages and invalidate device mirrors
 	 * between ops, which the model would (rightly) not expect. */
 	write_file("/proc/sys/vm/compaction_proactiveness", "0");
+	quiet_khugepaged();
 	hold_huge_zero_page();
 	reset_system_knobs();
 	setup_swap();
