@@ -231,6 +231,8 @@ def _merge_group(world: World, mappings: list[_Mapping]) -> None:
                          "max_page_sharing makes duplicate KSM pages")
     if len(ksm_ids) > 1:
         raise Unmodelled("ksm_merge with two KSM pages of the same content")
+    if len(mappings) > 1:
+        _refuse_unstated(world, normal)
     if ksm_ids:
         kfolio = world.folios[ksm_ids[0]]
         mapped_here = sum(1 for pte in ptes.values() if pte.folio == ksm_ids[0])
@@ -258,6 +260,18 @@ def _merge_group(world: World, mappings: list[_Mapping]) -> None:
     world.folios[kid] = Folio(folios[0].content, mapcount=0, exclusive=False,
                               node=nodes.pop() if len(nodes) == 1 else None, ksm=True)
     _merge_into(world, mappings, ptes, kid)
+
+
+def _refuse_unstated(world: World, folio_ids: list[int]) -> None:
+    """Folios the model does not state a merge of."""
+    for folio_id in folio_ids:
+        folio = world.folios[folio_id]
+        if folio.thp is not None:
+            raise Unmodelled("ksm_merge of a page of a THP",
+                             "try_to_merge_one_page splits the THP (split_huge_page)")
+        if folio.swap_slot is not None:
+            raise Unmodelled("ksm_merge of a page in the swap cache",
+                             "the swap cache's reference and slot of a merged folio")
 
 
 def _merge_into(world: World, mappings: list[_Mapping], ptes: dict, kid: int) -> None:
