@@ -210,7 +210,7 @@ def ksm_merge(world: World, op, places: Places) -> list[tuple[Expect, World]]:
         raise Unmodelled("ksm_merge on this kernel", "KSM is modelled from 6.1, 6.12 and 7.2")
     scanned = _scanned_mms(world)
     min_scans, max_scans, scans_why = _full_scans(world, scanned)
-    for key, mappings in _candidates(world, scanned).items():
+    for mappings in _candidates(world, scanned).values():
         _merge_group(world, mappings)
     shared, sharing = _counters(world, scanned)
     world.ksm_slots = frozenset(scanned)
