@@ -11,7 +11,7 @@ from dataclasses import replace
 from harness.prog import Content
 
 from . import reclaim, uapi
-from .expect import EBUSY, EFAULT, EINVAL, EPERM, Expect, fail, read_page
+from .expect import EBUSY, EFAULT, EINVAL, EOPNOTSUPP, EPERM, Expect, fail, read_page
 from .mm import invalidate, read_fault, write_fault
 from .places import Places
 from .refuse import Unmodelled
@@ -375,7 +375,17 @@ def _make_exclusive(world: World, mirror: Dmirror, start: int, end: int,
                    f"check_vma_flags refuses FOLL_WRITE on {places.name(vpn)}'s VMA without "
                    "VM_WRITE -> -EFAULT")
             break
+        if world.profile.exclusive_batch and vma.obj is not None:
+            raise Unmodelled("exclusive over a shmem or file mapping before 7.2",
+                             "make_device_exclusive_range's batches with pages it skips")
         write_fault(world, mm_id, mm, vma, vpn)
+        if world.folios[mm.ptes[vpn].folio].cache:
+            # make_device_exclusive: "!folio_test_anon(folio)" -> -EOPNOTSUPP, after GUP
+            # faulted the page in (a shared mapping's write fault keeps the page-cache
+            # folio; a private one COWs into an anonymous folio, which goes on).
+            got, err = vpn, EOPNOTSUPP
+            why = f"{places.name(vpn)} is a shmem page-cache folio, not anonymous -> -EOPNOTSUPP"
+            break
     for vpn in range(start, got):
         # GUP's dirtying and restore_exclusive_pte's are not followed for lazyfree folios.
         reclaim.lost_track(world, mm.ptes[vpn].folio)

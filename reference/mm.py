@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from harness.prog import ZERO
 
-from . import reclaim, vma as vmas
+from . import reclaim, shmem, vma as vmas
 from .state import ZERO_PTE, Dmirror, Kind, Mm, Pte, Vma, World
 
 
@@ -109,7 +109,9 @@ def split_pmd(world: World, mm_id: int, vma: Vma, vpn: int) -> None:
 def read_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
     """handle_mm_fault without FAULT_FLAG_WRITE on a readable VMA."""
     pte = mm.ptes.get(vpn)
-    if pte is None:
+    if pte is None and vma.obj is not None:
+        shmem.read_fault(world, mm, vma, vpn)  # do_read_fault
+    elif pte is None:
         # do_anonymous_page: "Use the zero-page for reads"; no anon_vma is needed.
         mm.ptes[vpn] = ZERO_PTE
     elif pte.kind is Kind.EXCLUSIVE:
@@ -143,6 +145,9 @@ def write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
 
 def _write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
     pte = mm.ptes.get(vpn)
+    if pte is None and vma.obj is not None:
+        shmem.write_fault(world, mm, vma, vpn)  # do_shared_fault / do_cow_fault
+        return
     if pte is None:
         # do_anonymous_page: vmf_anon_prepare, then a zeroed folio mapped writable.
         vmas.anon_prepare(world, mm, vpn)
@@ -171,6 +176,9 @@ def _write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
         vmas.anon_prepare(world, mm, vpn)
         invalidate(world, mm_id, vpn, vpn + 1)
         mm.ptes[vpn] = Pte(Kind.PRESENT, world.new_folio(ZERO, vmas.alloc_node(vma)), True)
+        return
+    if world.folios[pte.folio].cache:
+        shmem.write_protected(world, mm_id, mm, vma, vpn)
         return
     _write_protected_anon(world, mm_id, mm, vpn, pte)
 
@@ -279,7 +287,10 @@ def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int) ->
         pte = ptes.get(vpn)
         if pte is None or pte.kind is Kind.ZERO:
             continue
-        if pte.kind is Kind.PRESENT:
+        if pte.kind is Kind.PRESENT and vma.shared:
+            # pte_modify(newprot): vm_page_prot has the write bit iff VM_WRITE (shmem.py)
+            ptes[vpn] = replace(pte, writable=writable)
+        elif pte.kind is Kind.PRESENT:
             # 6.1 can_change_pte_writable also wants the PTE dirty.
             dirty_enough = not (world.profile.mprotect_writable_needs_dirty and pte.clean)
             ptes[vpn] = replace(pte, writable=writable and world.folios[pte.folio].exclusive

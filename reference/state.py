@@ -96,6 +96,9 @@ class Folio:
     # query then allows both and the model learns the answer (World.learn). For a swap
     # slot in the swap cache: the node of that swap-cache folio.
     node: int | None = 0
+    # A page-cache folio of a shmem object (shmem.py): not anonymous, owned by the object
+    # (World.objects) whether mapped or not, so `mapcount` may be 0.
+    cache: bool = False
 
 
 # ------------------------------------------------------------------ VMAs
@@ -129,6 +132,11 @@ class Vma:
     # clear_soft_dirty; a sticky flag, so it does not keep VMAs from merging and a merge
     # keeps it if any part had it (VMA_STICKY_FLAGS).
     softdirty: bool = True
+    # The shmem object mapped (vm_file; shmem.py): None for anonymous memory. `shared` is
+    # VM_SHARED (map shared, map memfd); a private file mapping (map file) has an object
+    # but COWs into anonymous folios. The object page of vpn is vpn + shift (vm_pgoff).
+    obj: str | None = None
+    shared: bool = False
 
     def __contains__(self, vpn: int) -> bool:
         return self.start <= vpn < self.end
@@ -208,6 +216,8 @@ class World:
     # What `pagemap` ops showed of physical frames, learned from the kernel's answers (see
     # pagemap.py): folio id -> PFN, device folio id -> device PFN, and the zero page's PFN.
     pfns: dict = field(default_factory=dict)
+    # shmem objects (shmem.py): object -> {object page: page-cache folio id}
+    objects: dict = field(default_factory=dict)
 
     @classmethod
     def initial(cls, profile: Profile = NEWEST) -> "World":
@@ -224,6 +234,7 @@ class World:
             next_id=self.next_id,
             profile=self.profile,
             pfns=dict(self.pfns),
+            objects={k: dict(pages) for k, pages in self.objects.items()},
         )
 
     def new_id(self) -> int:
@@ -248,7 +259,10 @@ class World:
         if folio == ZERO_FOLIO:
             return
         f = self.folios[folio]
-        if f.mapcount <= 1:
+        if f.cache:
+            # a page-cache folio stays in its object (shmem.py)
+            self.folios[folio] = replace(f, mapcount=f.mapcount - 1)
+        elif f.mapcount <= 1:
             del self.folios[folio]
         else:
             self.folios[folio] = replace(f, mapcount=f.mapcount - 1)
@@ -269,6 +283,7 @@ class World:
             tuple((k, d.device, d.mm, d.flags, tuple(sorted(d.table.items(), key=_key0)))
                   for k, d in sorted(self.mirrors.items())),
             tuple(sorted(self.pfns.items(), key=repr)),
+            tuple((k, tuple(sorted(pages.items()))) for k, pages in sorted(self.objects.items())),
         )
 
     def learn(self, expect, seen) -> None:
