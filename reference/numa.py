@@ -58,7 +58,8 @@ def _lookup(world: World, mm: Mm, vpn: int) -> tuple[int | None, str, int | None
     device-private and device-exclusive entries) -> -ENOENT; the zero page -> -EFAULT. A
     PROT_NONE PTE is pte_present on x86 and is walked like any other.
     6.1 (profile.move_pages_follow_page): follow_page(FOLL_DUMP): pte_none (or no page
-    table) is no_page_table() -> -EFAULT for an anonymous VMA; the rest is as above (its
+    table) is no_page_table() -> -EFAULT for an anonymous VMA (-ENOENT for a shmem VMA,
+    which has a fault handler: shmem.py); the rest is as above (its
     pte_protnone check is constant 0 without CONFIG_NUMA_BALANCING, which the guest
     lacks, so a PROT_NONE PTE is followed too)."""
     vma = mm.vma_at(vpn)
@@ -67,7 +68,7 @@ def _lookup(world: World, mm: Mm, vpn: int) -> tuple[int | None, str, int | None
     pte = mm.ptes.get(vpn)
     old_walk = world.profile.move_pages_follow_page
     if pte is None:
-        if old_walk:
+        if old_walk and vma.obj is None:
             return -EFAULT, ("pte_none: follow_page(FOLL_DUMP) -> no_page_table -> -EFAULT "
                              "on an anonymous VMA"), None
         return -ENOENT, "pte_none: folio_walk_start finds nothing -> -ENOENT", None
