@@ -14,6 +14,10 @@ class Places:
         regions = program.regions.values()
         self._first = {r.name: r.address // PAGE_SIZE for r in regions}
         self._by_slot = {r.slot: r.name for r in regions}
+        self._pages = {r.name: r.pages for r in regions}
+
+    def pages(self, region: str) -> int:
+        return self._pages[region]
 
     def vpns(self, page_range: PageRange) -> tuple[int, int]:
         first = self._first[page_range.region]

@@ -41,7 +41,8 @@ def _map(world: World, op: Map, places: Places) -> list[Outcome]:
         vmas.map_new(mm, start, end, world.profile)
     else:
         region_start, _ = places.vpns(replace(op.range, start=0, end=0))
-        shmem.map_backed(world, mm, start, end, op.kind, op.range.region, region_start)
+        shmem.map_backed(world, mm, start, end, op.kind, op.range.region, region_start,
+                         places.pages(op.range.region))
     return [(done("do_mmap: the range is free"), world)]
 
 
@@ -385,18 +386,16 @@ _STEPS = {
 
 
 def _refuse_on_backed(op: Op, world: World, places: Places) -> None:
-    """Ops over shmem or file mappings the model does not follow yet."""
-    if isinstance(op, (Mremap, Mbind)):
-        mm = world.mms[world.procs[op.proc]]
-        ranges = [op.range] + ([op.to] if isinstance(op, Mremap) and op.to else [])
-        for page_range in ranges:
-            start, end = places.vpns(page_range)
-            if isinstance(op, Mremap):
-                end = max(end, start + op.new_npages)
-            shmem.refuse_if_backed(
-                mm, start, end, f"{op.keyword} of a shmem or file mapping",
-                "mremap moves a VMA with its vm_file and vm_pgoff; mbind on shmem sets the "
-                "object's shared policy (shmem_set_policy): neither is followed")
+    """Cases of ops over shmem or file mappings the model does not follow."""
+    if isinstance(op, Mbind):
+        start, end = places.vpns(op.range)
+        shmem.refuse_if_backed(world.mms[world.procs[op.proc]], start, end,
+                               "mbind of a shmem or file mapping",
+                               "mbind on shmem sets the object's shared policy "
+                               "(shmem_set_policy), which places every page of the object")
+    elif isinstance(op, Mremap) and world.profile.mremap:
+        start, end = places.vpns(op.range)
+        shmem.refuse_mremap(world.mms[world.procs[op.proc]], op, start, end)
 
 
 def step(world: World, op: Op, places: Places) -> list[Outcome]:

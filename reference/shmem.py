@@ -39,13 +39,19 @@ from .state import Folio, Kind, Mm, Pte, Vma, World
 
 FAULT_AROUND_PAGES = 16   # fault_around_bytes (64 KiB) >> PAGE_SHIFT: fault_around_pages
 PTRS_PER_PTE = 512
-_SHARED_ANON = "shared"   # object names: "shared<id>", "memfd:<region>", "file:<region>"
+# Object names: "shared<id>:<pages>", "memfd:<region>:<pages>", "file:<region>:<pages>"; the
+# pages are the object's size (i_size), past which a mapping's pages SIGBUS.
+_SHARED_ANON = "shared"
+
+
+def _size(obj: str) -> int:
+    return int(obj.rsplit(":", 1)[1])
 
 
 # ------------------------------------------------------------------ mmap
 
 def map_backed(world: World, mm: Mm, start: int, end: int, kind: MapKind,
-               region: str, region_start: int) -> None:
+               region: str, region_start: int, region_pages: int) -> None:
     """mmap(PROT_READ|PROT_WRITE, MAP_FIXED_NOREPLACE) of a free range backed by an object.
     A shared mapping has no VM_ACCOUNT (accountable_mapping: VM_SHARED is charged by shmem
     per object); a private writable file mapping has it. __mmap_region merges the new VMA
@@ -53,10 +59,12 @@ def map_backed(world: World, mm: Mm, start: int, end: int, kind: MapKind,
     so a memfd or file region mapped in pieces becomes one VMA; a shared anonymous
     mapping's object is its own, it merges with nothing."""
     if kind is MapKind.SHARED:
-        obj = f"{_SHARED_ANON}{world.new_id()}"
+        # shmem_zero_setup: an object of the mapping's size
+        obj = f"{_SHARED_ANON}{world.new_id()}:{end - start}"
         shift = -start   # do_mmap: "Ignore pgoff" -> vm_pgoff 0
     else:
-        obj = f"{kind.value}:{region}"
+        # the runner sizes the region's memfd and file to the region (ftruncate)
+        obj = f"{kind.value}:{region}:{region_pages}"
         shift = -region_start
     world.objects.setdefault(obj, {})
     shared = kind is not MapKind.FILE
@@ -204,6 +212,21 @@ def refuse_pageout(world: World, mm: Mm, pieces) -> None:
             raise Unmodelled("madvise pageout of a shmem or file mapping",
                              "reclaim of page-cache folios (shmem_writeout into swap, "
                              "clean folios dropped) is not modelled")
+
+
+def refuse_mremap(mm: Mm, op, start: int, end: int) -> None:
+    """mremap of shmem VMAs is followed like that of anonymous ones (remap.py: copy_vma
+    keeps vm_pgoff, move_page_tables moves the page-cache PTEs as they are;
+    dontunmap_complete leaves the source VMA its object and offset, so later faults there
+    read the object again) except for a growth past the object's size (those pages SIGBUS:
+    shmem_fault), refused."""
+    for vma in vmas.overlaps(mm, start, end):
+        if vma.obj is None:
+            continue
+        if op.new_npages > end - start and \
+                start + op.new_npages - 1 + vma.shift >= _size(vma.obj):
+            raise Unmodelled("mremap of a shmem or file mapping past the object's size",
+                             "pages past i_size SIGBUS (shmem_fault)")
 
 
 def refuse_if_backed(mm: Mm, start: int, end: int, what: str, why: str) -> None:

@@ -343,15 +343,61 @@ def test_on_6_1_an_unfaulted_page_of_a_shmem_vma_is_enoent_for_move_pages():
     assert only(prog, 1, "6.1.192").node_status == ((-ENOENT,),)
 
 
+# ---------------------------------------------------------------- mremap
+
+def test_mremap_moves_page_cache_ptes_and_keeps_the_object_offset():
+    # copy_vma keeps vm_pgoff of a non-anonymous VMA: t[0:2] maps pages 2..3 of s's memfd,
+    # the moved PTEs keep their folios (MMU_NOTIFY_UNMAP over the old range), and a fault
+    # in the new place reads the object at the old offset
+    prog = program("""
+        region s pages=4
+        region t pages=4
+        p0 map s[0:4] memfd
+        p0 write s[0:4] seed=1
+        p0 madvise s[3:4] dontneed
+        p0 mremap s[2:4] t[0:2]
+        p0 read t[0:2]
+        p0 pagemap t[0:2]
+        p0 mremap t[0:2] 1
+        p0 map s[2:4] memfd
+        p0 read s[2:4]
+    """)
+    assert only(prog, 4).pages == patterns(prog, 1, "s", 2, 4)
+    assert all(spec.flags & PM_FILE for spec in only(prog, 5).pagemap)
+    assert only(prog, 8).pages == patterns(prog, 1, "s", 2, 4)
+
+
+def test_mremap_dontunmap_leaves_the_source_its_object():
+    # dontunmap_complete keeps a non-anonymous VMA's vm_pgoff: the emptied source reads
+    # the object again (the private file's copy moved away with the PTE)
+    prog = program("""
+        region m pages=2
+        region f pages=2
+        region t pages=4
+        p0 map m[0:2] memfd
+        p0 map f[0:2] file
+        p0 write m[0:2] seed=1
+        p0 write f[0:2] seed=2
+        p0 mremap m[0:2] t[0:2] dontunmap
+        p0 mremap f[0:2] t[2:4] dontunmap
+        p0 read m[0:2]
+        p0 read f[0:2]
+        p0 read t[2:4]
+    """)
+    assert only(prog, 6).pages == patterns(prog, 1, "m", 0, 2)
+    assert only(prog, 7).pages == zeros(2)
+    assert only(prog, 8).pages == patterns(prog, 2, "f", 0, 2)
+
+
 # ---------------------------------------------------------------- refused
 
 @pytest.mark.parametrize("op, refused", [
-    ("p0 mremap s[0:2] 1", "mremap of a shmem or file mapping"),
+    ("p0 mremap s[0:2] t[0:4]", "mremap of a shmem or file mapping past the object's size"),
     ("p0 mbind s[0:2] 1", "mbind of a shmem or file mapping"),
     ("p0 madvise s[0:2] pageout", "madvise pageout of a shmem or file mapping"),
     ("p0 clear_soft_dirty", "clear_soft_dirty with shmem or file mappings"),
 ])
 def test_what_is_not_followed_on_shmem_mappings_is_refused_by_name(op, refused):
-    prog = program(f"region s pages=2\np0 map s[0:2] memfd\n{op}\n")
+    prog = program(f"region s pages=2\nregion t pages=4\np0 map s[0:2] memfd\n{op}\n")
     verdict = check(prog, trace(ok(), ok()))
     assert verdict.unmodelled_op == refused
