@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from harness.prog import Content
 
-from . import reclaim, uapi
+from . import reclaim, shmem, uapi
 from .expect import EBUSY, EFAULT, EINVAL, EOPNOTSUPP, EPERM, Expect, fail, read_page
 from .mm import invalidate, read_fault, write_fault
 from .places import Places
@@ -381,6 +381,9 @@ def _make_exclusive(world: World, mirror: Dmirror, start: int, end: int,
                    "VM_WRITE -> -EFAULT")
             break
         write_fault(world, mm_id, mm, vma, vpn)
+        if world.folios[mm.ptes[vpn].folio].cache:
+            # GUP with FOLL_WRITE | FOLL_TOUCH marks the folio dirty (follow_page_pte)
+            shmem.mark_dirty(world, mm.ptes[vpn].folio)
         if world.folios[mm.ptes[vpn].folio].cache and not world.profile.exclusive_batch:
             # (a shared mapping's write fault keeps the page-cache folio; a private one
             # COWed it into an anonymous folio, which goes on)

@@ -205,7 +205,6 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
         # COLD: madvise_cold deactivates folios and clears young bits
         # (clear_young_dirty_ptes, no invalidation): nothing observable.
     if advice is Advice.PAGEOUT:
-        shmem.refuse_pageout(world, mm, pieces)
         worlds = reclaim.pageout(world, mm_id, pieces)
     if einval is not None and mm.vma_at(einval).obj is not None and \
             shmem.madvise_einval(advice, mm.vma_at(einval)):

@@ -101,9 +101,17 @@ def _page_of(vma: Vma, vpn: int) -> int:
 def _get_folio(world: World, vma: Vma, vpn: int) -> int:
     """shmem_fault -> shmem_get_folio_gfp(SGP_CACHE): the object's folio, allocated zeroed
     and uptodate (on the local node: the object has no policy, mbind is refused) when the
-    page cache has none."""
+    page cache has none. A page in swap comes back through shmem_swapin_folio: a new folio
+    with its content (zram is SWP_SYNCHRONOUS_IO: shmem_swap_alloc_folio), marked dirty
+    (folio_mark_dirty), the slot freed."""
     pages = world.objects[vma.obj]
     page = _page_of(vma, vpn)
+    slot = world.folios.get(pages.get(page))
+    if slot is not None and slot.swapped:
+        del world.folios[pages[page]]
+        folio = pages[page] = world.new_id()
+        world.folios[folio] = Folio(slot.content, mapcount=0, exclusive=False,
+                                    node=vmas.LOCAL_NODE, cache=True, dirty=True)
     if page not in pages:
         folio = world.new_id()
         world.folios[folio] = Folio(ZERO, mapcount=0, exclusive=False, node=vmas.LOCAL_NODE,
@@ -143,7 +151,8 @@ def _fault_around(world: World, mm: Mm, vma: Vma, vpn: int) -> None:
     pages = world.objects[vma.obj]
     for page in range(table + from_pte, table + to_pte + 1):
         folio = pages.get(_page_of(vma, page))
-        if folio is not None and page not in mm.ptes:
+        # next_uptodate_folio skips swap entries of the object (xa_is_value)
+        if folio is not None and page not in mm.ptes and not world.folios[folio].swapped:
             _map_cache_page(world, mm, vma, page, folio, write=False)
 
 
@@ -171,12 +180,45 @@ def write_protected(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> Non
     pte = mm.ptes[vpn]
     if vma.shared:
         mm.ptes[vpn] = replace(pte, writable=True)
+        mark_dirty(world, pte.folio)
         return
     vmas.anon_prepare(world, mm, vpn)
     invalidate(world, mm_id, vpn, vpn + 1)
     world.unmap_folio(pte.folio)
     copy = world.new_folio(world.folios[pte.folio].content, vmas.alloc_node(vma))
     mm.ptes[vpn] = Pte(Kind.PRESENT, copy, True)
+
+
+def mark_dirty(world: World, folio_id: int) -> None:
+    folio = world.folios[folio_id]
+    if folio.cache and not folio.dirty:
+        world.folios[folio_id] = replace(folio, dirty=True)
+
+
+def reclaim_cache_page(world: World, mm: Mm, vpn: int) -> None:
+    """madvise pageout of a page-cache folio mapped once (madvise_cold_or_pageout_pte_range:
+    the runner is root, so can_do_file_pageout lets shmem and file folios through), after
+    try_to_unmap_one unmapped it under MMU_NOTIFY_CLEAR (reclaim.py): shrink_folio_list
+    writes a dirty one out (pageout -> shmem_writeout: the object's page becomes a swap
+    entry, the folio is freed) and frees a clean one (__remove_mapping: the object loses
+    the page, which reads zero again). Only stores and write faults dirty a folio: a
+    device write through the mirror (dmirror_do_write, a kernel mapping) does not, so its
+    data is dropped with a clean folio (docs/findings.md)."""
+    from .reclaim import SWAP_SLOTS_STATED, swap_slots_in_use
+    pte = mm.ptes.pop(vpn)
+    folio = world.folios[pte.folio]
+    world.folios[pte.folio] = folio = replace(folio, mapcount=folio.mapcount - 1)
+    world.pfns.pop(("pfn", pte.folio), None)
+    pages = next(pages for pages in world.objects.values() if pte.folio in pages.values())
+    page = next(page for page, folio_id in pages.items() if folio_id == pte.folio)
+    if not folio.dirty:
+        del pages[page]
+        del world.folios[pte.folio]
+        return
+    if swap_slots_in_use(world) >= SWAP_SLOTS_STATED:
+        raise Unmodelled("madvise pageout with the swap device nearly full",
+                         "folio_alloc_swap may fail")
+    world.folios[pte.folio] = replace(folio, swapped=True)
 
 
 def populates_with_write(vma: Vma) -> bool:
@@ -204,14 +246,6 @@ def ignores_advice(advice: Advice, vma: Vma) -> bool:
     """ksm_madvise(MADV_MERGEABLE) ignores a VM_SHARED VMA (ksm_compatible: "Just ignore the
     advice"): no flag, no split."""
     return advice is Advice.MERGEABLE and vma.shared
-
-
-def refuse_pageout(world: World, mm: Mm, pieces) -> None:
-    for start, _ in pieces:
-        if mm.vma_at(start).obj is not None:
-            raise Unmodelled("madvise pageout of a shmem or file mapping",
-                             "reclaim of page-cache folios (shmem_writeout into swap, "
-                             "clean folios dropped) is not modelled")
 
 
 def refuse_mremap(mm: Mm, op, start: int, end: int) -> None:

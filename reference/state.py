@@ -97,8 +97,11 @@ class Folio:
     # slot in the swap cache: the node of that swap-cache folio.
     node: int | None = 0
     # A page-cache folio of a shmem object (shmem.py): not anonymous, owned by the object
-    # (World.objects) whether mapped or not, so `mapcount` may be 0.
+    # (World.objects) whether mapped or not, so `mapcount` may be 0. `dirty`: PG_dirty of
+    # a page-cache folio (a store, a write fault or a FOLL_WRITE GUP made it so; only
+    # writeback to swap clears it); `swapped` then means the object's page is in swap.
     cache: bool = False
+    dirty: bool = False
 
 
 # ------------------------------------------------------------------ VMAs

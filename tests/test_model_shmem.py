@@ -252,6 +252,40 @@ def test_mlock_of_a_shared_mapping_populates_with_read_faults():
     assert all(not spec.flags & PM_FILE for spec in only(prog, 6).pagemap)   # COWed
 
 
+def test_pageout_swaps_a_dirty_page_cache_folio_and_drops_a_clean_one():
+    # shrink_folio_list: a dirty shmem folio goes to swap (shmem_writeout) and comes back
+    # on the next fault; a clean one is freed. A device write through the mirror
+    # (dmirror_do_write) does not dirty the folio: its data goes with it.
+    prog = program("""
+        region s pages=8
+        p0 open d dmirror0
+        p0 map s[0:8] shared
+        p0 write s[0:2] seed=1
+        p0 dev_read d s[4:6]
+        p0 dev_write d s[4:5] seed=2
+        p0 dev_write d s[6:7] seed=3
+        p0 madvise s[0:8] pageout
+        p0 pagemap s[0:8]
+        p0 read s[0:8]
+    """)
+    assert present(prog, 7) == [False] * 8
+    assert only(prog, 8).pages == (patterns(prog, 1, "s", 0, 2) + zeros(4)
+                                   + (pattern(prog, 3, "s", 6),) + zeros(1))
+
+
+def test_pageout_leaves_a_page_cache_folio_mapped_twice():
+    prog = program("""
+        region m pages=1
+        p0 map m[0:1] memfd
+        p0 write m[0:1] seed=1
+        p0 fork p1
+        p1 read m[0:1]
+        p0 madvise m[0:1] pageout
+        p0 pagemap m[0:1]
+    """)
+    assert present(prog, 5) == [True]
+
+
 # ---------------------------------------------------------------- device ops
 
 def test_exclusive_fails_on_a_page_cache_folio_and_works_on_a_private_copy():
@@ -394,7 +428,6 @@ def test_mremap_dontunmap_leaves_the_source_its_object():
 @pytest.mark.parametrize("op, refused", [
     ("p0 mremap s[0:2] t[0:4]", "mremap of a shmem or file mapping past the object's size"),
     ("p0 mbind s[0:2] 1", "mbind of a shmem or file mapping"),
-    ("p0 madvise s[0:2] pageout", "madvise pageout of a shmem or file mapping"),
     ("p0 clear_soft_dirty", "clear_soft_dirty with shmem or file mappings"),
 ])
 def test_what_is_not_followed_on_shmem_mappings_is_refused_by_name(op, refused):

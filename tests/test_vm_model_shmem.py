@@ -197,8 +197,81 @@ def test_move_pages_counts_every_mapping_and_fault_around_maps_the_neighbours(ea
     """)
 
 
-@pytest.mark.parametrize("op", ["mremap s[0:2] 1", "mbind s[0:2] 1", "madvise s[0:2] pageout",
-                                "clear_soft_dirty"])
+def test_pageout_swaps_dirty_page_cache_folios_and_drops_clean_ones(each_kernel):
+    agrees(each_kernel, """
+        region s pages=8
+        region m pages=4
+        region f pages=4
+        p0 open d dmirror0
+        p0 map s[0:8] shared
+        p0 write s[0:2] seed=1
+        p0 dev_read d s[4:6]
+        p0 dev_write d s[4:5] seed=2
+        p0 dev_write d s[6:7] seed=3
+        p0 madvise s[0:8] pageout
+        p0 pagemap s[0:8]
+        p0 read s[0:8]
+        p0 pagemap s[0:8]
+        p0 madvise s[0:8] pageout
+        p0 madvise s[0:8] willneed
+        p0 read s[0:8]
+        p0 map m[0:4] memfd
+        p0 write m[0:2] seed=4
+        p0 munmap m[0:4]
+        p0 map m[0:4] memfd
+        p0 read m[0:4]
+        p0 fork p1
+        p1 read m[0:1]
+        p0 madvise m[0:4] pageout
+        p0 pagemap m[0:4]
+        p1 pagemap m[0:4]
+        p0 read m[0:4]
+        p1 munmap m[0:4]
+        p0 map f[0:4] file
+        p0 read f[0:2]
+        p0 write f[2:3] seed=5
+        p0 madvise f[0:4] pageout
+        p0 pagemap f[0:4]
+        p0 read f[0:4]
+        p0 pagemap f[0:4]
+    """)
+
+
+def test_mremap_of_shmem_mappings(each_kernel):
+    # mremap is modelled from 7.2's mm/mremap.c only (profile `mremap`)
+    _, trace, verdict = agrees(each_kernel, """
+        region s pages=4
+        region t pages=8
+        region f pages=2
+        p0 open d dmirror0
+        p0 map s[0:4] memfd
+        p0 write s[0:4] seed=1
+        p0 madvise s[3:4] dontneed
+        p0 dev_read d s[0:4]
+        p0 mremap s[2:4] t[0:2]
+        p0 dev_read d t[0:2]
+        p0 read t[0:2]
+        p0 pagemap t[0:2]
+        p0 mremap t[0:2] 1
+        p0 map s[2:4] memfd
+        p0 read s[2:4]
+        p0 mremap s[0:2] t[4:6] dontunmap
+        p0 read s[0:2]
+        p0 pagemap s[0:4]
+        p0 map f[0:2] file
+        p0 write f[0:2] seed=2
+        p0 mremap f[0:2] t[6:8] dontunmap
+        p0 read f[0:2]
+        p0 read t[6:8]
+        p0 pagemap t[0:8]
+    """, fully_modelled=False)
+    if trace.kernel_release.startswith("7.2"):
+        assert verdict.unmodelled_from is None, verdict.unmodelled
+    else:
+        assert verdict.unmodelled_op == "mremap on kernels before 7.2"
+
+
+@pytest.mark.parametrize("op", ["mbind s[0:2] 1", "clear_soft_dirty"])
 def test_ops_not_followed_on_shmem_mappings_stop_the_check_there(each_kernel, op):
     program, _, verdict = agrees(each_kernel, f"""
         region s pages=2
