@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 import reference
-from harness.prog import Ending, MemoryCheck, MemoryCounters, Program, Trace, format_op
+from harness.prog import (LEAK_THRESHOLD_PAGES, Ending, MemoryCheck, Program, Trace,
+                          format_op)
 from harness.vm.console import ConsoleReport, find_reports
 
 
@@ -119,21 +120,7 @@ def judge(program: Program, trace: Trace, died_signal: int = 0) -> ProgramVerdic
     )
 
 
-# The leak check. Method: the runner reads memory counters before each program (the last
-# program's final reading) and twice after all its processes are gone, 20 ms apart (wire.h
-# enum wire_memory_counter; each reading after drop_caches=1, which drains every CPU's LRU
-# batches, and repeated until two readings 5 ms apart agree on free pages and slab);
-# leaked_pages() balances them. Calibration on programs known to be clean
-# (tests/leak_calibration.py: the corpus and random programs of both op sets, records in
-# tests/data/leak_calibration_<kernel>.json) measured the noise of that balance:
-#   7.2.13    212 programs (seed 31: 100 modelled + 100 all-op random)  -65 .. +58 pages
-#   6.12.117  133 programs (seed 32: 60 + 60)                           -62 .. +54 pages
-#   6.1.192   134 programs (seed 33: 60 + 60)                           -73 .. +32 pages,
-#             20 of them inconclusive (a device chunk came or went; 6.1 has no memmap counter)
-# With a single reading after the program, one run in ~200 read +284 (a transient
-# allocation, back 20 ms later): hence the second reading. The threshold is more than 3.5
-# times the worst balance measured, so a report is never noise; a leak must exceed it.
-LEAK_THRESHOLD_PAGES = 256
+# The leak check's method and calibration: harness.prog.observation, with the counters.
 
 
 def leak_verdict(memory: MemoryCheck | None) -> int | None:
@@ -146,33 +133,4 @@ def leak_verdict(memory: MemoryCheck | None) -> int | None:
 
 
 def leaked_pages(memory: MemoryCheck) -> int | None:
-    """Pages that left the page allocator during the program and did not come back, less
-    what the kernel's own counters say it holds now and did not hold before: slab, page
-    tables, vmalloc (kernel stacks among it), per-CPU areas, zram's compressed pages,
-    anonymous and file pages, and the struct pages of hotplugged memory (6.8+'s
-    nr_memmap_pages). Negative when more came back than left. Of the two readings after
-    the program, the smaller balance counts: a leak is in both, a page the kernel held for
-    a moment in one only.
-
-    None when it cannot be told: the test device took or gave back a device memory chunk
-    (HMM_DMIRROR_RELEASE frees them on 7.2, the next migration allocates one) on a kernel
-    without nr_memmap_pages (6.1), where the chunk's struct pages are counted nowhere."""
-    balances = [_balance(memory.before, after) for after in (memory.after, memory.again)]
-    if None in balances:
-        return None
-    return min(balances)
-
-
-def _balance(before: MemoryCounters, after: MemoryCounters) -> int | None:
-    if after.device_chunks != before.device_chunks and (after.memmap is None
-                                                        or before.memmap is None):
-        return None
-    gone = before.free_total - after.free_total
-    held = ((after.slab - before.slab) + (after.pagetables - before.pagetables)
-            + (after.vmalloc_kb - before.vmalloc_kb) // 4
-            + (after.percpu_kb - before.percpu_kb) // 4
-            + (after.zspages - before.zspages) + (after.anon - before.anon)
-            + (after.file - before.file))
-    if after.memmap is not None and before.memmap is not None:
-        held += after.memmap - before.memmap
-    return gone - held
+    return memory.leaked_pages()

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from harness.prog import Content
 
-from . import reclaim, shmem, uapi
+from . import reclaim, shmem, thp, uapi
 from .expect import EBUSY, EFAULT, EINVAL, EOPNOTSUPP, EPERM, Expect, fail, read_page
 from .mm import invalidate, read_fault, write_fault
 from .places import Places
@@ -283,7 +283,8 @@ def snapshot(world: World, op, places: Places) -> list[Outcome]:
     if not mm.alive:
         return [(fail(EINVAL, "dmirror_snapshot: mmget_not_zero() fails, the mirrored "
                               "process has exited -> -EINVAL"), world)]
-    data = bytes(_snapshot_byte(world, mirror, mm.vma_at(vpn), mm.ptes.get(vpn))
+    data = bytes(thp.snapshot_byte(mm, vpn, _snapshot_byte(world, mirror, mm.vma_at(vpn),
+                                                           mm.ptes.get(vpn)))
                  for vpn in range(start, end))
     return [(Expect(cpages=(end - start,), faults=(0,), snapshot=data, why={
         "errno": "dmirror_snapshot: hmm_range_fault without fault flags does not fail",
@@ -381,16 +382,16 @@ def _make_exclusive(world: World, mirror: Dmirror, start: int, end: int,
                    "VM_WRITE -> -EFAULT")
             break
         write_fault(world, mm_id, mm, vma, vpn)
-        if world.folios[mm.ptes[vpn].folio].cache:
+        if world.folios[mm.ptes[vpn].folio].page_cache:
             # GUP with FOLL_WRITE | FOLL_TOUCH marks the folio dirty (follow_page_pte)
             shmem.mark_dirty(world, mm.ptes[vpn].folio)
-        if world.folios[mm.ptes[vpn].folio].cache and not world.profile.exclusive_batch:
+        if world.folios[mm.ptes[vpn].folio].page_cache and not world.profile.exclusive_batch:
             # (a shared mapping's write fault keeps the page-cache folio; a private one
             # COWed it into an anonymous folio, which goes on)
             got, err = vpn, EOPNOTSUPP
             why = f"{places.name(vpn)} is a shmem page-cache folio, not anonymous -> -EOPNOTSUPP"
             break
-    made = [vpn for vpn in range(start, got) if not world.folios[mm.ptes[vpn].folio].cache]
+    made = [vpn for vpn in range(start, got) if not world.folios[mm.ptes[vpn].folio].page_cache]
     if len(made) < got - start and not why:
         why = "a shmem page-cache folio is not anonymous: page_make_device_exclusive skips it"
     for vpn in made:

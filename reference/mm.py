@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from harness.prog import ZERO
 
-from . import reclaim, shmem, vma as vmas
+from . import reclaim, shmem, thp, vma as vmas
 from .state import ZERO_PTE, Dmirror, Kind, Mm, Pte, Vma, World
 
 
@@ -60,8 +60,10 @@ def restore_exclusive(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> N
 
 def _restored(world: World, vma: Vma, pte: Pte) -> Pte:
     if world.profile.exclusive_entry_permission:
-        # 6.1/6.12 restore_exclusive_pte: maybe_mkwrite() only for a writable entry.
+        # 6.1/6.12 restore_exclusive_pte: maybe_mkwrite(pte_mkdirty(pte)) only for a
+        # writable entry; pte_mkdirty sets the soft-dirty bit too on x86.
         writable = vma.prot.writable and pte.writable
+        return Pte(Kind.PRESENT, pte.folio, writable, soft_dirty=pte.soft_dirty or pte.writable)
     else:
         writable = vma.prot.writable and world.folios[pte.folio].exclusive and \
             not needs_soft_dirty_wp(vma, pte)
@@ -104,6 +106,7 @@ def split_pmd(world: World, mm_id: int, vma: Vma, vpn: int) -> None:
     base = vpn - offset
     if vma.start <= base and base + PMD_PAGES <= vma.end:
         invalidate(world, mm_id, base, base + PMD_PAGES)
+        thp.split_pmd_mapping(world.mms[mm_id], base // PMD_PAGES)
 
 
 def read_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
@@ -111,7 +114,11 @@ def read_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
     pte = mm.ptes.get(vpn)
     if pte is None and vma.obj is not None:
         shmem.read_fault(world, mm, vma, vpn)  # do_read_fault
-    elif pte is None:
+        return
+    if pte is None:
+        if thp.huge_fault_allowed(world, mm, vma, vpn):
+            thp.huge_read_fault(world, mm, vpn)
+            return
         # do_anonymous_page: "Use the zero-page for reads"; no anon_vma is needed.
         mm.ptes[vpn] = ZERO_PTE
     elif pte.kind is Kind.EXCLUSIVE:
@@ -129,6 +136,9 @@ def write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
     writable takes no fault (GUP and hmm_range_fault just use it)."""
     pte = mm.ptes.get(vpn)
     if pte is not None and pte.kind is Kind.PRESENT and pte.writable:
+        return
+    if vpn // PMD_PAGES in mm.pmds:
+        thp.pmd_write_fault(world, mm_id, mm, vma, vpn)
         return
     back_writable = pte is not None and pte.kind is Kind.DEVICE and pte.writable
     _write_fault(world, mm_id, mm, vma, vpn)
@@ -149,6 +159,9 @@ def _write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
         shmem.write_fault(world, mm, vma, vpn)  # do_shared_fault / do_cow_fault
         return
     if pte is None:
+        if thp.huge_fault_allowed(world, mm, vma, vpn):
+            thp.huge_write_fault(world, mm, vma, vpn)
+            return
         # do_anonymous_page: vmf_anon_prepare, then a zeroed folio mapped writable.
         vmas.anon_prepare(world, mm, vpn)
         mm.ptes[vpn] = Pte(Kind.PRESENT, world.new_folio(ZERO, vmas.alloc_node(vma)), True)
@@ -177,7 +190,7 @@ def _write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
         invalidate(world, mm_id, vpn, vpn + 1)
         mm.ptes[vpn] = Pte(Kind.PRESENT, world.new_folio(ZERO, vmas.alloc_node(vma)), True)
         return
-    if world.folios[pte.folio].cache:
+    if world.folios[pte.folio].page_cache:
         shmem.write_protected(world, mm_id, mm, vma, vpn)
         return
     _write_protected_anon(world, mm_id, mm, vpn, pte)
@@ -191,8 +204,10 @@ def _write_protected_anon(world: World, mm_id: int, mm: Mm, vpn: int, pte: Pte) 
         # no MMU notifier: permissions only grow).
         mm.ptes[vpn] = replace(pte, writable=True)
         return
-    if folio.mapcount > 1:
-        # Still mapped by another process: wp_page_copy (MMU_NOTIFY_CLEAR on the page).
+    if folio.mapcount > 1 or folio.swap_slot is not None:
+        # Still mapped by another process, or in the swap cache of a slot other swap
+        # entries refer to (wp_can_reuse_anon_folio: folio_free_swap fails, the swap cache
+        # keeps its reference): wp_page_copy (MMU_NOTIFY_CLEAR on the page).
         invalidate(world, mm_id, vpn, vpn + 1)
         world.unmap_folio(pte.folio)
         copy = world.new_folio(folio.content, vmas.alloc_node(mm.vma_at(vpn)))
@@ -237,6 +252,7 @@ def munmap(world: World, mm_id: int, start: int, end: int) -> None:
     for vma, vpn in vmas.unmap(mm, start, end):
         split_pmd(world, mm_id, vma, vpn)
     zap(world, mm_id, mm, start, end)
+    thp.free_pgtables(mm, start, end)
 
 
 def populate_page(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int,
@@ -253,6 +269,7 @@ def zap(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
     anything when vma_find() finds none): unmap_vmas zaps the PTEs (dropping folio mappings,
     device-exclusive entries included) under one MMU_NOTIFY_UNMAP invalidation of the whole
     range asked for (unmap_desc.vma_start/vma_end), holes included."""
+    thp.zap_pmds(world, mm_id, mm, start, end)
     ptes = mm.ptes
     if end - start <= len(ptes):
         vpns = [v for v in range(start, end) if v in ptes]
@@ -311,17 +328,20 @@ def fork(world: World, parent_id: int, child_id: int) -> None:
     parent = world.mms[parent_id]
     child_vmas = vmas.fork_vmas(world, parent)
     child_ptes: dict[int, Pte] = {}
+    copied = []
     for vma in parent.vmas:
         if vma.anon is None or vma.flags & {"dontcopy", "wipeonfork"}:
             # Not copied (VM_DONTCOPY), or copy_page_range is not called (VM_WIPEONFORK), or
             # vma_needs_copy is false: no page table is copied (the child faults the zero
             # page in again) and no MMU notifier fires for this VMA.
             continue
+        copied.append(vma)
         # is_cow_mapping: MMU_NOTIFY_PROTECTION_PAGE over the whole parent VMA.
         invalidate(world, parent_id, vma.start, vma.end)
         for vpn in _vpns_in(parent, vma.start, vma.end):
             child_ptes[vpn] = _copy_pte(world, parent, vma, vpn)
     world.mms[child_id] = Mm(child_vmas, child_ptes)
+    thp.fork_tables(parent, world.mms[child_id], copied)
 
 
 def _copy_pte(world: World, parent: Mm, vma: Vma, vpn: int) -> Pte:

@@ -39,9 +39,12 @@ from .state import Kind, World
 FLAG_BITS = ((1 << 64) - 1) & ~((1 << 55) - 1)     # bits 55..63
 SWP_TYPE_BITS = 5                                   # MAX_SWAPFILES_SHIFT
 KPF_ANON_EXCLUSIVE = 1 << 34                        # KPF_OWNER_2 (PG_anon_exclusive)
-KPF_STATED = KPF["ANON"] | KPF["ZERO_PAGE"] | KPF_ANON_EXCLUSIVE
+KPF_STATED = (KPF["ANON"] | KPF["ZERO_PAGE"] | KPF_ANON_EXCLUSIVE | KPF["THP"]
+              | KPF["COMPOUND_HEAD"] | KPF["COMPOUND_TAIL"])
 SWAP_TYPE = 0    # the runner's only swap device (zram0, swapon at boot) is swap type 0
 ZERO_KEY = ("zero",)
+HUGE_ZERO_KEY = ("hzero",)
+THP_PAGES = 512  # the pages of a PMD-sized folio: its PFNs are the head's plus 0..511
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class PageSpec:
     swp_type: int = 0
     known: int | None = None
     taken: frozenset = frozenset()   # PFNs other live pages showed: not this page's
+    # The page's index in a PMD-sized folio (key "thp" or the huge zero page): its PFN is
+    # the folio's (the head page's, which `known` holds) plus this.
+    offset: int = 0
     count: int | None = None
     kflags: int | None = None
     why: str = ""
@@ -63,10 +69,13 @@ class PageSpec:
     def __str__(self) -> str:
         bits = [name for name, bit in (("present", PM_PRESENT), ("swapped", PM_SWAP),
                                        ("exclusive", PM_MMAP_EXCLUSIVE),
-                                       ("soft_dirty", PM_SOFT_DIRTY)) if self.flags & bit]
+                                       ("soft_dirty", PM_SOFT_DIRTY), ("file", PM_FILE))
+                if self.flags & bit]
         text = "|".join(bits) or "none"
         if self.frame == "pfn":
             text += f" pfn of {_key_name(self.key)}"
+            if self.offset:
+                text += f" + {self.offset}"
         elif self.frame == "swp":
             text += f" swap type {self.swp_type} offset pfn of {_key_name(self.key)}"
         if self.count is not None:
@@ -77,7 +86,11 @@ class PageSpec:
 def _key_name(key) -> str:
     if key == ZERO_KEY:
         return "the zero page"
+    if key == HUGE_ZERO_KEY:
+        return "the huge zero page"
     kind, folio = key
+    if kind == "thp":
+        return f"THP #{folio}"
     return f"{ {'dev': 'device folio', 'swap': 'swap slot'}.get(kind, 'folio')} #{folio}"
 
 
@@ -85,8 +98,10 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
     mm = world.mms[world.procs[op.proc]]
     start, end = places.vpns(op.range)
     profile = world.profile
+    heads = {f.thp for f in world.folios.values() if f.thp is not None}
     live = {key: pfn for key, pfn in world.pfns.items()
-            if key == ZERO_KEY or key[1] in world.folios}
+            if key in (ZERO_KEY, HUGE_ZERO_KEY) or key[1] in world.folios
+            or (key[0] == "thp" and key[1] in heads)}
     specs = []
     for vpn in range(start, end):
         name = places.name(vpn)
@@ -101,6 +116,10 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
                                               f"the VMA's VM_SOFTDIRTY ({vma.softdirty})"))
             continue
         sd = PM_SOFT_DIRTY if vma.softdirty or pte.soft_dirty else 0
+        huge = thp_spec(world, mm, vpn, pte, sd, name)
+        if huge is not None:
+            specs.append(huge)
+            continue
         if pte.kind is Kind.ZERO:
             specs.append(PageSpec(PM_PRESENT | sd, "pfn", ZERO_KEY,
                                   known=world.pfns.get(ZERO_KEY), count=0,
@@ -108,7 +127,7 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
                                   why=f"{name} maps the zero page"))
             continue
         folio = world.folios[pte.folio]
-        if pte.kind is Kind.PRESENT and folio.cache:
+        if pte.kind is Kind.PRESENT and folio.page_cache:
             key = ("pfn", pte.folio)
             # pte_to_pagemap_entry: PM_FILE for a folio that is not anonymous
             flags = PM_PRESENT | PM_FILE | sd
@@ -159,6 +178,46 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
         "pagemap": "pagemap_read (fs/proc/task_mmu.c)"}), world)]
 
 
+def _compound(index: int) -> int:
+    # stable_page_flags: KPF_COMPOUND_HEAD for the first page of a compound page (PG_head),
+    # KPF_COMPOUND_TAIL for every other one.
+    return KPF["COMPOUND_HEAD"] if index == 0 else KPF["COMPOUND_TAIL"]
+
+
+def thp_spec(world: World, mm, vpn: int, pte, sd: int, name: str) -> PageSpec | None:
+    """The record of a page of a PMD mapping or of a THP (PMD- or PTE-mapped), or None.
+
+    The huge zero page (pagemap_pmd_range_thp): PM_PRESENT, and PM_FILE because its folio
+    is not anonymous (folio_test_anon); kpagecount 0 (no rmap), so no PM_MMAP_EXCLUSIVE;
+    kpageflags ZERO_PAGE and THP (is_huge_zero_pfn), compound head or tail, no ANON. A THP
+    page: KPF_THP (large and rmappable), compound head or tail, ANON, and PG_anon_exclusive
+    of the folio's flags; kpagecount and PM_MMAP_EXCLUSIVE from the precise page mapcount
+    (_mapcount + the entire mapcount: 1 when mapped by one PMD or one PTE)."""
+    index = vpn // THP_PAGES
+    pmd = mm.pmds.get(index)
+    if pte.kind is Kind.ZERO and pmd is not None and pmd.zero:
+        offset = vpn % THP_PAGES
+        return PageSpec(PM_PRESENT | PM_FILE | sd, "pfn", HUGE_ZERO_KEY,
+                        known=world.pfns.get(HUGE_ZERO_KEY), offset=offset, count=0,
+                        kflags=KPF["ZERO_PAGE"] | KPF["THP"] | _compound(offset),
+                        why=f"{name} maps the huge zero page (page {offset})")
+    if pte.kind is not Kind.PRESENT:
+        return None
+    folio = world.folios[pte.folio]
+    if folio.thp is None:
+        return None
+    key = ("thp", folio.thp)
+    flags = PM_PRESENT | sd | (PM_MMAP_EXCLUSIVE if folio.mapcount == 1 else 0)
+    how = "a PMD" if index in mm.pmds else "a PTE"
+    return PageSpec(flags, "pfn", key, known=world.pfns.get(key), offset=folio.thp_index,
+                    count=folio.mapcount,
+                    kflags=KPF["ANON"] | KPF["THP"] | _compound(folio.thp_index)
+                    | (KPF_ANON_EXCLUSIVE if folio.exclusive else 0),
+                    why=f"{name} is page {folio.thp_index} of THP #{folio.thp}, mapped by "
+                        f"{how}, {folio.mapcount} time(s)"
+                        f"{', PageAnonExclusive' if folio.exclusive else ''}")
+
+
 def _space(key) -> str:
     """Which numbers a key's frame is drawn from: device PFNs, swap slots or system PFNs."""
     return key[0] if key[0] in ("dev", "swap") else "pfn"
@@ -168,8 +227,14 @@ def _taken(live: dict, key) -> frozenset:
     """The PFNs (swap offsets) that other pages still alive showed in the same space
     (device memory, swap slots or system memory): a page cannot have one of them now."""
     space = _space(key)
-    return frozenset(pfn for other, pfn in live.items()
-                     if other != key and _space(other) == space)
+    taken = set()
+    for other, pfn in live.items():
+        if other != key and _space(other) == space:
+            if other == HUGE_ZERO_KEY or other[0] == "thp":
+                taken.update(range(pfn, pfn + THP_PAGES))
+            else:
+                taken.add(pfn)
+    return frozenset(taken)
 
 
 def _frame(spec: PageSpec, entry: int) -> int | None:
@@ -209,14 +274,15 @@ def compare(specs, seen) -> list[tuple[str, tuple[str, ...], str, str]]:
         if pfn is None:
             problems.append(f"frame {got.entry & ((1 << 55) - 1):#x} has not the stated shape")
         elif spec.key is not None:
+            base = pfn - spec.offset
             if pfn in spec.taken:
                 problems.append(f"PFN {pfn:#x} belongs to another page still mapped")
-            if spec.known is not None and pfn != spec.known:
+            if spec.known is not None and base != spec.known:
                 problems.append(f"PFN {pfn:#x}, but {_key_name(spec.key)} showed "
-                                f"{spec.known:#x} before")
-            if by_key.setdefault(spec.key, pfn) != pfn:
+                                f"{spec.known:#x}{_plus(spec.offset)} before")
+            if by_key.setdefault(spec.key, base) != base:
                 problems.append(f"PFN {pfn:#x}, but {_key_name(spec.key)} shows "
-                                f"{by_key[spec.key]:#x} on another page")
+                                f"{by_key[spec.key]:#x}{_plus(spec.offset)} on another page")
             other = by_pfn.setdefault((_space(spec.key), pfn), spec.key)
             if other != spec.key:
                 problems.append(f"PFN {pfn:#x} is also {_key_name(other)}'s")
@@ -225,7 +291,7 @@ def compare(specs, seen) -> list[tuple[str, tuple[str, ...], str, str]]:
                 problems.append(f"kpagecount {got.count}, stated {spec.count}")
             if got.flags is None or got.flags & KPF_STATED != spec.kflags:
                 shown = None if got.flags is None else hex(got.flags & KPF_STATED)
-                problems.append(f"kpageflags ANON/ZERO_PAGE/ANON_EXCLUSIVE {shown}, "
+                problems.append(f"kpageflags ANON/ZERO_PAGE/ANON_EXCLUSIVE/THP/COMPOUND {shown}, "
                                 f"stated {spec.kflags:#x}")
         elif got.count is not None:
             problems.append("kpagecount reported for a page the model has no PFN for")
@@ -234,9 +300,13 @@ def compare(specs, seen) -> list[tuple[str, tuple[str, ...], str, str]]:
     return found
 
 
+def _plus(offset: int) -> str:
+    return f" + {offset}" if offset else ""
+
+
 def learn(world: World, specs, seen: tuple[PagemapEntry, ...]) -> None:
     for spec, got in zip(specs, seen):
         if spec.key is not None:
             pfn = _frame(spec, got.entry)
             if pfn is not None:
-                world.pfns[spec.key] = pfn
+                world.pfns[spec.key] = pfn - spec.offset

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.prog import PAGE_SIZE, PageRange, Program
-from harness.prog.ops import REGION_BASE, REGION_STRIDE
+from harness.prog.ops import REGION_BASE, REGION_STRIDE, Thp, ThpEnabled
 
 _BASE = REGION_BASE // PAGE_SIZE
 _SLOT_PAGES = REGION_STRIDE // PAGE_SIZE
@@ -14,6 +14,10 @@ class Places:
         regions = program.regions.values()
         self._first = {r.name: r.address // PAGE_SIZE for r in regions}
         self._by_slot = {r.slot: r.name for r in regions}
+        # The program turns THP on somewhere: the model then follows which PMDs have PTE
+        # tables (thp.note_tables), since a THP fault needs pmd_none.
+        self.thp_programmed = any(isinstance(op, Thp) and op.enabled is not ThpEnabled.NEVER
+                                  for op in program.ops)
         self._pages = {r.name: r.pages for r in regions}
 
     def pages(self, region: str) -> int:

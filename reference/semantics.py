@@ -16,10 +16,10 @@ from harness.prog import (
 from harness.prog.ops import (
     COHERENT_DEVICES, Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev,
     ClearSoftDirty, Compact, Mbind, MigrateToSys, Mlock, MovePages, Mremap, Munlock, Pagemap,
-    Release,
+    Release, Thp,
 )
 
-from . import device, hmm, mm as cpu, numa, pagemap, reclaim, remap, shmem, vma as vmas
+from . import device, hmm, mm as cpu, numa, pagemap, reclaim, remap, shmem, thp, vma as vmas
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, WRITTEN, Expect, done, fail, read_page
 from .places import Places
 from .refuse import Unmodelled
@@ -194,6 +194,7 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
             # (device-private, device-exclusive and swap entries included) are zapped under
             # one MMU_NOTIFY_CLEAR over the VMA's part of the range.
             cpu.zap(world, mm_id, mm, piece_start, piece_end)
+            thp.reclaim_empty_tables(mm, piece_start, piece_end)
         elif advice is Advice.FREE:
             # madvise_free_single_vma: MMU_NOTIFY_CLEAR over the VMA's part of the range,
             # then madvise_free_pte_range (reclaim.mark_lazyfree).
@@ -315,10 +316,9 @@ def _clear_soft_dirty(world: World, op, places: Places) -> list[Outcome]:
     VM_SOFTDIRTY of every VMA, fires MMU_NOTIFY_SOFT_DIRTY over the whole address space
     (every dmirror of the mm drops its whole table), and clear_soft_dirty write-protects
     every present PTE and clears its soft-dirty bit (swap-like entries: only the bit).
-    Afterwards only a write fault makes a page writable again (pte_needs_soft_dirty_wp)."""
-    if not world.profile.clear_soft_dirty:
-        raise Unmodelled("clear_soft_dirty on kernels before 7.2",
-                         "modelled from 7.2's fs/proc/task_mmu.c only")
+    Afterwards only a write fault makes a page writable again (pte_needs_soft_dirty_wp).
+    The same code in 6.1 and 6.12 (clear_refs_write, clear_soft_dirty: "is_swap_pte" is
+    7.2's "not none, not present")."""
     mm_id = world.procs[op.proc]
     mm = world.mms[mm_id]
     if shmem.has_backed(mm):
@@ -353,10 +353,12 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
             # entry and the folio would come back as a present PTE.
             raise Unmodelled("compact with device-exclusive entries",
                              "a migrated folio would lose its device-exclusive entry")
-    for folio_id, folio in world.folios.items():
-        if folio.cache:
-            # page-cache folios move too, mapped or not (shmem folios are movable)
-            world.pfns.pop(("pfn", folio_id), None)
+        if world.profile.migration_dirty_sets_soft_dirty and \
+                any(numa.migration_marks_soft_dirty(pte) for pte in mm.ptes.values()):
+            # 6.1: a dirty page that moves comes back soft-dirty (remove_migration_pte's
+            # pte_mkdirty), one that stays does not; which ones move is the kernel's choice.
+            raise Unmodelled("compact on 6.1 with a dirty page whose soft-dirty bit is clear",
+                             "whether compaction moves it decides its soft-dirty bit")
     for mm_id, mm in world.mms.items():
         mirrors = world.mirrors_of(mm_id)
         for vpn, pte in mm.ptes.items():
@@ -368,6 +370,12 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
                     entry = mirror.table.get(page)
                     if entry is not None and not entry.maybe_gone:
                         mirror.table[page] = replace(entry, maybe_gone=True)
+    for folio_id, folio in world.folios.items():
+        if folio.swap_slot is not None and folio.mapcount == 0:
+            world.pfns.pop(("pfn", folio_id), None)   # an unmapped swap-cache folio moves too
+        elif folio.page_cache:
+            # page-cache folios move too, mapped or not (shmem folios are movable)
+            world.pfns.pop(("pfn", folio_id), None)
     return [(done("compact_memory: compaction always reports success"), world)]
 
 
@@ -380,7 +388,7 @@ _STEPS = {
     Exit: device.exit_process, Madvise: _madvise, Pagemap: pagemap.pagemap,
     Mlock: _mlock, Munlock: _munlock, Mremap: remap.mremap,
     ClearSoftDirty: _clear_soft_dirty, Compact: _compact,
-    MovePages: numa.move_pages, Mbind: numa.mbind,
+    MovePages: numa.move_pages, Mbind: numa.mbind, Thp: thp.set_mode,
 }
 
 
@@ -392,7 +400,7 @@ def _refuse_on_backed(op: Op, world: World, places: Places) -> None:
                                "mbind of a shmem or file mapping",
                                "mbind on shmem sets the object's shared policy "
                                "(shmem_set_policy), which places every page of the object")
-    elif isinstance(op, Mremap) and world.profile.mremap:
+    elif isinstance(op, Mremap):
         start, end = places.vpns(op.range)
         shmem.refuse_mremap(world.mms[world.procs[op.proc]], op, start, end)
 
@@ -403,9 +411,15 @@ def step(world: World, op: Op, places: Places) -> list[Outcome]:
     function = _STEPS.get(type(op))
     if function is None:
         raise Unmodelled(op.keyword)
+    thp.guard(world, op, places)
+    if places.thp_programmed:
+        thp.note_tables(world)
     if world.objects:
         _refuse_on_backed(op, world, places)
     outcomes = function(world, op, places)
+    if isinstance(op, Mremap):
+        for after in {id(w): w for _, w in outcomes}.values():
+            thp.forget_mremap_tables(after, op, places)
     if world.objects:
         for _, after in outcomes:
             shmem.forget_unreachable(after)

@@ -6,7 +6,7 @@
   region's file on the runner's tmpfs): one object per region and program, created before
   the program; page i of the region is page i of the object (vm_pgoff).
 
-The object's pages are page-cache folios (World.objects, Folio.cache): they outlive their
+The object's pages are page-cache folios (World.objects, Folio.page_cache): they outlive their
 mappings, every mapping of the object (in any process) maps the same folio, and they are
 not anonymous (pagemap PM_FILE, no KPF_ANON; make_device_exclusive refuses them). A VMA
 maps them through shmem_vm_ops / shmem_anon_vm_ops (mm/shmem.c, 7.2):
@@ -91,7 +91,7 @@ def forget_unreachable(world: World) -> None:
 # ------------------------------------------------------------------ faults
 
 def is_cache(world: World, pte: Pte | None) -> bool:
-    return pte is not None and pte.kind is Kind.PRESENT and world.folios[pte.folio].cache
+    return pte is not None and pte.kind is Kind.PRESENT and world.folios[pte.folio].page_cache
 
 
 def _page_of(vma: Vma, vpn: int) -> int:
@@ -111,11 +111,11 @@ def _get_folio(world: World, vma: Vma, vpn: int) -> int:
         del world.folios[pages[page]]
         folio = pages[page] = world.new_id()
         world.folios[folio] = Folio(slot.content, mapcount=0, exclusive=False,
-                                    node=vmas.LOCAL_NODE, cache=True, dirty=True)
+                                    node=vmas.LOCAL_NODE, page_cache=True, dirty=True)
     if page not in pages:
         folio = world.new_id()
         world.folios[folio] = Folio(ZERO, mapcount=0, exclusive=False, node=vmas.LOCAL_NODE,
-                                    cache=True)
+                                    page_cache=True)
         pages[page] = folio
     return pages[page]
 
@@ -191,7 +191,7 @@ def write_protected(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> Non
 
 def mark_dirty(world: World, folio_id: int) -> None:
     folio = world.folios[folio_id]
-    if folio.cache and not folio.dirty:
+    if folio.page_cache and not folio.dirty:
         world.folios[folio_id] = replace(folio, dirty=True)
 
 

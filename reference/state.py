@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from harness.prog import ZERO, Content, Prot
+from harness.prog.ops import THP_DEFAULT
 
 from .profile import NEWEST, Profile
 
@@ -89,6 +90,14 @@ class Folio:
     # kernels swap it in (reclaim.swap_in).
     swapped: bool = False
     swapcache: bool = False
+    # A swap slot shared by several processes (after fork) that one of them swapped in: its
+    # swap-cache folio (`cache`, a folio id, mapped or not: mapcount 0); the other
+    # processes' swap entries still refer to the slot, and a swap-in of one of them maps
+    # that same folio (swap_cache_get_folio). For that folio, `swap_slot` names the slot:
+    # it stays in the swap cache while any swap entry refers to the slot (folio_free_swap
+    # fails while folio_maybe_swapped), which decides do_wp_page and madvise free.
+    cache: int | None = None
+    swap_slot: int | None = None
     # The NUMA node of the page (numa.py): where it was allocated (the VMA's mbind policy,
     # else the local node of CPU 0, where the runner pins every program process) or where a
     # migration put it. None: the kernel may have placed it on either of two nodes (a
@@ -96,11 +105,16 @@ class Folio:
     # query then allows both and the model learns the answer (World.learn). For a swap
     # slot in the swap cache: the node of that swap-cache folio.
     node: int | None = 0
+    # A page of a transparent huge page (thp.py): the model folio id of its head page and
+    # its index in the 2 MiB folio. Each page keeps its own content and mapcount (the
+    # precise page mapcount kpagecount shows); PFNs are the head's plus the index.
+    thp: int | None = None
+    thp_index: int = 0
     # A page-cache folio of a shmem object (shmem.py): not anonymous, owned by the object
     # (World.objects) whether mapped or not, so `mapcount` may be 0. `dirty`: PG_dirty of
     # a page-cache folio (a store, a write fault or a FOLL_WRITE GUP made it so; only
     # writeback to swap clears it); `swapped` then means the object's page is in swap.
-    cache: bool = False
+    page_cache: bool = False
     dirty: bool = False
 
 
@@ -180,9 +194,16 @@ class Mm:
     # False once the last process using it exited (mm_users reached 0): a dmirror still
     # bound to it fails mmget_not_zero().
     alive: bool = True
+    # PMD-level state (thp.py), by PMD index (vpn // 512): the PMD entries that map a THP
+    # or the huge zero page (their 512 pages are also in `ptes`, as they read), and
+    # which PMDs hold a PTE table (True) or might (None): a fault maps a THP only where
+    # the PMD is none.
+    pmds: dict = field(default_factory=dict)
+    tables: dict = field(default_factory=dict)
 
     def clone(self) -> "Mm":
-        return Mm(list(self.vmas), dict(self.ptes), self.alive)
+        return Mm(list(self.vmas), dict(self.ptes), self.alive, dict(self.pmds),
+                  dict(self.tables))
 
     def vma_at(self, vpn: int) -> Vma | None:
         for vma in self.vmas:
@@ -221,6 +242,9 @@ class World:
     pfns: dict = field(default_factory=dict)
     # shmem objects (shmem.py): object -> {object page: page-cache folio id}
     objects: dict = field(default_factory=dict)
+    # /sys/kernel/mm/transparent_hugepage/{enabled,defrag} (harness.prog.ops.THP_DEFAULT
+    # at the start of every program) and whether THP was on at some point (thp.set_mode)
+    thp: tuple = THP_DEFAULT + (False,)
 
     @classmethod
     def initial(cls, profile: Profile = NEWEST) -> "World":
@@ -238,6 +262,7 @@ class World:
             profile=self.profile,
             pfns=dict(self.pfns),
             objects={k: dict(pages) for k, pages in self.objects.items()},
+            thp=self.thp,
         )
 
     def new_id(self) -> int:
@@ -262,13 +287,31 @@ class World:
         if folio == ZERO_FOLIO:
             return
         f = self.folios[folio]
-        if f.cache:
+        if f.page_cache:
             # a page-cache folio stays in its object (shmem.py)
             self.folios[folio] = replace(f, mapcount=f.mapcount - 1)
-        elif f.mapcount <= 1:
-            del self.folios[folio]
-        else:
+            return
+        if f.mapcount > 1:
             self.folios[folio] = replace(f, mapcount=f.mapcount - 1)
+            return
+        if f.swap_slot is not None:
+            # The last mapping of a swap-cache folio whose slot other swap entries still
+            # refer to: free_swap_cache cannot free it (folio_free_swap: still swapped), so
+            # it stays in the swap cache, unmapped, for their swap-in.
+            self.folios[folio] = replace(f, mapcount=0)
+            return
+        del self.folios[folio]
+        if f.cache is not None:
+            cached = self.folios[f.cache]
+            if cached.mapcount == 0:
+                # The slot's last swap entry went: swap_put_entries_direct /
+                # free_swap_and_cache reclaim the unmapped swap-cache folio with it.
+                del self.folios[f.cache]
+            else:
+                # ... but a swap-cache folio still mapped stays, and the next
+                # folio_free_swap (do_wp_page, madvise free, free_swap_cache) succeeds:
+                # from here on it is an ordinary folio.
+                self.folios[f.cache] = replace(cached, swap_slot=None)
 
     # -------------------------------------------------------------- mirrors
 
@@ -280,13 +323,15 @@ class World:
         return (
             tuple(sorted(self.procs.items())),
             tuple(sorted(self.fds.items())),
-            tuple((k, mm.alive, tuple(mm.vmas), tuple(sorted(mm.ptes.items(), key=_key0)))
+            tuple((k, mm.alive, tuple(mm.vmas), tuple(sorted(mm.ptes.items(), key=_key0)),
+                   tuple(sorted(mm.pmds.items())), tuple(sorted(mm.tables.items(), key=repr)))
                   for k, mm in sorted(self.mms.items())),
             tuple(sorted(self.folios.items(), key=_key0)),
             tuple((k, d.device, d.mm, d.flags, tuple(sorted(d.table.items(), key=_key0)))
                   for k, d in sorted(self.mirrors.items())),
             tuple(sorted(self.pfns.items(), key=repr)),
             tuple((k, tuple(sorted(pages.items()))) for k, pages in sorted(self.objects.items())),
+            self.thp,
         )
 
     def learn(self, expect, seen) -> None:

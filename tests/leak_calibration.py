@@ -57,7 +57,8 @@ def main():
                             "ending": trace.ending.value, "leaked": leak,
                             "before": dataclasses.asdict(trace.memory.before),
                             "after": dataclasses.asdict(trace.memory.after),
-                            "again": dataclasses.asdict(trace.memory.again)})
+                            "again": (dataclasses.asdict(trace.memory.again)
+                                      if trace.memory.again else None)})
             print(f"{name}: leaked {leak}  free {trace.memory.before.free_total} -> "
                   f"{trace.memory.after.free_total}")
         release = session.hello.release

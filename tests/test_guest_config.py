@@ -7,8 +7,11 @@ import gzip
 import pytest
 
 from harness.kernel import FRAGMENT, KernelImage
+from harness.kernel.config import EXTRA_ORACLES
 from harness.runner.wire import Hello
 from harness.vm.session import KernelSession, MissingKernelOption
+
+from conftest import REPO
 
 # The project's own fragment holds every required option: a config made of it passes.
 FULL_CONFIG = FRAGMENT.read_text()
@@ -41,3 +44,24 @@ def test_missing_device_nodes_name_the_options_that_create_them(tmp_path):
 
 def test_a_config_with_every_fragment_option_passes(tmp_path):
     session(tmp_path)._check_guest(hello(FULL_CONFIG))
+
+
+def logged_check(tmp_path, config_text: str) -> list[str]:
+    logs: list[str] = []
+    checked = session(tmp_path)
+    checked.log = logs.append
+    checked._check_guest(hello(config_text))
+    return logs
+
+
+def test_a_kernel_without_the_buddy_detector_runs_with_the_hard_lockup_oracle_named_off(tmp_path):
+    # The shared prebuilt kernels are such kernels: fine to run, but the user is told.
+    prebuilt = (REPO / "../shared/kernels/7.2/.config")
+    config = prebuilt.read_text() if prebuilt.exists() else FULL_CONFIG
+    notes = [m for m in logged_check(tmp_path, config) if "hard-lockup" in m]
+    assert len(notes) == 1 and "CONFIG_HARDLOCKUP_DETECTOR" in notes[0], notes
+
+
+def test_an_own_build_has_the_hard_lockup_oracle_on(tmp_path):
+    own = FULL_CONFIG + EXTRA_ORACLES.read_text()
+    assert not [m for m in logged_check(tmp_path, own) if "hard-lockup" in m]

@@ -20,6 +20,7 @@ from harness.kernel import (
 )
 from harness.kernel.build import check_config, tree_version
 from harness.kernel.debian import debian_mirror, package_version
+from harness.kernel.config import BUILD_FRAGMENTS
 from harness.kernel.resolve import _install, _fragment_key
 
 SHARED_KERNELS = Path("/work/shared/kernels")
@@ -202,7 +203,7 @@ def test_prebuilt_whose_config_is_for_another_version_is_not_chosen(tmp_path):
 
 def test_cached_build_is_reused_and_newest_patch_level_wins(tmp_path):
     cache = tmp_path / "cache"
-    key = _fragment_key(FRAGMENT)
+    key = _fragment_key(BUILD_FRAGMENTS)
     for version in ("6.12.9", "6.12.117", "6.1.200"):
         dest = cache / "kernels" / f"{version}-{key}"
         dest.mkdir(parents=True)
@@ -220,7 +221,7 @@ def test_cached_build_is_reused_and_newest_patch_level_wins(tmp_path):
 
 def test_incomplete_cache_entry_is_ignored(tmp_path):
     cache = tmp_path / "cache"
-    (cache / "kernels" / f"6.12.117-{_fragment_key(FRAGMENT)}").mkdir(parents=True)
+    (cache / "kernels" / f"6.12.117-{_fragment_key(BUILD_FRAGMENTS)}").mkdir(parents=True)
     build = FakeBuilder()
     resolve_kernel("6.12", cache_dir=cache, builder=build, log=lambda _: None)
     assert build.calls == ["6.12"]

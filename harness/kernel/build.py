@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import REQUIRED_OPTIONS, describe_missing, missing_options
+from .config import REQUIRED_OPTIONS, describe_missing, fragments_text, missing_options
 from .image import KernelError
 from .proc import run_logged
 
@@ -69,13 +69,13 @@ def check_clean(src: Path) -> None:
                           "build it yourself and pass the bzImage instead")
 
 
-def configure(src: Path, out: Path, fragment: Path, log_file: Path) -> None:
-    """Write out/.config: tinyconfig + the fragment, completed by olddefconfig."""
+def configure(src: Path, out: Path, fragments: tuple[Path, ...], log_file: Path) -> None:
+    """Write out/.config: tinyconfig + the fragments, completed by olddefconfig."""
     run_logged(_make(src, out, "tinyconfig"), log_file=log_file, what="make tinyconfig")
     # merge_config.sh puts its temporary files in the current directory: run it in out/.
     merge = [str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", ".", ".config",
-             str(fragment)]
-    run_logged(merge, cwd=out, log_file=log_file, what="merging the config fragment")
+             *(str(f) for f in fragments)]
+    run_logged(merge, cwd=out, log_file=log_file, what="merging the config fragments")
     run_logged(_make(src, out, "olddefconfig"), log_file=log_file, what="make olddefconfig")
 
 
@@ -93,16 +93,16 @@ def check_config(config_text: str, fragment_text: str, log: Callable[[str], None
                           "in this version); fix the config fragment or use another kernel")
 
 
-def build_tree(src: Path, out: Path, fragment: Path, log_file: Path,
+def build_tree(src: Path, out: Path, fragments: tuple[Path, ...], log_file: Path,
                log: Callable[[str], None]) -> BuildOutput:
     """Configure and build src into out (incremental when out already holds a build)."""
     check_clean(src)
     out.mkdir(parents=True, exist_ok=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     log_file.write_text("")
-    configure(src, out, fragment, log_file)
+    configure(src, out, fragments, log_file)
     config = out / ".config"
-    check_config(config.read_text(), fragment.read_text(), log)
+    check_config(config.read_text(), fragments_text(fragments), log)
     first = not (out / "vmlinux").exists()
     log(f"building bzImage with {jobs()} jobs in {out} (log: {log_file})"
         + ("; a first build takes about 10 minutes on 2 cores" if first else ""))

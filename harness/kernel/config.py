@@ -8,12 +8,22 @@ from pathlib import Path
 
 # The project's config fragment, merged into `make tinyconfig`.
 FRAGMENT = Path(__file__).with_name("hmm.config")
-# Deliberately not in the fragment (it would rebuild every prebuilt kernel): a hard-lockup
-# detector. Under TCG there is no PMU ("PMU not available due to virtualization"), so the
-# perf NMI detector x86 picks by default cannot start. The buddy detector (6.5 and later:
-# each CPU's softlockup hrtimer checks that the next CPU still takes hrtimer interrupts;
-# the guest has 2 CPUs) needs CONFIG_HARDLOCKUP_DETECTOR=y and
-# CONFIG_HARDLOCKUP_DETECTOR_PREFER_BUDDY=y (DEBUG_KERNEL is set). 6.1 has no buddy detector.
+# Options for oracles the shared prebuilt kernels were built without. Own builds merge this
+# second fragment after the first; a kernel without them is still used (they are not part
+# of the reuse rule, so prebuilt kernels are not rebuilt for them), and the guest's boot
+# check names each oracle that is off and why (OPTIONAL_ORACLES).
+EXTRA_ORACLES = Path(__file__).with_name("extra_oracles.config")
+# What own builds are configured with, in merge order.
+BUILD_FRAGMENTS: tuple[Path, ...] = (FRAGMENT, EXTRA_ORACLES)
+
+# oracle -> (the options it needs, where a kernel gets them), for the boot check's notes
+OPTIONAL_ORACLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "the hard-lockup oracle": (
+        ("CONFIG_HARDLOCKUP_DETECTOR", "CONFIG_HARDLOCKUP_DETECTOR_PREFER_BUDDY"),
+        "own builds of 6.5 and later have them (`hmmfuzz kernel build`); before 6.5 there is "
+        "only the perf detector, which cannot start under TCG"),
+}
+
 
 # Options without which a run is impossible (as opposed to the rest of the fragment, which
 # adds oracles and MM features whose absence only narrows what a campaign can observe).
@@ -104,6 +114,11 @@ def fragment_digest(fragment_text: str) -> str:
     """sha256 of the fragment (and the recipe revision): part of every cache key, so editing
     either forces a rebuild."""
     return hashlib.sha256(f"recipe {RECIPE_REVISION}\n{fragment_text}".encode()).hexdigest()
+
+
+def fragments_text(fragments: tuple[Path, ...]) -> str:
+    """The fragments as one, in merge order (a later line wins, as in merge_config.sh)."""
+    return "".join(f.read_text() for f in fragments)
 
 
 def config_version(config_text: str) -> str | None:

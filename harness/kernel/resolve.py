@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .build import build_tree, check_clean, tree_version
-from .config import FRAGMENT, config_version, fragment_digest, missing_options
+from .config import (BUILD_FRAGMENTS, FRAGMENT, config_version, fragment_digest,
+                     fragments_text, missing_options)
 from .debian import fetch_debian_source
 from .hosttools import check_host_tools
 from .image import KernelError, KernelImage
@@ -39,8 +40,8 @@ def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _fragment_key(fragment: Path) -> str:
-    return fragment_digest(fragment.read_text())[:12]
+def _fragment_key(fragments: tuple[Path, ...]) -> str:
+    return fragment_digest(fragments_text(fragments))[:12]
 
 
 def _matches(full_version: str | None, wanted: str) -> bool:
@@ -70,7 +71,8 @@ def _locked(path: Path, log: Log) -> Iterator[None]:
 
 def find_prebuilt(version: str, prebuilt_dir: Path, fragment: Path, log: Log) -> KernelImage | None:
     """The prebuilt kernel <prebuilt_dir>/<version>/ if it fits: right version, and a
-    .config holding every option of the fragment. Otherwise log why not and return None."""
+    .config holding every option of the fragment (hmm.config; the extra oracles of own
+    builds are not asked for). Otherwise log why not and return None."""
     d = prebuilt_dir / version
     bzimage, config = d / "bzImage", d / ".config"
     if not (bzimage.is_file() and config.is_file()):
@@ -90,9 +92,10 @@ def find_prebuilt(version: str, prebuilt_dir: Path, fragment: Path, log: Log) ->
 
 # --- the build cache ----------------------------------------------------------------------
 
-def find_cached(version: str, cache_dir: Path, fragment: Path) -> KernelImage | None:
-    """The newest cached build of the version series with this fragment, if any."""
-    key = _fragment_key(fragment)
+def find_cached(version: str, cache_dir: Path,
+                fragments: tuple[Path, ...]) -> KernelImage | None:
+    """The newest cached build of the version series with these fragments, if any."""
+    key = _fragment_key(fragments)
     found = []
     for d in (cache_dir / "kernels").glob(f"*-{key}"):
         full = d.name[: -len(key) - 1]
@@ -113,23 +116,23 @@ def _install(bzimage: Path, config: Path, dest: Path) -> None:
 
 
 def build_kernel(version: str, cache_dir: Path, log: Log = print, *,
-                 fragment: Path = FRAGMENT) -> KernelImage:
+                 fragments: tuple[Path, ...] = BUILD_FRAGMENTS) -> KernelImage:
     """Fetch linux-source-<version> from Debian, build it, and cache the result under
     <cache>/kernels/<full version>-<fragment hash>/{bzImage,.config,build.log}."""
     check_host_tools(fetch=True)
     with _locked(cache_dir / "locks" / f"debian-{version}.lock", log):
-        if cached := find_cached(version, cache_dir, fragment):
+        if cached := find_cached(version, cache_dir, fragments):
             return cached  # another process built it while we waited
         tree = fetch_debian_source(version, cache_dir, log)
         if not _matches(tree.version, version):
             raise KernelError(f"linux-source-{version} unpacked to {tree.path} holds kernel "
                               f"{tree.version}; delete it and try again")
-        name = f"{tree.version}-{_fragment_key(fragment)}"
+        name = f"{tree.version}-{_fragment_key(fragments)}"
         dest = cache_dir / "kernels" / name
         out = cache_dir / "build" / name
         dest.mkdir(parents=True, exist_ok=True)
         log(f"building Linux {tree.version} (Debian {tree.package_version})")
-        result = build_tree(tree.path, out, fragment, dest / "build.log", log)
+        result = build_tree(tree.path, out, fragments, dest / "build.log", log)
         _install(result.bzimage, result.config, dest)
         # The objects and the unpacked tree take ~2 GB; the .deb stays for an offline rebuild.
         shutil.rmtree(out, ignore_errors=True)
@@ -141,7 +144,7 @@ def build_kernel(version: str, cache_dir: Path, log: Log = print, *,
 # --- a user's tree or bzImage -------------------------------------------------------------
 
 def build_user_tree(source: Path, cache_dir: Path, log: Log = print, *,
-                    fragment: Path = FRAGMENT) -> KernelImage:
+                    fragments: tuple[Path, ...] = BUILD_FRAGMENTS) -> KernelImage:
     """Build the user's tree out of tree into <cache>/trees/<path hash>-<fragment hash>,
     incrementally each time, never writing into the tree itself."""
     src = source.resolve()
@@ -150,11 +153,11 @@ def build_user_tree(source: Path, cache_dir: Path, log: Log = print, *,
     version = tree_version(src)
     check_clean(src)
     check_host_tools(fetch=False)
-    name = f"{_short_hash(str(src))}-{_fragment_key(fragment)}"
+    name = f"{_short_hash(str(src))}-{_fragment_key(fragments)}"
     out = cache_dir / "trees" / name
     with _locked(cache_dir / "locks" / f"tree-{name}.lock", log):
         log(f"building your tree {src} (Linux {version}) out of tree in {out}")
-        result = build_tree(src, out, fragment, cache_dir / "trees" / f"{name}.build.log", log)
+        result = build_tree(src, out, fragments, cache_dir / "trees" / f"{name}.build.log", log)
     return KernelImage(result.bzimage, result.config, version, "built")
 
 
@@ -208,6 +211,6 @@ def resolve_kernel(version: str | None = None, *, source: Path | None = None,
     if prebuilt_dir is not None:
         if found := find_prebuilt(version, Path(prebuilt_dir), FRAGMENT, log):
             return found
-    if cached := find_cached(version, cache, FRAGMENT):
+    if cached := find_cached(version, cache, BUILD_FRAGMENTS):
         return cached
     return builder(version, cache, log)

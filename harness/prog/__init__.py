@@ -3,7 +3,8 @@ programs and their ops, their text form, page contents, and observations."""
 
 from .content import ZERO, Content, describe, digest
 from .observation import (
-    Ending, KsmScan, MemoryCheck, MemoryCounters, OpResult, Page, SmapsVma, Trace, errno_name,
+    LEAK_THRESHOLD_PAGES, Ending, KsmScan, MemoryCheck, MemoryCounters, OpResult, Page, SmapsVma,
+    Trace, errno_name,
 )
 from .ops import *  # noqa: F401,F403  (the op classes are the vocabulary)
 from .ops import OP_KINDS, PAGE_SIZE, PageRange, Program, Prot, Region

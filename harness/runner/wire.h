@@ -31,7 +31,10 @@ enum wire_msg {
 	MSG_PROVOKE = 6,  /* host -> guest: an LKDTM crash type (text); answered by MSG_DONE */
 	MSG_BENCH_DONE = 7, /* guest -> host: wire_bench_done, after a MSG_PROGRAM with repeat > 1 */
 	MSG_EXEC = 8,     /* host -> guest: a static executable (e.g. a C reproducer) to run once */
-	MSG_EXEC_DONE = 9 /* guest -> host: wire_exec_done, then its stdout+stderr */
+	MSG_EXEC_DONE = 9, /* guest -> host: wire_exec_done, then its stdout+stderr */
+	MSG_REMEASURE = 10, /* host -> guest: no payload; read the memory counters again,
+			       MEMORY_RECHECK_MS after the last program's reading */
+	MSG_MEMORY = 11    /* guest -> host: WMEM_NCOUNTERS x int64_t */
 };
 
 struct wire_frame {
@@ -299,9 +302,9 @@ struct wire_done {
 	uint32_t measured;    /* the memory counters below were read (a completed program) */
 	uint32_t reserved;
 	int64_t memory_before[WMEM_NCOUNTERS];
-	int64_t memory_after[WMEM_NCOUNTERS];
-	int64_t memory_again[WMEM_NCOUNTERS]; /* read again MEMORY_RECHECK_MS later: a
-						 transient allocation is in one reading only */
+	int64_t memory_after[WMEM_NCOUNTERS]; /* read again on MSG_REMEASURE when the host
+						 suspects a leak: a transient allocation is
+						 in one reading only */
 };
 
 #endif

@@ -279,11 +279,18 @@ def _memory_counters(raw) -> MemoryCounters:
     )
 
 
+def decode_memory(payload: bytes) -> MemoryCounters:
+    """A MSG_MEMORY: the counters read again on MSG_REMEASURE."""
+    if len(payload) != C.WMEM_NCOUNTERS * 8:
+        raise ProtocolError(f"MSG_MEMORY of {len(payload)} bytes, expected "
+                            f"{C.WMEM_NCOUNTERS * 8}")
+    return _memory_counters(ffi.from_buffer("int64_t[]", payload))
+
+
 def decode_done(payload: bytes) -> Done:
     done = ffi.from_buffer("struct wire_done *", payload)
     memory = None
     if done.measured:
         memory = MemoryCheck(_memory_counters(done.memory_before),
-                             _memory_counters(done.memory_after),
-                             _memory_counters(done.memory_again))
+                             _memory_counters(done.memory_after))
     return Done(done.status, done.ops_run, done.failed_op, done.detail, memory)

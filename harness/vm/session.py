@@ -7,6 +7,7 @@ before the next program, so nothing one program does leaks into the next.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import time
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.kernel import REQUIRED_OPTIONS, KernelImage, default_cache_dir, parse_config
-from harness.kernel.config import FRAGMENT, missing_options
-from harness.prog import Ending, OpResult, Program, Trace
+from harness.kernel.config import FRAGMENT, OPTIONAL_ORACLES, missing_options
+from harness.prog import Ending, MemoryCheck, OpResult, Program, Trace
 from harness.runner import build, wire
 
 from .console import find_reports
@@ -131,6 +132,10 @@ class KernelSession:
         if weaker:
             self.log(f"note: the guest kernel lacks fragment options {', '.join(weaker)}; "
                      "some oracles or ops may be unavailable")
+        for oracle, (needed, where) in OPTIONAL_ORACLES.items():
+            if lacking := [o for o in needed if options.get(o, "n") == "n"]:
+                self.log(f"note: {oracle} is off: the guest kernel lacks {', '.join(lacking)} "
+                         f"({where})")
 
     def close(self):
         if self.machine is not None:
@@ -208,7 +213,7 @@ class KernelSession:
                 if msg_type != wire.C.MSG_DONE:
                     raise wire.ProtocolError(f"unexpected message type {msg_type}")
                 done = wire.decode_done(payload)
-                memory = done.memory
+                memory = self._second_reading(machine, done.memory, budget, started)
                 if done.status in (wire.C.DONE_HUNG, wire.C.DONE_UNKILLABLE):
                     ending = Ending.HUNG
                 elif done.status == wire.C.DONE_DIED:
@@ -237,6 +242,19 @@ class KernelSession:
         ordered = tuple(results[i] for i in range(len(results)))
         return Trace(kernel_release=self.hello.release, results=ordered, ending=ending,
                      console=console, memory=memory)
+
+    @staticmethod
+    def _second_reading(machine: Machine, memory: MemoryCheck | None, budget: float,
+                        started: float) -> MemoryCheck | None:
+        """The counters read again when the first reading after the program looks like a
+        leak (MemoryCheck.needs_second_reading): only a leak is in both."""
+        if memory is None or not memory.needs_second_reading():
+            return memory
+        machine.send(wire.frame(wire.C.MSG_REMEASURE))
+        msg_type, payload = machine.receive(budget - (time.monotonic() - started))
+        if msg_type != wire.C.MSG_MEMORY:
+            raise wire.ProtocolError(f"expected MSG_MEMORY, got message type {msg_type}")
+        return dataclasses.replace(memory, again=wire.decode_memory(payload))
 
     def execute(self, executable: bytes, budget: float = 300) -> Execution:
         """Run a static executable (a C reproducer) once in the guest, as the runner's child."""

@@ -1,0 +1,361 @@
+"""Transparent huge pages (mm/huge_memory.c, 7.2): PMD-sized anonymous folios.
+
+What is stated:
+
+- `thp <enabled> <defrag>` sets the mode; each program starts with `never`.
+- A fault on a page whose PMD is none maps a 2 MiB folio when the VMA allows it
+  (__handle_mm_fault: pmd_none && thp_vma_allowable_order(TVA_PAGEFAULT, PMD_ORDER)):
+  THP `always`, or `madvise` and the VMA has VM_HUGEPAGE; never with VM_NOHUGEPAGE
+  (vma_thp_disabled); and the aligned 2 MiB lies inside the VMA (thp_vma_suitable_order).
+  do_huge_pmd_anonymous_page first does vmf_anon_prepare (even for a read). A read maps the
+  huge zero page (transparent_hugepage_use_zero_page, default on; the runner holds the huge
+  zero folio, so mm_get_huge_zero_folio cannot fail), a write a new zeroed folio, mapped
+  writable and dirty, PageAnonExclusive (map_anon_folio_pmd_nopf, RMAP_EXCLUSIVE).
+- A write to the huge zero PMD: do_huge_zero_wp_pmd, a new THP under MMU_NOTIFY_CLEAR over
+  the 2 MiB. A write to a read-only PMD-mapped THP that is PageAnonExclusive reuses it.
+- Splitting the PMD (__split_huge_pmd_locked): the folio stays whole, now mapped by 512
+  PTEs with the PMD's write, dirty and soft-dirty bits, each page PageAnonExclusive if the
+  folio was; the huge zero PMD becomes 512 PTEs of the small zero page. It happens where a
+  VMA boundary moves inside the 2 MiB (vma_adjust_trans_huge: munmap, mprotect, madvise
+  flags, mlock) and where a zap covers part of it (zap_pmd_range: madvise dontneed). A zap
+  of the whole 2 MiB drops the PMD (zap_huge_pmd) and its deposited table.
+- A folio mapped in part stays whole: deferred_split_folio queues it, and only the
+  deferred-split shrinker splits it, which runs under memory reclaim only (no op of the
+  language reclaims through shrink_slab; the guest has ample memory).
+- Page tables, because a THP needs pmd_none: a PMD gets a PTE table with its first PTE;
+  munmap frees the tables free_pgtables -> free_pgd_range reaches (between the VMAs left
+  on either side); madvise dontneed of a whole 2 MiB inside one VMA frees its table (7.2
+  CONFIG_PT_RECLAIM, zap_pte_range -> zap_empty_pte_table).
+
+Every op that is not stated for THPs yet is refused on a THP (`guard`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from harness.prog import ZERO
+from harness.prog.ops import (
+    Advice, CheckExclusive, ClearSoftDirty, CloseDevice, Compact, CpuRead, CpuWrite,
+    DeviceOp, DevRead, DevWrite, Exit, Flags, Fork, Madvise, Map, Mlock, Mprotect, Mremap,
+    Munlock, Munmap, OpenDevice, Pagemap, Release, Snapshot, Thp, ThpEnabled,
+)
+
+from .expect import done
+from .refuse import Unmodelled
+from .state import Folio, Kind, Mm, Pte, Vma, World
+from .uapi import PROT_NONE, PROT_PMD, PROT_READ
+
+PMD_PAGES = 512
+
+
+@dataclass(frozen=True)
+class Pmd:
+    """A PMD entry mapping 2 MiB at once: the huge zero page (`head` None) or the THP whose
+    head page is model folio `head`."""
+
+    head: int | None = None
+
+    @property
+    def zero(self) -> bool:
+        return self.head is None
+
+
+HUGE_ZERO = Pmd()
+
+
+def pmd_of(vpn: int) -> int:
+    return vpn // PMD_PAGES
+
+
+def pmd_range(index: int) -> range:
+    return range(index * PMD_PAGES, (index + 1) * PMD_PAGES)
+
+
+# ------------------------------------------------------------------ the thp op
+
+def set_mode(world: World, op: Thp, places) -> list:
+    """enabled_store -> start_stop_khugepaged. khugepaged is off for the model's purposes:
+    the runner sets khugepaged/scan_sleep_millisecs to a day, so the thread scans only once,
+    when it starts (THP going from never to enabled), and then only mms registered before
+    (khugepaged_enter_vma registers an mm only while THP is enabled). A program whose mm
+    may be registered when khugepaged starts is refused: that scan may collapse its pages."""
+    enabled, _, ever_enabled = world.thp
+    turning_on = op.enabled is not ThpEnabled.NEVER
+    if turning_on and not world.profile.thp:
+        raise Unmodelled("thp on kernels before 7.2",
+                         "THP is modelled from 7.2's mm/huge_memory.c only")
+    if turning_on and enabled is ThpEnabled.NEVER and ever_enabled:
+        raise Unmodelled("thp enabled again",
+                         "khugepaged starts and scans the mms registered while THP was on")
+    world.thp = (op.enabled, op.defrag, ever_enabled or turning_on)
+    return [(done("the sysfs files accept every mode"), world)]
+
+
+# ------------------------------------------------------------------ page tables
+
+def note_tables(world: World) -> None:
+    """Before each op: every PMD with a PTE (not one mapped as a whole) has a PTE table."""
+    for mm in world.mms.values():
+        if not mm.alive:
+            continue
+        tables, pmds = mm.tables, mm.pmds
+        for vpn in mm.ptes:
+            index = vpn // PMD_PAGES
+            if index not in pmds and tables.get(index) is not True:
+                tables[index] = True
+
+
+def free_pgtables(mm: Mm, start: int, end: int) -> None:
+    """munmap of [start, end) (VMAs already removed): free_pgtables -> free_pgd_range frees
+    the PTE tables of the PMDs the removed range reaches, but not one shared with the VMA
+    left before it (floor: prev->vm_end) or after it (ceiling: next->vm_start)."""
+    floor = max((v.end for v in mm.vmas if v.end <= start), default=0)
+    ceiling = min((v.start for v in mm.vmas if v.start >= end), default=None)
+    addr = start - start % PMD_PAGES
+    if addr < floor:
+        addr += PMD_PAGES
+    if ceiling is not None:
+        ceiling -= ceiling % PMD_PAGES
+        if end - 1 > ceiling - 1:
+            end -= PMD_PAGES
+    if addr > end - 1:
+        return
+    for index in range(addr // PMD_PAGES, (end - 1) // PMD_PAGES + 1):
+        mm.tables.pop(index, None)
+
+
+def reclaim_empty_tables(mm: Mm, start: int, end: int) -> None:
+    """madvise dontneed zapped [start, end) of one VMA: zap_pte_range frees the PTE table of
+    every PMD the zap covers whole (pte_table_reclaim_possible: CONFIG_PT_RECLAIM, on x86;
+    nothing is skipped in a private anonymous VMA)."""
+    first = -(-start // PMD_PAGES)
+    for index in range(first, end // PMD_PAGES):
+        mm.tables.pop(index, None)
+
+
+def forget_tables(mm: Mm, start: int, end: int) -> None:
+    """An op the model does not follow at the page-table level (mremap's move_page_tables
+    may move whole PTE tables) touched [start, end): whether those PMDs are none is unknown."""
+    for index in range(pmd_of(start), pmd_of(end - 1) + 1):
+        mm.tables[index] = None
+
+
+def fork_tables(parent: Mm, child: Mm, copied: list[Vma]) -> None:
+    """copy_pmd_range gives the child a PTE table wherever the parent has one in a VMA
+    whose page tables are copied."""
+    for vma in copied:
+        for index in range(pmd_of(vma.start), pmd_of(vma.end - 1) + 1):
+            if index in parent.tables:
+                child.tables[index] = parent.tables[index]
+
+
+# ------------------------------------------------------------------ faults
+
+def huge_fault_allowed(world: World, mm: Mm, vma: Vma, vpn: int) -> bool:
+    """__handle_mm_fault takes create_huge_pmd: the PMD is none and
+    thp_vma_allowable_order(vma, TVA_PAGEFAULT, PMD_ORDER) (huge_anon_orders_inherit is the
+    PMD order by default) and thp_vma_suitable_order (the aligned 2 MiB inside the VMA)."""
+    enabled = world.thp[0]
+    if enabled is ThpEnabled.NEVER or "nohugepage" in vma.flags:
+        return False
+    if enabled is ThpEnabled.MADVISE and "hugepage" not in vma.flags:
+        return False
+    index = pmd_of(vpn)
+    if not (vma.start <= index * PMD_PAGES and (index + 1) * PMD_PAGES <= vma.end):
+        return False
+    if index in mm.pmds:
+        return False
+    if index not in mm.tables:
+        return True
+    if mm.tables[index] is None:
+        raise Unmodelled("a fault where THP is possible and the PMD may or may not be none",
+                         "mremap may have moved the PTE table")
+    return False
+
+
+def huge_read_fault(world: World, mm: Mm, vpn: int) -> None:
+    """do_huge_pmd_anonymous_page for a read: vmf_anon_prepare, then set_huge_zero_folio
+    (a special, read-only PMD without the soft-dirty bit)."""
+    from . import vma as vmas
+    vmas.anon_prepare(world, mm, vpn)
+    index = pmd_of(vpn)
+    mm.pmds[index] = HUGE_ZERO
+    zero = Pte(Kind.ZERO, soft_dirty=False)
+    for page in pmd_range(index):
+        mm.ptes[page] = zero
+    mm.tables.pop(index, None)
+
+
+def huge_write_fault(world: World, mm: Mm, vma: Vma, vpn: int) -> None:
+    """__do_huge_pmd_anonymous_page: vma_alloc_anon_folio_pmd (zeroed), then
+    map_anon_folio_pmd_nopf: maybe_pmd_mkwrite(pmd_mkdirty) -- writable (the write fault
+    implies VM_WRITE), dirty and so soft-dirty -- and RMAP_EXCLUSIVE."""
+    from . import vma as vmas
+    vmas.anon_prepare(world, mm, vpn)
+    index = pmd_of(vpn)
+    node = vmas.alloc_node(vma)
+    head = None
+    for i, page in enumerate(pmd_range(index)):
+        folio = world.new_id()
+        head = folio if head is None else head
+        world.folios[folio] = Folio(ZERO, node=node, thp=head, thp_index=i)
+        mm.ptes[page] = Pte(Kind.PRESENT, folio, True)
+    mm.pmds[index] = Pmd(head)
+    mm.tables.pop(index, None)
+
+
+def pmd_write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
+    """A write fault on a PMD mapping (wp_huge_pmd -> do_huge_pmd_wp_page)."""
+    from .mm import invalidate
+    index = pmd_of(vpn)
+    pmd = mm.pmds[index]
+    if pmd.zero:
+        # do_huge_zero_wp_pmd: a new THP replaces the huge zero page under MMU_NOTIFY_CLEAR
+        # over [haddr, haddr + HPAGE_PMD_SIZE).
+        invalidate(world, mm_id, index * PMD_PAGES, (index + 1) * PMD_PAGES)
+        del mm.pmds[index]
+        huge_write_fault(world, mm, vma, vpn)
+        return
+    head = world.folios[mm.ptes[index * PMD_PAGES].folio]
+    if not head.exclusive:
+        raise Unmodelled("a write fault on a shared PMD-mapped THP",
+                         "do_huge_pmd_wp_page splits it and copies the page")
+    # PageAnonExclusive(head): reuse, maybe_pmd_mkwrite(pmd_mkdirty) -> writable, soft-dirty.
+    for page in pmd_range(index):
+        mm.ptes[page] = replace(mm.ptes[page], writable=True, soft_dirty=True)
+
+
+# ------------------------------------------------------------------ splitting
+
+def split_pmd_mapping(mm: Mm, index: int) -> None:
+    """__split_huge_pmd_locked: the PMD becomes the deposited PTE table with 512 PTEs that
+    keep its write, dirty and soft-dirty bits (the model's per-page entries already hold
+    them) and each page PageAnonExclusive if the head was (folio_add_anon_rmap_ptes with
+    RMAP_EXCLUSIVE; the model keeps the flag per page already); the huge zero PMD becomes
+    512 PTEs of the small zero page (__split_huge_zero_page_pmd), the same entries to the
+    model. The folio itself stays whole."""
+    if mm.pmds.pop(index, None) is not None:
+        mm.tables[index] = True
+
+
+def zap_pmds(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
+    """zap_pmd_range over [start, end): a PMD mapping covered in part is split first
+    (__split_huge_pmd: MMU_NOTIFY_CLEAR over its 2 MiB, inside the zap's own notifier), one
+    covered whole is dropped with its deposited table (zap_huge_pmd)."""
+    if not mm.pmds:
+        return
+    from .mm import invalidate
+    for index in [i for i in mm.pmds if i * PMD_PAGES < end and start < (i + 1) * PMD_PAGES]:
+        base = index * PMD_PAGES
+        if start <= base and base + PMD_PAGES <= end:
+            del mm.pmds[index]
+        else:
+            invalidate(world, mm_id, base, base + PMD_PAGES)
+            split_pmd_mapping(mm, index)
+
+
+# ------------------------------------------------------------------ the device's view
+
+def snapshot_byte(mm: Mm, vpn: int, byte: int) -> int:
+    """dmirror_mkentry of a page hmm_vma_handle_pmd reported: map order PMD adds
+    HMM_DMIRROR_PROT_PMD; the huge zero page is not is_zero_pfn() (that is the small zero
+    page only), so it reads NONE|READ|PMD rather than ZERO|READ."""
+    pmd = mm.pmds.get(pmd_of(vpn))
+    if pmd is None:
+        return byte
+    if pmd.zero:
+        return PROT_NONE | PROT_READ | PROT_PMD
+    return byte | PROT_PMD
+
+
+# ------------------------------------------------------------------ what is not stated yet
+
+# Ops stated for THPs (their functions call the hooks above).
+_THP_AWARE = (Map, Munmap, Mprotect, CpuRead, CpuWrite, Pagemap, Thp, OpenDevice,
+              CloseDevice, Release, Flags, CheckExclusive, Exit, Mlock, Munlock,
+              DevRead, DevWrite, Snapshot)
+_THP_AWARE_ADVICE = {Advice.DONTNEED, Advice.POPULATE_READ, Advice.POPULATE_WRITE,
+                     Advice.HUGEPAGE, Advice.NOHUGEPAGE, Advice.DONTFORK, Advice.DOFORK,
+                     Advice.WIPEONFORK, Advice.KEEPONFORK, Advice.MERGEABLE,
+                     Advice.UNMERGEABLE}
+# Ops that fault pages in through GUP (a fault may map a THP).
+_FAULTING = ("exclusive",)
+
+
+def has_huge(world: World, mm: Mm, start: int | None = None, end: int | None = None) -> bool:
+    """Whether [start, end) (everything if None) has a PMD mapping or a page of a THP."""
+    for index in mm.pmds:
+        if start is None or (index * PMD_PAGES < end and start < (index + 1) * PMD_PAGES):
+            return True
+    ptes = mm.ptes
+    vpns = ptes if start is None else (v for v in range(start, end) if v in ptes)
+    for vpn in vpns:
+        pte = ptes[vpn]
+        if pte.kind is not Kind.ZERO and world.folios[pte.folio].thp is not None:
+            return True
+    return False
+
+
+def _may_fault_huge(world: World, mm: Mm, start: int, end: int) -> bool:
+    if world.thp[0] is ThpEnabled.NEVER:
+        return False
+    for index in range(pmd_of(start), pmd_of(end - 1) + 1):
+        vpn = max(start, index * PMD_PAGES)
+        vma = mm.vma_at(vpn)
+        if vma is not None and huge_fault_allowed(world, mm, vma, vpn):
+            return True
+    return False
+
+
+def guard(world: World, op, places) -> None:
+    """Refuse an op the model does not state for THPs yet when it meets one (or, for ops
+    that fault pages in, when a fault may map one)."""
+    if isinstance(op, _THP_AWARE):
+        return
+    if isinstance(op, Madvise) and op.advice in _THP_AWARE_ADVICE:
+        return
+    if isinstance(op, Mremap):
+        mm = world.mms[world.procs[op.proc]]
+        if world.thp[0] is not ThpEnabled.NEVER or has_huge(world, mm):
+            raise Unmodelled(f"{op.keyword} with THP enabled",
+                             "move_page_tables of PMD mappings and PTE tables is not followed")
+        return
+    if isinstance(op, (Fork, ClearSoftDirty)):
+        mm = world.mms[world.procs[op.proc]]
+        if has_huge(world, mm):
+            raise Unmodelled(f"{op.keyword} of a process with a THP",
+                             "not stated for PMD mappings yet")
+        return
+    if isinstance(op, Compact):
+        if any(has_huge(world, mm) for mm in world.mms.values() if mm.alive):
+            raise Unmodelled("compact with a THP", "compaction may migrate THPs")
+        return
+    page_range = getattr(op, "range", None)
+    if page_range is None:
+        return
+    if isinstance(op, DeviceOp):
+        mirror_id = world.fds.get((op.proc, op.fd))
+        if mirror_id is None:
+            return
+        mm = world.mms[world.mirrors[mirror_id].mm]
+    else:
+        mm = world.mms[world.procs[op.proc]]
+    start, end = places.vpns(page_range)
+    name = op.keyword if not isinstance(op, Madvise) else f"madvise {op.advice.value}"
+    if has_huge(world, mm, start, end):
+        raise Unmodelled(f"{name} on a THP", "not stated for PMD-sized folios yet")
+    if op.keyword in _FAULTING and _may_fault_huge(world, mm, start, end):
+        raise Unmodelled(f"{name} where a fault may map a THP",
+                         "hmm_range_fault and GUP faults are not stated for THPs yet")
+
+
+def forget_mremap_tables(world: World, op: Mremap, places) -> None:
+    """After an mremap (only allowed while THP is off, see guard): move_page_tables may
+    have moved whole PTE tables (move_normal_pmd) or single PTEs, so whether the PMDs of the
+    source and the target are none is unknown from here on."""
+    mm = world.mms[world.procs[op.proc]]
+    start, end = places.vpns(op.range)
+    forget_tables(mm, start, max(end, start + op.new_npages))
+    if op.to is not None:
+        forget_tables(mm, *places.vpns(op.to))

@@ -1,0 +1,241 @@
+"""Transparent huge pages (reference/thp.py), pinned to what 7.2.13 showed under QEMU: a read
+fault maps the huge zero page, a write fault a PMD-mapped THP; VMA changes and partial zaps
+split the PMD but not the folio; the PTE tables that keep a fault from mapping a THP; what
+is not stated yet is refused by name."""
+
+from test_model_support import (
+    SEGV, WROTE, assert_accepts, assert_rejects, cpu, dev, ok, patterns, program, snap, trace,
+    wrote, zeros,
+)
+
+from harness.prog import OpResult
+from harness.prog.observation import KPF, PagemapEntry
+from reference import check, uapi
+
+SD, EXCL, FILE, PRESENT = 1 << 55, 1 << 56, 1 << 61, 1 << 63
+ANON, ANON_EXCL, THP = KPF["ANON"], 1 << 34, KPF["THP"]
+HEAD, TAIL, ZERO_PAGE = KPF["COMPOUND_HEAD"], KPF["COMPOUND_TAIL"], KPF["ZERO_PAGE"]
+LRU_ETC = KPF["UPTODATE"] | KPF["LRU"] | KPF["MMAP"] | KPF["SWAPBACKED"]   # not stated
+W, PMD = uapi.PROT_WRITE, uapi.PROT_PMD
+HUGE_ZERO = 0x1200      # PFN of the huge zero folio's head page
+SMALL_ZERO = 0x181A     # PFN of the small zero page
+
+
+def pm(*entries):
+    return OpResult(pagemap=tuple(entries))
+
+
+def compound(index):
+    return HEAD if index == 0 else TAIL
+
+
+def huge_zero(index):
+    """pagemap_pmd_range_thp on the huge zero PMD: present, PM_FILE (not an anonymous
+    folio), kpagecount 0; kpageflags ZERO_PAGE|THP and head or tail."""
+    return PagemapEntry(PRESENT | SD | FILE | (HUGE_ZERO + index), 0,
+                        ZERO_PAGE | THP | compound(index))
+
+
+def thp_page(head_pfn, index, exclusive=True):
+    return PagemapEntry(PRESENT | SD | EXCL | (head_pfn + index), 1,
+                        ANON | THP | compound(index) | LRU_ETC
+                        | (ANON_EXCL if exclusive else 0))
+
+
+def small(pfn):
+    return PagemapEntry(PRESENT | SD | EXCL | pfn, 1, ANON | ANON_EXCL | LRU_ETC)
+
+
+NONE = PagemapEntry(SD)
+GONE = PagemapEntry(0)      # no VMA
+
+
+FAULTS = """
+    region a pages=1024
+    p0 thp always madvise
+    p0 map a[0:1024]
+    p0 read a[0:1]
+    p0 pagemap a[0:2]
+    p0 pagemap a[510:512]
+    p0 write a[512:513] seed=1
+    p0 pagemap a[512:514]
+    p0 pagemap a[1023:1024]
+"""
+
+
+def fault_results(prog, thp=0x40000):
+    return [ok(), ok(), cpu(*zeros(1)), pm(huge_zero(0), huge_zero(1)),
+            pm(huge_zero(510), huge_zero(511)), wrote(1),
+            pm(thp_page(thp, 0), thp_page(thp, 1)), pm(thp_page(thp, 511))]
+
+
+def test_a_read_fault_maps_the_huge_zero_page_and_a_write_fault_a_whole_thp():
+    prog = program(FAULTS)
+    assert_accepts(prog, *fault_results(prog))
+
+
+def test_the_pages_of_a_thp_have_consecutive_pfns_and_compound_flags():
+    prog = program(FAULTS)
+    results = fault_results(prog)
+    results[7] = pm(thp_page(0x40000, 510))         # page 511 at head + 510
+    assert_rejects(prog, results, 7, "pagemap[0]")
+    results = fault_results(prog)
+    results[6] = pm(thp_page(0x40000, 0), small(0x40001))   # a tail page without KPF_THP
+    assert_rejects(prog, results, 6, "pagemap[1]")
+    results = fault_results(prog)
+    results[4] = pm(huge_zero(510), PagemapEntry(SD))        # the huge zero page maps all
+    assert_rejects(prog, results, 4, "pagemap[1]")
+
+
+def test_thp_madvise_needs_the_hugepage_advice_and_a_vma_over_the_aligned_2mib():
+    prog = program("""
+        region a pages=1024
+        region b pages=1024
+        p0 thp madvise never
+        p0 map a[0:1024]
+        p0 write a[0:1] seed=1
+        p0 pagemap a[0:2]
+        p0 map b[0:1000]
+        p0 madvise b[0:1000] hugepage
+        p0 write b[0:1] seed=2
+        p0 write b[512:513] seed=3
+        p0 pagemap b[0:2]
+        p0 pagemap b[512:514]
+    """)
+    assert_accepts(prog, ok(), ok(), wrote(1), pm(small(0x100), NONE), ok(), ok(), wrote(1),
+                   wrote(1), pm(thp_page(0x40000, 0), thp_page(0x40000, 1)),
+                   pm(small(0x200), NONE))
+
+
+def test_munmap_and_mprotect_inside_a_thp_split_the_pmd_but_not_the_folio():
+    prog = program("""
+        region a pages=1024
+        p0 thp always never
+        p0 map a[0:1024]
+        p0 write a[0:1] seed=1
+        p0 munmap a[200:201]
+        p0 pagemap a[199:202]
+        p0 mprotect a[0:100] r
+        p0 write a[99:101] seed=2
+        p0 pagemap a[99:101]
+        p0 read a[0:1]
+    """)
+    data = patterns(prog, 1, "a", 0, 1)
+    assert_accepts(prog, ok(), ok(), wrote(1), ok(),
+                   pm(thp_page(0x40000, 199), GONE, thp_page(0x40000, 201)), ok(),
+                   cpu(SEGV, WROTE), pm(thp_page(0x40000, 99), thp_page(0x40000, 100)),
+                   cpu(*data))
+
+
+def test_a_write_to_the_huge_zero_page_maps_a_new_thp_under_a_clear_notifier():
+    """do_huge_zero_wp_pmd: MMU_NOTIFY_CLEAR over the 2 MiB, and by the dmirror_do_update
+    quirk the page after it: the mirror of a[512] (outside any THP: the VMA ends at 513)
+    is lost."""
+    prog = program("""
+        region a pages=513
+        p0 thp always madvise
+        p0 map a[0:513]
+        p0 open d0 dmirror0
+        p0 write a[512:513] seed=1
+        p0 dev_read d0 a[512:513]
+        p0 read a[0:1]
+        p0 dev_read d0 a[512:513]
+        p0 write a[1:2] seed=2
+        p0 dev_read d0 a[512:513]
+        p0 pagemap a[0:2]
+    """)
+    data = patterns(prog, 1, "a", 512, 513)
+    assert_accepts(prog, ok(), ok(), ok(), wrote(1), dev(1, 1, data), cpu(*zeros(1)),
+                   dev(1, 0, data), wrote(1), dev(1, 1, data),
+                   pm(thp_page(0x40000, 0), thp_page(0x40000, 1)))
+    no_notifier = [ok(), ok(), ok(), wrote(1), dev(1, 1, data), cpu(*zeros(1)),
+                   dev(1, 0, data), wrote(1), dev(1, 0, data),
+                   pm(thp_page(0x40000, 0), thp_page(0x40000, 1))]
+    assert_rejects(prog, no_notifier, 8, "faults")
+
+
+def test_a_pte_table_keeps_a_fault_small_until_dontneed_or_munmap_frees_it():
+    """A THP needs pmd_none: a PMD that got a PTE table while THP was off keeps faulting
+    small pages; madvise dontneed of the whole 2 MiB frees the table (CONFIG_PT_RECLAIM),
+    so does munmap (free_pgtables)."""
+    prog = program("""
+        region a pages=1024
+        p0 map a[0:1024]
+        p0 write a[0:1] seed=1
+        p0 thp always madvise
+        p0 write a[1:2] seed=2
+        p0 pagemap a[1:3]
+        p0 madvise a[0:512] dontneed
+        p0 write a[3:4] seed=3
+        p0 pagemap a[3:5]
+    """)
+    assert_accepts(prog, ok(), wrote(1), ok(), wrote(1), pm(small(0x300), NONE), ok(),
+                   wrote(1), pm(thp_page(0x40000, 3), thp_page(0x40000, 4)))
+    assert_rejects(prog, [ok(), wrote(1), ok(), wrote(1),
+                          pm(thp_page(0x40000, 1), thp_page(0x40000, 2))], 4, "pagemap[0]")
+
+
+def test_ops_not_stated_for_thps_yet_are_refused_on_them():
+    base = """
+        region a pages=512
+        p0 thp always madvise
+        p0 map a[0:512]
+        p0 open d0 dmirror0
+        p0 write a[0:1] seed=1
+    """
+    for op, name in (("p0 fork p1", "fork of a process with a THP"),
+                     ("p0 exclusive d0 a[0:1]", "exclusive on a THP"),
+                     ("p0 move_pages a[0:1]", "move_pages on a THP"),
+                     ("p0 madvise a[5:6] pageout", "madvise pageout on a THP"),
+                     ("p0 migrate_to_dev d0 a[0:512]", "migrate_to_dev on a THP"),
+                     ("p0 compact", "compact with a THP")):
+        prog = program(base + "    " + op)
+        verdict = check(prog, trace(ok(), ok(), ok(), wrote(1), ok()))
+        assert verdict.unmodelled_op == name, (op, verdict)
+        assert verdict.unmodelled_from == 4
+
+
+def test_a_gup_fault_that_may_map_a_thp_is_refused():
+    prog = program("""
+        region a pages=512
+        p0 thp always madvise
+        p0 map a[0:512]
+        p0 open d0 dmirror0
+        p0 exclusive d0 a[0:1]
+    """)
+    verdict = check(prog, trace(ok(), ok(), ok(), dev(1, 0)))
+    assert verdict.unmodelled_op == "exclusive where a fault may map a THP"
+
+
+def test_a_device_write_faults_a_thp_and_snapshot_shows_the_pmd():
+    prog = program("""
+        region a pages=1024
+        p0 thp madvise madvise
+        p0 map a[0:1024]
+        p0 madvise a[0:512] hugepage
+        p0 open d0 dmirror0
+        p0 dev_read d0 a[0:1]
+        p0 snapshot d0 a[0:1]
+        p0 dev_write d0 a[0:512] seed=1
+        p0 snapshot d0 a[510:514]
+        p0 read a[0:2]
+    """)
+    data = patterns(prog, 1, "a", 0, 512)
+    # the huge zero page is not is_zero_pfn(): NONE|READ|PMD; the write replaced it by a
+    # THP under MMU_NOTIFY_CLEAR (the READ entry is gone, but dmirror_write faulted anyway)
+    assert_accepts(prog, ok(), ok(), ok(), ok(), dev(1, 1, zeros(1)),
+                   snap(uapi.PROT_READ | uapi.PROT_PMD), dev(512, 1),
+                   snap(W | PMD, W | PMD, 0, 0), cpu(*data[:2]))
+
+
+def test_khugepaged_starting_again_and_older_kernels_are_refused():
+    prog = program("""
+        region a pages=1
+        p0 thp always madvise
+        p0 thp never madvise
+        p0 thp madvise madvise
+    """)
+    verdict = check(prog, trace(ok(), ok(), ok()))
+    assert verdict.unmodelled_op == "thp enabled again" and verdict.unmodelled_from == 2
+    verdict = check(prog, trace(ok(), ok(), ok(), release="6.12.117"))
+    assert verdict.unmodelled_op == "thp on kernels before 7.2"
