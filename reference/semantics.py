@@ -354,7 +354,10 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
             raise Unmodelled("compact with device-exclusive entries",
                              "a migrated folio would lose its device-exclusive entry")
         if world.profile.migration_dirty_sets_soft_dirty and \
-                any(numa.migration_marks_soft_dirty(pte) for pte in mm.ptes.values()):
+                any(numa.migration_marks_soft_dirty(pte) and mm.vma_at(vpn).obj is None
+                    for vpn, pte in mm.ptes.items()):
+            # (a shmem VMA keeps VM_SOFTDIRTY, clear_soft_dirty being refused with it, so
+            # its PTEs' soft-dirty bits never show in pagemap)
             # 6.1: a dirty page that moves comes back soft-dirty (remove_migration_pte's
             # pte_mkdirty), one that stays does not; which ones move is the kernel's choice.
             raise Unmodelled("compact on 6.1 with a dirty page whose soft-dirty bit is clear",

@@ -122,11 +122,14 @@ def _get_folio(world: World, vma: Vma, vpn: int) -> int:
 
 def _map_cache_page(world: World, mm: Mm, vma: Vma, vpn: int, folio: int,
                     write: bool) -> None:
-    """set_pte_range: mk_pte(vm_page_prot), folio_add_file_rmap_ptes."""
-    world.folios[folio] = replace(world.folios[folio],
-                                  mapcount=world.folios[folio].mapcount + 1)
-    mm.ptes[vpn] = Pte(Kind.PRESENT, folio, vma.shared and vma.prot.writable,
-                       soft_dirty=write)
+    """set_pte_range: mk_pte(vm_page_prot), folio_add_file_rmap_ptes; pte_mkdirty (which
+    sets the soft-dirty bit on x86) for a write fault, and for a writable PTE of a folio
+    already dirty."""
+    page = world.folios[folio]
+    world.folios[folio] = replace(page, mapcount=page.mapcount + 1)
+    writable = vma.shared and vma.prot.writable
+    dirty = write or (writable and page.dirty)
+    mm.ptes[vpn] = Pte(Kind.PRESENT, folio, writable, clean=not dirty, soft_dirty=dirty)
 
 
 def read_fault(world: World, mm: Mm, vma: Vma, vpn: int) -> None:

@@ -238,8 +238,7 @@ def test_pageout_swaps_dirty_page_cache_folios_and_drops_clean_ones(each_kernel)
 
 
 def test_mremap_of_shmem_mappings(each_kernel):
-    # mremap is modelled from 7.2's mm/mremap.c only (profile `mremap`)
-    _, trace, verdict = agrees(each_kernel, """
+    agrees(each_kernel, """
         region s pages=4
         region t pages=8
         region f pages=2
@@ -264,11 +263,7 @@ def test_mremap_of_shmem_mappings(each_kernel):
         p0 read f[0:2]
         p0 read t[6:8]
         p0 pagemap t[0:8]
-    """, fully_modelled=False)
-    if trace.kernel_release.startswith("7.2"):
-        assert verdict.unmodelled_from is None, verdict.unmodelled
-    else:
-        assert verdict.unmodelled_op == "mremap on kernels before 7.2"
+    """)
 
 
 @pytest.mark.parametrize("op", ["mbind s[0:2] 1", "clear_soft_dirty"])
