@@ -34,6 +34,7 @@ from .expect import EACCES, EFAULT, EINVAL, ENODEV, ENOENT, Expect, done, fail
 from .mm import invalidate, split_pmd
 from .places import Places
 from .refuse import Unmodelled
+from .shmem import set_policy
 from .state import Kind, Mm, Pte, World
 
 Outcome = tuple[Expect, World]
@@ -232,10 +233,15 @@ def mbind(world: World, op: Mbind, places: Places) -> list[Outcome]:
         return {"flags": vmas.with_policy(vma.flags, op.node)}
 
     # vma_modify_policy: the merged VMA keeps its own vm_flags (no vm_flags_reset)
-    _, _, splits = vmas.modify(mm, start, end, update, world.profile, stop_at_hole=True,
-                               resets_flags=False)
+    _, changed, splits = vmas.modify(mm, start, end, update, world.profile,
+                                     stop_at_hole=True, resets_flags=False)
     for vma, vpn in splits:
         split_pmd(world, mm_id, vma, vpn)
+    for piece_start, _ in changed:
+        # (a VMA whose policy already matched is skipped by mbind_range: mpol_equal)
+        vma = mm.vma_at(piece_start)
+        if vma.obj is not None:
+            set_policy(world, vma, op.node)
     for vpn in queued:
         migrate_page(world, mm_id, vpn, op.node)
     return [(done("do_mbind: the whole range is mapped; the policy is set and the pages "

@@ -399,10 +399,7 @@ def _refuse_on_backed(op: Op, world: World, places: Places) -> None:
     """Cases of ops over shmem or file mappings the model does not follow."""
     if isinstance(op, Mbind):
         start, end = places.vpns(op.range)
-        shmem.refuse_if_backed(world.mms[world.procs[op.proc]], start, end,
-                               "mbind of a shmem or file mapping",
-                               "mbind on shmem sets the object's shared policy "
-                               "(shmem_set_policy), which places every page of the object")
+        shmem.refuse_mbind(world.mms[world.procs[op.proc]], start, end)
     elif isinstance(op, Mremap):
         start, end = places.vpns(op.range)
         shmem.refuse_mremap(world.mms[world.procs[op.proc]], op, start, end)

@@ -86,6 +86,8 @@ def forget_unreachable(world: World) -> None:
         if obj not in mapped:
             for folio in world.objects.pop(obj).values():
                 world.folios.pop(folio, None)
+            for key in [key for key in world.object_policy if key[0] == obj]:
+                del world.object_policy[key]
 
 
 # ------------------------------------------------------------------ faults
@@ -100,21 +102,24 @@ def _page_of(vma: Vma, vpn: int) -> int:
 
 def _get_folio(world: World, vma: Vma, vpn: int) -> int:
     """shmem_fault -> shmem_get_folio_gfp(SGP_CACHE): the object's folio, allocated zeroed
-    and uptodate (on the local node: the object has no policy, mbind is refused) when the
-    page cache has none. A page in swap comes back through shmem_swapin_folio: a new folio
-    with its content (zram is SWP_SYNCHRONOUS_IO: shmem_swap_alloc_folio), marked dirty
-    (folio_mark_dirty), the slot freed."""
+    and uptodate when the page cache has none. A page in swap comes back through
+    shmem_swapin_folio: a new folio with its content (zram is SWP_SYNCHRONOUS_IO:
+    shmem_swap_alloc_folio), marked dirty (folio_mark_dirty), the slot freed. Both
+    allocate by the object's shared policy at the page (shmem_get_pgoff_policy: set by
+    mbind through any VMA mapping it), else the task's: the local node; the VMA's own
+    policy is not asked."""
     pages = world.objects[vma.obj]
     page = _page_of(vma, vpn)
+    node = world.object_policy.get((vma.obj, page), vmas.LOCAL_NODE)
     slot = world.folios.get(pages.get(page))
     if slot is not None and slot.swapped:
         del world.folios[pages[page]]
         folio = pages[page] = world.new_id()
-        world.folios[folio] = Folio(slot.content, mapcount=0, exclusive=False,
-                                    node=vmas.LOCAL_NODE, page_cache=True, dirty=True)
+        world.folios[folio] = Folio(slot.content, mapcount=0, exclusive=False, node=node,
+                                    page_cache=True, dirty=True)
     if page not in pages:
         folio = world.new_id()
-        world.folios[folio] = Folio(ZERO, mapcount=0, exclusive=False, node=vmas.LOCAL_NODE,
+        world.folios[folio] = Folio(ZERO, mapcount=0, exclusive=False, node=node,
                                     page_cache=True)
         pages[page] = folio
     return pages[page]
@@ -224,6 +229,15 @@ def reclaim_cache_page(world: World, mm: Mm, vpn: int) -> None:
     world.folios[pte.folio] = replace(folio, swapped=True)
 
 
+def set_policy(world: World, vma: Vma, node: int) -> None:
+    """mbind_range -> vma_replace_policy -> vm_ops->set_policy = shmem_set_policy:
+    mpol_set_shared_policy over the whole VMA (as split or merged for the mbind) in the
+    object: from now on the object's pages there are allocated on `node`, whichever
+    mapping faults them."""
+    for vpn in range(vma.start, vma.end):
+        world.object_policy[(vma.obj, _page_of(vma, vpn))] = node
+
+
 def populates_with_write(vma: Vma) -> bool:
     """populate_vma_page_range (mlock, mprotect of a locked VMA): FOLL_WRITE only for a
     private writable VMA ((vm_flags & (VM_WRITE | VM_SHARED)) == VM_WRITE)."""
@@ -266,10 +280,14 @@ def refuse_mremap(mm: Mm, op, start: int, end: int) -> None:
                              "pages past i_size SIGBUS (shmem_fault)")
 
 
-def refuse_if_backed(mm: Mm, start: int, end: int, what: str, why: str) -> None:
+def refuse_mbind(mm: Mm, start: int, end: int) -> None:
+    """mbind over a private file mapping: shmem_set_policy puts the policy on the file, and
+    the mapping's anonymous copies are then placed by it too (get_vma_policy ->
+    shmem_get_policy), not by the VMA's policy the model keeps."""
     for vma in vmas.overlaps(mm, start, end):
-        if vma.obj is not None:
-            raise Unmodelled(what, why)
+        if vma.obj is not None and not vma.shared:
+            raise Unmodelled("mbind of a private file mapping",
+                             "its copies are placed by the file's shared policy")
 
 
 def has_backed(mm: Mm) -> bool:

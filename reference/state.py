@@ -240,8 +240,10 @@ class World:
     # What `pagemap` ops showed of physical frames, learned from the kernel's answers (see
     # pagemap.py): folio id -> PFN, device folio id -> device PFN, and the zero page's PFN.
     pfns: dict = field(default_factory=dict)
-    # shmem objects (shmem.py): object -> {object page: page-cache folio id}
+    # shmem objects (shmem.py): object -> {object page: page-cache folio id}; and the
+    # objects' shared memory policies (mbind: shmem_set_policy): (object, page) -> node
     objects: dict = field(default_factory=dict)
+    object_policy: dict = field(default_factory=dict)
     # /sys/kernel/mm/transparent_hugepage/{enabled,defrag} (harness.prog.ops.THP_DEFAULT
     # at the start of every program) and whether THP was on at some point (thp.set_mode)
     thp: tuple = THP_DEFAULT + (False,)
@@ -262,6 +264,7 @@ class World:
             profile=self.profile,
             pfns=dict(self.pfns),
             objects={k: dict(pages) for k, pages in self.objects.items()},
+            object_policy=dict(self.object_policy),
             thp=self.thp,
         )
 
@@ -331,6 +334,7 @@ class World:
                   for k, d in sorted(self.mirrors.items())),
             tuple(sorted(self.pfns.items(), key=repr)),
             tuple((k, tuple(sorted(pages.items()))) for k, pages in sorted(self.objects.items())),
+            tuple(sorted(self.object_policy.items())),
             self.thp,
         )
 

@@ -52,10 +52,10 @@ def test_a_fully_modelled_program_has_no_unmodelled_op():
 def test_a_case_of_a_modelled_op_can_be_refused_by_name():
     prog = program("""
         region a pages=2
-        p0 map a[0:2] shared
+        p0 map a[0:2] file
         p0 mbind a[0:2] 1
     """)
-    assert check(prog, trace(ok(), ok())).unmodelled_op == "mbind of a shmem or file mapping"
+    assert check(prog, trace(ok(), ok())).unmodelled_op == "mbind of a private file mapping"
     prog = program("region a pages=1\np0 map a[0:1]\np0 madvise a[0:1] collapse\n")
     assert check(prog, trace(ok(), ok())).unmodelled_op == "madvise collapse"
 

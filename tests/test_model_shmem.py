@@ -377,6 +377,32 @@ def test_on_6_1_an_unfaulted_page_of_a_shmem_vma_is_enoent_for_move_pages():
     assert only(prog, 1, "6.1.192").node_status == ((-ENOENT,),)
 
 
+def test_mbind_puts_the_policy_on_the_object_for_every_mapping_of_it():
+    # shmem_set_policy: the memfd's pages 0..1 are allocated on node 1 from then on, also
+    # when another mapping without a VMA policy faults them; a page already there moves
+    # only if it is mapped once (queue_folios_pte_range)
+    prog = program("""
+        region m pages=4
+        region n pages=4
+        p0 map m[0:4] memfd
+        p0 mbind m[0:2] 1
+        p0 munmap m[0:4]
+        p0 map m[0:4] memfd
+        p0 read m[0:4]
+        p0 move_pages m[0:4]
+        p0 map n[0:4] memfd
+        p0 write n[0:2] seed=1
+        p0 fork p1
+        p1 read n[0:1]
+        p1 munmap n[1:4]
+        p0 mbind n[0:4] 1
+        p0 move_pages n[0:4]
+    """)
+    assert only(prog, 5).node_status == ((1,), (1,), (0,), (0,))
+    # (p1's read mapped n[1] too, by fault-around, until it unmapped it)
+    assert only(prog, 12).node_status == ((0,), (1,), (-ENOENT,), (-ENOENT,))
+
+
 # ---------------------------------------------------------------- mremap
 
 def test_mremap_moves_page_cache_ptes_and_keeps_the_object_offset():
@@ -425,12 +451,13 @@ def test_mremap_dontunmap_leaves_the_source_its_object():
 
 # ---------------------------------------------------------------- refused
 
-@pytest.mark.parametrize("op, refused", [
-    ("p0 mremap s[0:2] t[0:4]", "mremap of a shmem or file mapping past the object's size"),
-    ("p0 mbind s[0:2] 1", "mbind of a shmem or file mapping"),
-    ("p0 clear_soft_dirty", "clear_soft_dirty with shmem or file mappings"),
+@pytest.mark.parametrize("kind, op, refused", [
+    ("memfd", "p0 mremap s[0:2] t[0:4]",
+     "mremap of a shmem or file mapping past the object's size"),
+    ("file", "p0 mbind s[0:2] 1", "mbind of a private file mapping"),
+    ("shared", "p0 clear_soft_dirty", "clear_soft_dirty with shmem or file mappings"),
 ])
-def test_what_is_not_followed_on_shmem_mappings_is_refused_by_name(op, refused):
-    prog = program(f"region s pages=2\nregion t pages=4\np0 map s[0:2] memfd\n{op}\n")
+def test_what_is_not_followed_on_shmem_mappings_is_refused_by_name(kind, op, refused):
+    prog = program(f"region s pages=2\nregion t pages=4\np0 map s[0:2] {kind}\n{op}\n")
     verdict = check(prog, trace(ok(), ok()))
     assert verdict.unmodelled_op == refused

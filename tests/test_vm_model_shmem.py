@@ -266,11 +266,46 @@ def test_mremap_of_shmem_mappings(each_kernel):
     """)
 
 
-@pytest.mark.parametrize("op", ["mbind s[0:2] 1", "clear_soft_dirty"])
-def test_ops_not_followed_on_shmem_mappings_stop_the_check_there(each_kernel, op):
+def test_mbind_sets_the_objects_policy(each_kernel):
+    agrees(each_kernel, """
+        region m pages=4
+        region n pages=4
+        region s pages=4
+        p0 map m[0:4] memfd
+        p0 mbind m[0:2] 1
+        p0 munmap m[0:4]
+        p0 map m[0:4] memfd
+        p0 read m[0:4]
+        p0 move_pages m[0:4]
+        p0 map n[0:4] memfd
+        p0 map s[0:4] shared
+        p0 write n[0:2] seed=1
+        p0 write s[0:4] seed=2
+        p0 fork p1
+        p1 read n[0:1]
+        p1 munmap n[1:4]
+        p0 mbind n[0:4] 1
+        p0 move_pages n[0:4]
+        p1 move_pages n[0:1]
+        p0 mbind s[1:3] 1
+        p0 move_pages s[0:4]
+        p0 madvise s[0:4] pageout
+        p1 read s[0:4]
+        p1 move_pages s[0:4]
+        p1 exit
+        p0 read s[0:4]
+        p0 move_pages s[0:4]
+        p0 mbind s[0:4] 0
+        p0 move_pages s[0:4]
+    """)
+
+
+@pytest.mark.parametrize("kind, op", [("file", "mbind s[0:2] 1"),
+                                      ("memfd", "clear_soft_dirty")])
+def test_ops_not_followed_on_shmem_mappings_stop_the_check_there(each_kernel, kind, op):
     program, _, verdict = agrees(each_kernel, f"""
         region s pages=2
-        p0 map s[0:2] memfd
+        p0 map s[0:2] {kind}
         p0 write s[0:2] seed=1
         p0 {op}
         p0 read s[0:2]
