@@ -103,8 +103,9 @@ def compare(spec: KsmSpec | None, seen, why: str) -> list[tuple[str, tuple[str, 
 def madvise_mergeable(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
     """ksm_madvise(MADV_MERGEABLE) for each VMA of the range: a VMA without VM_MERGEABLE
     registers the mm with __ksm_enter (if MMF_VM_MERGEABLE is not set yet); every private
-    anonymous VMA is ksm_compatible."""
-    if any("mergeable" not in vma.flags for vma in vmas.overlaps(mm, start, end)):
+    VMA is ksm_compatible, a VM_SHARED one is not ("Just ignore the advice")."""
+    if any("mergeable" not in vma.flags and not vma.shared
+           for vma in vmas.overlaps(mm, start, end)):
         world.ksm_slots = world.ksm_slots | {mm_id}
 
 
@@ -182,8 +183,8 @@ def _candidates(world: World, scanned: list[int]) -> dict[tuple, list[_Mapping]]
                 continue
             for vpn in sorted(v for v in mm.ptes if vma.start <= v < vma.end):
                 pte = mm.ptes[vpn]
-                if pte.kind is not Kind.PRESENT:
-                    continue
+                if pte.kind is not Kind.PRESENT or world.folios[pte.folio].page_cache:
+                    continue  # a page-cache folio of a private file mapping is not anon
                 key = _content_key(world.content(pte.folio))
                 groups.setdefault(key, []).append(_Mapping(mm_id, vpn, vma.softdirty))
     return groups

@@ -102,7 +102,7 @@ class Profile:
     ksm_unmerge_write_fault: bool = False
     # stable_page_flags sets KPF_KSM for every anonymous page: 6.12 tests
     # `mapping & PAGE_MAPPING_KSM`, and PAGE_MAPPING_KSM is PAGE_MAPPING_ANON |
-    # PAGE_MAPPING_MOVABLE (docs/findings.md #10); 6.1 asks PageKsm, 7.2 compares all the
+    # PAGE_MAPPING_MOVABLE (docs/findings.md #11); 6.1 asks PageKsm, 7.2 compares all the
     # mapping flag bits with FOLIO_MAPPING_KSM.
     kpf_ksm_on_every_anon_page: bool = False
 

@@ -228,3 +228,15 @@ def test_6_1_breaks_ksm_pages_with_a_write_fault_newer_kernels_with_an_unshare_f
     snapshots = {release: expected(prog, release)[-1][0].snapshot
                  for release in ("7.2.13", "6.12.117", "6.1.192")}
     assert snapshots == {"7.2.13": bytes((R,)), "6.12.117": bytes((R,)), "6.1.192": bytes((W,))}
+
+
+def test_shared_mappings_are_not_ksm_candidates():
+    # ksm_compatible: MADV_MERGEABLE ignores a VM_SHARED VMA (no flag, no mm_slot)
+    prog = program("""
+        region s pages=2
+        p0 map s[0:2] shared
+        p0 madvise s[0:2] populate_write
+        p0 madvise s[0:2] mergeable
+        p0 ksm_merge
+    """)
+    assert last(prog).ksm == KsmSpec(0, 0, 0, 0)
