@@ -53,10 +53,11 @@ def _back_to_system(world: World, mm: Mm, vpn: int, node: int) -> None:
     new = world.new_folio(old.content)
     world.folios[new] = Folio(old.content, 1, old.exclusive, lazyfree=old.lazyfree, node=node)
     # remove_migration_pte: writable iff the migration entry was, the soft-dirty bit
-    # carried over (no pte_needs_soft_dirty_wp check on this path).
-    # The uffd-wp bit rides along too (migrate_vma_collect_pmd: pte_swp_mkuffd_wp into the
+    # carried over (no pte_needs_soft_dirty_wp check on this path); clean, as the migration
+    # entry made from a device-private one is never dirty (migrate_vma_collect_pmd). The
+    # uffd-wp bit rides along too (migrate_vma_collect_pmd: pte_swp_mkuffd_wp into the
     # migration entry; remove_migration_pte: pte_mkuffd_wp).
-    mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable, soft_dirty=pte.soft_dirty,
+    mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable, clean=True, soft_dirty=pte.soft_dirty,
                        uffd_wp=pte.uffd_wp)
     del world.folios[pte.folio]
 
@@ -157,7 +158,7 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
     mirror = world.mirrors[mirror_id]
     mm_id = mirror.mm
     ptes = mm.ptes
-    if (end - start == PMD_PAGES and start % PMD_PAGES == 0
+    if (vma.obj is None and end - start == PMD_PAGES and start % PMD_PAGES == 0
             and not any(v in ptes for v in range(start, end))):
         # migrate_vma_collect_hole with MIGRATE_VMA_SELECT_COMPOUND: a 2 MiB-aligned piece
         # without a PMD table migrates as one device THP; whether the table exists depends
@@ -175,9 +176,29 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             continue
         if pte is not None and pte.kind is Kind.PRESENT:
             folio = world.folios[pte.folio]
+            if folio.ksm:
+                raise Unmodelled("migrate_to_dev of a KSM page",
+                                 "migrating a KSM folio to device memory is not stated")
             if folio.mapcount > 1:
                 # try_to_migrate() of the other mappings: see _shared_device_page.
                 raise Unmodelled("migrate_to_dev of a page mapped by several processes")
+            if folio.swap_slot is not None:
+                # migrate_vma_check_page counts the swap cache's reference; whether
+                # migrate_vma_pages moves a swap-cache folio to device memory is not read.
+                raise Unmodelled("migrate_to_dev of a page in the swap cache")
+            if folio.page_cache:
+                if mirror.flags & FAIL_ALLOC:
+                    raise Unmodelled("migrate_to_dev of a shmem page with FAIL_ALLOC set",
+                                     "whether the collected page consumes the flag")
+                # Collected and isolated (migrate_vma_collect_pmd: a page with a mapping),
+                # a device page allocated and filled, but migrate_vma_pages: "only support
+                # anonymous memory migrating to device private" clears MIGRATE_PFN_MIGRATE;
+                # migrate_vma_finalize puts the PTE back as it was (same folio, same
+                # permission) and dmirror_migrate_finalize_and_map skips the page.
+                continue
+        if pte is None and vma.obj is not None:
+            # migrate_vma_collect_hole: "Only allow populating anonymous memory."
+            continue
         # pte_none and the zero page are collected without a page (MIGRATE_PFN_MIGRATE
         # only, no MIGRATE_PFN_WRITE); a present anonymous folio with MIGRATE_PFN_WRITE
         # iff its PTE is writable.
@@ -206,7 +227,7 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
         # migrate_vma_collect_pmd carries a present page's soft-dirty and uffd-wp bits into
         # the entry (the migration entry's pte_swp_mkuffd_wp, then remove_migration_pte);
         # migrate_vma_insert_page (pte_none, zero page) makes a fresh entry without either,
-        # writable iff VM_WRITE even where the zero page was uffd-wp (docs/findings.md #10).
+        # writable iff VM_WRITE even where the zero page was uffd-wp (docs/findings.md #12).
         ptes[vpn] = Pte(Kind.DEVICE, device_folio, writable,
                         soft_dirty=old is not None and pte.soft_dirty,
                         uffd_wp=old is not None and pte.uffd_wp)

@@ -34,7 +34,8 @@ from .expect import EACCES, EFAULT, EINVAL, ENODEV, ENOENT, Expect, done, fail
 from .mm import invalidate, split_pmd
 from .places import Places
 from .refuse import Unmodelled
-from .state import Kind, Mm, World
+from .shmem import set_policy
+from .state import Kind, Mm, Pte, World
 
 Outcome = tuple[Expect, World]
 
@@ -58,7 +59,8 @@ def _lookup(world: World, mm: Mm, vpn: int) -> tuple[int | None, str, int | None
     device-private and device-exclusive entries) -> -ENOENT; the zero page -> -EFAULT. A
     PROT_NONE PTE is pte_present on x86 and is walked like any other.
     6.1 (profile.move_pages_follow_page): follow_page(FOLL_DUMP): pte_none (or no page
-    table) is no_page_table() -> -EFAULT for an anonymous VMA; the rest is as above (its
+    table) is no_page_table() -> -EFAULT for an anonymous VMA (-ENOENT for a shmem VMA,
+    which has a fault handler: shmem.py); the rest is as above (its
     pte_protnone check is constant 0 without CONFIG_NUMA_BALANCING, which the guest
     lacks, so a PROT_NONE PTE is followed too)."""
     vma = mm.vma_at(vpn)
@@ -67,7 +69,7 @@ def _lookup(world: World, mm: Mm, vpn: int) -> tuple[int | None, str, int | None
     pte = mm.ptes.get(vpn)
     old_walk = world.profile.move_pages_follow_page
     if pte is None:
-        if old_walk:
+        if old_walk and vma.obj is None:
             return -EFAULT, ("pte_none: follow_page(FOLL_DUMP) -> no_page_table -> -EFAULT "
                              "on an anonymous VMA"), None
         return -ENOENT, "pte_none: folio_walk_start finds nothing -> -ENOENT", None
@@ -185,10 +187,23 @@ def migrate_page(world: World, mm_id: int, vpn: int, node: int) -> None:
     MMU_NOTIFY_CLEAR over the page (the mirror loses it and, by the quirk, the next page),
     remove_migration_pte maps the new folio with the same PTE bits and PageAnonExclusive.
     The model keeps the folio's identity; its PFN is forgotten."""
-    folio_id = world.mms[mm_id].ptes[vpn].folio
+    mm = world.mms[mm_id]
+    pte = mm.ptes[vpn]
+    folio_id = pte.folio
+    if world.profile.migration_dirty_sets_soft_dirty and migration_marks_soft_dirty(pte):
+        mm.ptes[vpn] = replace(pte, soft_dirty=True)
     invalidate(world, mm_id, vpn, vpn + 1)
     world.folios[folio_id] = replace(world.folios[folio_id], node=node)
     world.pfns.pop(("pfn", folio_id), None)
+
+
+def migration_marks_soft_dirty(pte: Pte) -> bool:
+    """6.1 remove_migration_pte: pte_mksoft_dirty from the entry, then pte_mkdirty() for a
+    dirty page (try_to_migrate_one made the migration entry dirty and marked the folio
+    dirty from pte_dirty), which on x86 sets the soft-dirty bit as well
+    (profile.migration_dirty_sets_soft_dirty). A PTE the model knows to be clean (a
+    swap-in read, madvise free, a page back from device memory) keeps its bit."""
+    return pte.kind is Kind.PRESENT and not pte.soft_dirty and not pte.clean
 
 
 # ------------------------------------------------------------------ mbind
@@ -217,9 +232,16 @@ def mbind(world: World, op: Mbind, places: Places) -> list[Outcome]:
     def update(vma):
         return {"flags": vmas.with_policy(vma.flags, op.node)}
 
-    _, _, splits = vmas.modify(mm, start, end, update, world.profile, stop_at_hole=True)
+    # vma_modify_policy: the merged VMA keeps its own vm_flags (no vm_flags_reset)
+    _, changed, splits = vmas.modify(mm, start, end, update, world.profile,
+                                     stop_at_hole=True, resets_flags=False)
     for vma, vpn in splits:
         split_pmd(world, mm_id, vma, vpn)
+    for piece_start, _ in changed:
+        # (a VMA whose policy already matched is skipped by mbind_range: mpol_equal)
+        vma = mm.vma_at(piece_start)
+        if vma.obj is not None:
+            set_policy(world, vma, op.node)
     for vpn in queued:
         migrate_page(world, mm_id, vpn, op.node)
     return [(done("do_mbind: the whole range is mapped; the policy is set and the pages "

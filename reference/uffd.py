@@ -34,7 +34,7 @@ writable (maybe_change_pte_writable); swap-out and swap-in (try_to_unmap_one,
 do_swap_page: the page comes back read-only with the bit), migration to the device and
 back and NUMA migration/compaction (migration entries and remove_migration_pte),
 device-exclusive entries (restore_exclusive_pte) carry it. A zero page migrated to the
-device loses it (migrate_vma_insert_page makes a fresh entry, docs/findings.md #10). Fork
+device loses it (migrate_vma_insert_page makes a fresh entry, docs/findings.md #12). Fork
 drops it in the child with the VMA's registration (dup_userfaultfd without
 UFFD_FEATURE_EVENT_FORK resets the child's VMA, then __copy_present_ptes /
 copy_nonpresent_pte clear the bit for a VMA without userfaultfd_wp); zap drops it with
@@ -47,14 +47,15 @@ page where the op's error is not stated (madvise populate_write, mlock's populat
 from __future__ import annotations
 
 from harness.prog.ops import (
-    Mremap, Smaps, Switch, Thp, ThpEnabled, UffdRegister, UffdUnregister, UffdWriteprotect,
+    KsmMerge, Mremap, Smaps, Switch, Thp, ThpEnabled, UffdRegister, UffdUnregister,
+    UffdWriteprotect,
 )
 
 from . import mm as cpu, vma as vmas
 from .expect import EINVAL, ENOENT, done, fail
 from .places import Places
 from .refuse import Unmodelled
-from .state import Vma, World
+from .state import Kind, Vma, World
 from .uffd_wp import FLAG
 
 # ------------------------------------------------------------------ the ops
@@ -139,25 +140,42 @@ def armed(world: World) -> bool:
 
 # mremap of a registered VMA goes through mremap_userfaultfd_prep (without
 # UFFD_FEATURE_EVENT_REMAP the new VMA loses its registration) and move_ptes clears the
-# bits for it: not followed yet.
-GUARDED = (Mremap,)
-# Stated for order-0 folios only: THPs bring change_huge_pmd's uffd-wp bit,
-# userfaultfd_huge_pmd_wp and smaps' AnonHugePages and per-page mapcounts of large folios.
+# bits for it; KSM's replace_page maps the KSM page with a fresh PTE: not followed yet.
+GUARDED = (Mremap, KsmMerge)
+# Stated for private anonymous order-0 folios only: THPs bring change_huge_pmd's uffd-wp
+# bit, userfaultfd_huge_pmd_wp and smaps' AnonHugePages and per-page mapcounts of large
+# folios; shmem and file mappings use uffd-wp PTE markers (userfaultfd_wp_use_markers) and
+# smaps counts their page cache and shmem swap; KSM pages count in smaps' KSM accounting.
 ORDER_0_ONLY = (UffdRegister, UffdUnregister, UffdWriteprotect, Smaps)
 
 
 def refuse_unfollowed(world: World, op, places: Places) -> None:
-    """Raise Unmodelled for an op the model has not followed with uffd-wp state (or THPs)
-    around."""
-    thp_was_on = world.thp[0] is not ThpEnabled.NEVER or world.thp[2]
-    if isinstance(op, ORDER_0_ONLY) and thp_was_on:
-        raise Unmodelled(f"{op.keyword} with THP enabled in the program",
-                         "stated for order-0 folios only")
+    """Raise Unmodelled for an op the model has not followed with uffd-wp state (or THPs,
+    shmem and file mappings, KSM pages) around."""
+    if isinstance(op, ORDER_0_ONLY):
+        _refuse_beyond_anonymous_order_0(world, op, places)
     if not armed(world):
         return
     if isinstance(op, GUARDED):
         raise Unmodelled(f"{op.keyword} with userfaultfd-wp registered memory",
-                         "mremap_userfaultfd_prep and move_ptes are not followed")
+                         "mremap_userfaultfd_prep, move_ptes and replace_page are not "
+                         "followed")
     if isinstance(op, Thp) and op.enabled is not ThpEnabled.NEVER:
         raise Unmodelled("thp with userfaultfd-wp registered memory",
                          "uffd-wp on THPs is not stated")
+
+
+def _refuse_beyond_anonymous_order_0(world: World, op, places: Places) -> None:
+    if world.thp[0] is not ThpEnabled.NEVER or world.thp[2]:
+        raise Unmodelled(f"{op.keyword} with THP enabled in the program",
+                         "stated for order-0 folios only")
+    mm = world.mms[world.procs[op.proc]]
+    start, end = places.vpns(op.range)
+    for vma in vmas.overlaps(mm, start, end):
+        if vma.obj is not None:
+            raise Unmodelled(f"{op.keyword} over a shmem or file mapping",
+                             "stated for private anonymous memory only")
+        if isinstance(op, Smaps) and any(
+                vpn in vma and pte.kind is not Kind.ZERO and pte.folio in world.folios
+                and world.folios[pte.folio].ksm for vpn, pte in mm.ptes.items()):
+            raise Unmodelled("smaps over a KSM page", "KSM accounting is not stated")

@@ -243,7 +243,7 @@ def test_the_bit_rides_through_swap_device_memory_and_device_exclusive_entries()
 
 def test_a_protected_zero_page_migrated_to_the_device_loses_its_protection():
     # migrate_vma_insert_page makes a fresh device-private entry: writable iff VM_WRITE,
-    # no uffd-wp bit (docs/findings.md #10)
+    # no uffd-wp bit (docs/findings.md #12)
     prog = program("""
         region a pages=1
         p0 map a[0:1]
@@ -293,3 +293,35 @@ def test_6_1_protects_only_within_one_vma_and_unprotects_read_only():
     start = (ok(), wrote(4), ok(), err(errno.ENOENT))
     assert check(prog, trace(*start, cpu(BUS), release="7.2.13")).ok
     assert check(prog, trace(*start, wrote(1), release="6.1.192")).ok
+
+
+def test_shmem_thp_and_ksm_cases_are_refused_by_name():
+    prog = program("""
+        region s pages=2
+        p0 map s[0:2] shared
+        p0 uffd_register s[0:2]
+    """)
+    assert check(prog, trace(ok(), ok())).unmodelled_op == \
+        "uffd_register over a shmem or file mapping"
+    prog = program("""
+        region s pages=2
+        p0 map s[0:2] memfd
+        p0 smaps s[0:2]
+    """)
+    assert check(prog, trace(ok(), ok())).unmodelled_op == "smaps over a shmem or file mapping"
+    prog = program("""
+        region a pages=2
+        p0 thp always madvise
+        p0 map a[0:2]
+        p0 smaps a[0:2]
+    """)
+    assert check(prog, trace(ok(), ok(), ok())).unmodelled_op == \
+        "smaps with THP enabled in the program"
+    prog = program("""
+        region a pages=2
+        p0 map a[0:2]
+        p0 uffd_register a[0:2]
+        p0 ksm_merge
+    """)
+    assert check(prog, trace(ok(), ok(), ok())).unmodelled_op == \
+        "ksm_merge with userfaultfd-wp registered memory"
