@@ -64,7 +64,8 @@ def _restored(world: World, vma: Vma, pte: Pte) -> Pte:
         # 6.1/6.12 restore_exclusive_pte: maybe_mkwrite(pte_mkdirty(pte)) only for a
         # writable entry; pte_mkdirty sets the soft-dirty bit too on x86.
         writable = vma.prot.writable and pte.writable
-        return Pte(Kind.PRESENT, pte.folio, writable, soft_dirty=pte.soft_dirty or pte.writable)
+        return Pte(Kind.PRESENT, pte.folio, writable, soft_dirty=pte.soft_dirty or pte.writable,
+                   uffd_wp=pte.uffd_wp)   # pte_swp_uffd_wp -> pte_mkuffd_wp
     else:
         # can_change_pte_writable -> maybe_change_pte_writable
         writable = vma.prot.writable and world.folios[pte.folio].exclusive and \
