@@ -17,7 +17,8 @@ from harness.prog.ops import (
     DEVICES, MAX_NODE, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, ClearSoftDirty,
     CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, Located,
     Madvise, Map, Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap,
-    Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot, Region, Release, Snapshot,
+    Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot, Region, Release, Snapshot, Thp,
+    ThpDefrag, ThpEnabled,
 )
 
 MAX_OPS = 64
@@ -101,7 +102,10 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
     if forks + 1 < MAX_PROCESSES:  # exited processes still count towards the limit
         kinds.append(Fork)
     if chooser.chance(5):
-        return chooser.pick((ClearSoftDirty, Compact))(proc)
+        kind = chooser.pick((ClearSoftDirty, Compact, Thp))
+        if kind is Thp:
+            return Thp(proc, chooser.pick(list(ThpEnabled)), chooser.pick(list(ThpDefrag)))
+        return kind(proc)
     kind = chooser.pick(kinds)
     if kind is Fork:
         taken = set(scope.fds) | {op.child for op in all_ops if isinstance(op, Fork)}

@@ -366,7 +366,7 @@ def step(world: World, op: Op, places: Places) -> list[Outcome]:
     thp.guard(world, op, places)
     if places.thp_programmed:
         thp.note_tables(world)
-    outcomes = function(world, op, places)
+    outcomes = thp.with_allocation_choices(world, lambda w: function(w, op, places))
     if isinstance(op, Mremap):
         for after in {id(w): w for _, w in outcomes}.values():
             thp.forget_mremap_tables(after, op, places)

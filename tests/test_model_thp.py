@@ -183,7 +183,7 @@ def test_ops_not_stated_for_thps_yet_are_refused_on_them():
         p0 open d0 dmirror0
         p0 write a[0:1] seed=1
     """
-    for op, name in (("p0 fork p1", "fork of a process with a THP"),
+    for op, name in (("p0 clear_soft_dirty", "clear_soft_dirty of a process with a THP"),
                      ("p0 exclusive d0 a[0:1]", "exclusive on a THP"),
                      ("p0 move_pages a[0:1]", "move_pages on a THP"),
                      ("p0 madvise a[5:6] pageout", "madvise pageout on a THP"),
@@ -239,3 +239,62 @@ def test_khugepaged_starting_again_and_older_kernels_are_refused():
     assert verdict.unmodelled_op == "thp enabled again" and verdict.unmodelled_from == 2
     verdict = check(prog, trace(ok(), ok(), ok(), release="6.12.117"))
     assert verdict.unmodelled_op == "thp on kernels before 7.2"
+
+
+def test_a_thp_allocation_may_fail_and_the_fault_maps_a_small_page():
+    """vma_alloc_anon_folio_pmd may return NULL (THP_FAULT_FALLBACK): the fault maps a 4 KiB
+    page, and the PMD has a PTE table from then on; for a write to the huge zero page,
+    do_huge_pmd_wp_page splits it into small zero pages and copies the one page."""
+    prog = program("""
+        region a pages=1024
+        p0 thp always madvise
+        p0 map a[0:1024]
+        p0 write a[0:1] seed=1
+        p0 read a[512:513]
+        p0 write a[513:514] seed=2
+        p0 write a[1:2] seed=3
+        p0 pagemap a[0:3]
+        p0 pagemap a[512:515]
+    """)
+    small_zero = PagemapEntry(PRESENT | SD | SMALL_ZERO, 0, ZERO_PAGE)
+    head = [ok(), ok(), wrote(1), cpu(*zeros(1)), wrote(1), wrote(1)]
+    # both allocations fell back
+    assert_accepts(prog, *head, pm(small(0x100), small(0x101), NONE),
+                   pm(small_zero, small(0x102), small_zero))
+    # the first one succeeded, the second fell back
+    assert_accepts(prog, *head, pm(thp_page(0x40000, 0), thp_page(0x40000, 1),
+                                   thp_page(0x40000, 2)),
+                   pm(small_zero, small(0x102), small_zero))
+    # both succeeded
+    assert_accepts(prog, *head, pm(thp_page(0x40000, 0), thp_page(0x40000, 1),
+                                   thp_page(0x40000, 2)),
+                   pm(thp_page(0x40200, 0), thp_page(0x40200, 1), thp_page(0x40200, 2)))
+
+
+def test_fork_shares_a_thp_and_a_cow_write_splits_the_pmd_and_copies_one_page():
+    """copy_huge_pmd write-protects the PMD in both and clears PageAnonExclusive; a write
+    then finds the folio mapped twice: do_huge_pmd_wp_page splits the PMD
+    (MMU_NOTIFY_CLEAR over the 2 MiB) and do_wp_page copies the one page. Once the child
+    is gone, a write to the parent's PMD reuses the whole folio."""
+    prog = program("""
+        region a pages=1024
+        p0 thp always madvise
+        p0 map a[0:1024]
+        p0 write a[0:1] seed=1
+        p0 write a[512:513] seed=2
+        p0 fork p1
+        p0 pagemap a[0:2]
+        p1 write a[1:2] seed=3
+        p1 pagemap a[0:3]
+        p0 pagemap a[0:2]
+        p1 exit
+        p0 write a[512:513] seed=4
+        p0 pagemap a[512:514]
+    """)
+    def shared(index, count=2):
+        return PagemapEntry(PRESENT | SD | (EXCL if count == 1 else 0) | (0x40000 + index),
+                            count, ANON | THP | compound(index))
+    copy = PagemapEntry(PRESENT | SD | EXCL | 0x9000, 1, ANON | ANON_EXCL)
+    assert_accepts(prog, ok(), ok(), wrote(1), wrote(1), ok(), pm(shared(0), shared(1)),
+                   wrote(1), pm(shared(0), copy, shared(2)), pm(shared(0), shared(1, 1)),
+                   ok(), wrote(1), pm(thp_page(0x40200, 0), thp_page(0x40200, 1)))
