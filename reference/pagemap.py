@@ -179,8 +179,10 @@ def thp_spec(world: World, mm, vpn: int, pte, sd: int, name: str) -> PageSpec | 
     is not anonymous (folio_test_anon); kpagecount 0 (no rmap), so no PM_MMAP_EXCLUSIVE;
     kpageflags ZERO_PAGE and THP (is_huge_zero_pfn), compound head or tail, no ANON. A THP
     page: KPF_THP (large and rmappable), compound head or tail, ANON, and PG_anon_exclusive
-    of the folio's flags; kpagecount and PM_MMAP_EXCLUSIVE from the precise page mapcount
-    (_mapcount + the entire mapcount: 1 when mapped by one PMD or one PTE)."""
+    of the folio's flags; kpagecount from the precise page mapcount (_mapcount + the entire
+    mapcount: 1 when mapped by one PMD or one PTE), PM_MMAP_EXCLUSIVE too, but for a PMD
+    mapping from the head page's (so after fork and a COW copy of the head page in the
+    other process, every page of this PMD loses the bit)."""
     index = vpn // THP_PAGES
     pmd = mm.pmds.get(index)
     if pte.kind is Kind.ZERO and pmd is not None and pmd.zero:
@@ -195,7 +197,12 @@ def thp_spec(world: World, mm, vpn: int, pte, sd: int, name: str) -> PageSpec | 
     if folio.thp is None:
         return None
     key = ("thp", folio.thp)
-    flags = PM_PRESENT | sd | (PM_MMAP_EXCLUSIVE if folio.mapcount == 1 else 0)
+    # pagemap_pmd_range_thp asks __folio_page_mapped_exclusively(folio, page) with page =
+    # pmd_page(), the head page, for all 512 records; pte_to_pagemap_entry asks of the page.
+    asked = folio
+    if index in mm.pmds:
+        asked = world.folios[mm.ptes[index * THP_PAGES].folio]
+    flags = PM_PRESENT | sd | (PM_MMAP_EXCLUSIVE if asked.mapcount == 1 else 0)
     how = "a PMD" if index in mm.pmds else "a PTE"
     return PageSpec(flags, "pfn", key, known=world.pfns.get(key), offset=folio.thp_index,
                     count=folio.mapcount,

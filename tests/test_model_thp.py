@@ -292,9 +292,15 @@ def test_fork_shares_a_thp_and_a_cow_write_splits_the_pmd_and_copies_one_page():
         p0 pagemap a[512:514]
     """)
     def shared(index, count=2):
-        return PagemapEntry(PRESENT | SD | (EXCL if count == 1 else 0) | (0x40000 + index),
-                            count, ANON | THP | compound(index))
+        return PagemapEntry(PRESENT | SD | (0x40000 + index), count,
+                            ANON | THP | compound(index))
     copy = PagemapEntry(PRESENT | SD | EXCL | 0x9000, 1, ANON | ANON_EXCL)
-    assert_accepts(prog, ok(), ok(), wrote(1), wrote(1), ok(), pm(shared(0), shared(1)),
-                   wrote(1), pm(shared(0), copy, shared(2)), pm(shared(0), shared(1, 1)),
-                   ok(), wrote(1), pm(thp_page(0x40200, 0), thp_page(0x40200, 1)))
+    # p0's page 1 is mapped once now, but p0 maps it by a PMD, and pagemap_pmd_range_thp
+    # asks __folio_page_mapped_exclusively of the head page, still mapped twice: no
+    # PM_MMAP_EXCLUSIVE (7.2 showed this)
+    results = [ok(), ok(), wrote(1), wrote(1), ok(), pm(shared(0), shared(1)),
+               wrote(1), pm(shared(0), copy, shared(2)), pm(shared(0), shared(1, 1)),
+               ok(), wrote(1), pm(thp_page(0x40200, 0), thp_page(0x40200, 1))]
+    assert_accepts(prog, *results)
+    results[8] = pm(shared(0), PagemapEntry(shared(1, 1).entry | EXCL, 1, shared(1).flags))
+    assert_rejects(prog, results, 8, "pagemap[1]")

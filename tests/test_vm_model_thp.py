@@ -96,3 +96,44 @@ def test_the_device_sees_thps_through_hmm_range_fault(kernel_session):
     # the write to the huge zero page: MMU_NOTIFY_CLEAR over the 2 MiB and the page after
     assert trace.results[29].faults == 1
     assert trace.results[10].snapshot == bytes([0x06, 0x06, 0, 0])   # WRITE|PMD, none
+
+
+def test_fork_shares_thps_and_cow_splits_the_pmd(kernel_session):
+    _, trace, _ = agrees(kernel_session, """
+        region a pages=1024
+        region b pages=1024
+        region c pages=16
+        p0 thp always defer
+        p0 map a[0:1024]
+        p0 write a[0:1] seed=1
+        p0 read a[512:513]
+        p0 open d0 dmirror0
+        p0 dev_read d0 a[0:4]
+        p0 fork p1
+        p0 pagemap a[0:2]
+        p0 snapshot d0 a[0:2]
+        p1 pagemap a[512:514]
+        p1 write a[1:2] seed=2
+        p1 pagemap a[0:3]
+        p0 pagemap a[0:3]
+        p1 write a[512:513] seed=3
+        p1 pagemap a[512:514]
+        p0 pagemap a[512:514]
+        p0 write a[2:3] seed=4
+        p0 dev_read d0 a[0:4]
+        p1 exit
+        p0 pagemap a[0:4]
+        p0 map b[0:1024]
+        p0 write b[0:1] seed=5
+        p0 fork p2
+        p2 exit
+        p0 write b[1:2] seed=6
+        p0 pagemap b[0:2]
+        p0 map c[0:16]
+        p0 write c[0:4] seed=7
+        p0 mremap c[0:4] b[900:904]
+        p0 pagemap b[898:906]
+        p0 read b[900:904]
+    """)
+    shared = trace.results[7].pagemap[0]
+    assert shared.count == 2 and not shared.flags & (1 << 34)
