@@ -376,7 +376,11 @@ def _make_exclusive(world: World, mirror: Dmirror, start: int, end: int,
                    f"check_vma_flags refuses FOLL_WRITE on {places.name(vpn)}'s VMA without "
                    "VM_WRITE -> -EFAULT")
             break
+        # FOLL_SPLIT_PMD: follow_pmd_mask splits a PMD mapping before it looks further,
+        # both the one it finds and the one the fault maps.
+        thp.gup_split_pmd(world, mm_id, mm, vpn)
         write_fault(world, mm_id, mm, vma, vpn)
+        thp.gup_split_pmd(world, mm_id, mm, vpn)
     for vpn in range(start, got):
         # GUP's dirtying and restore_exclusive_pte's are not followed for lazyfree folios.
         reclaim.lost_track(world, mm.ptes[vpn].folio)

@@ -77,6 +77,8 @@ class PageSpec:
                 text += f" + {self.offset}"
         elif self.frame == "swp":
             text += f" swap type {self.swp_type} offset pfn of {_key_name(self.key)}"
+            if self.offset:
+                text += f" + {self.offset}"
         if self.count is not None:
             text += f" count={self.count} flags&stated={self.kflags:#x}"
         return text
@@ -146,8 +148,11 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
                                   why=f"{name} is swapped out: a swap entry of the zram "
                                       "device (type 0), its offset the slot"))
             continue
+        offset = 0
         if pte.kind is Kind.EXCLUSIVE:
             key = ("pfn", pte.folio)
+            if folio.thp is not None:     # a page of a THP: its PFN is the head's + index
+                key, offset = ("thp", folio.thp), folio.thp_index
             swp_type = profile.swp_device_exclusive
             if profile.exclusive_entry_permission and not pte.writable:
                 swp_type += 1  # SWP_DEVICE_EXCLUSIVE_READ follows _WRITE
@@ -158,7 +163,8 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
             if profile.pagemap_swap_exclusive and folio.mapcount == 1:
                 flags |= PM_MMAP_EXCLUSIVE
             why = f"{name} is a {'writable' if pte.writable else 'readable'} device-private entry"
-        specs.append(PageSpec(flags, "swp", key, swp_type, known=world.pfns.get(key), why=why))
+        specs.append(PageSpec(flags, "swp", key, swp_type, known=world.pfns.get(key),
+                              offset=offset, why=why))
     specs = [replace(spec, taken=_taken(live, spec.key)) if spec.key else spec
              for spec in specs]
     return [(Expect(pagemap=tuple(specs), why={

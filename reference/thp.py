@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from harness.prog import ZERO
 from harness.prog.ops import (
     Advice, CheckExclusive, ClearSoftDirty, CloseDevice, Compact, CpuRead, CpuWrite,
-    DeviceOp, DevRead, DevWrite, Exit, Flags, Fork, Madvise, Map, Mlock, Mprotect, Mremap,
+    DeviceOp, DevRead, DevWrite, Exclusive, Exit, Flags, Fork, Madvise, Map, Mlock, Mprotect, Mremap,
     Munlock, Munmap, OpenDevice, Pagemap, Release, Snapshot, Thp, ThpEnabled,
 )
 
@@ -347,6 +347,17 @@ def split_pmd_mapping(mm: Mm, index: int) -> None:
         mm.tables[index] = True
 
 
+def gup_split_pmd(world: World, mm_id: int, mm: Mm, vpn: int) -> None:
+    """GUP with FOLL_SPLIT_PMD (make_device_exclusive): follow_pmd_mask meets a PMD
+    mapping and calls split_huge_pmd (MMU_NOTIFY_CLEAR over the 2 MiB) before it follows
+    the PTE; the huge zero PMD too, so a write then copies one small zero page."""
+    from .mm import invalidate
+    index = pmd_of(vpn)
+    if index in mm.pmds:
+        invalidate(world, mm_id, index * PMD_PAGES, (index + 1) * PMD_PAGES)
+        split_pmd_mapping(mm, index)
+
+
 def zap_pmds(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
     """zap_pmd_range over [start, end): a PMD mapping covered in part is split first
     (__split_huge_pmd: MMU_NOTIFY_CLEAR over its 2 MiB, inside the zap's own notifier), one
@@ -382,13 +393,11 @@ def snapshot_byte(mm: Mm, vpn: int, byte: int) -> int:
 # Ops stated for THPs (their functions call the hooks above).
 _THP_AWARE = (Map, Munmap, Mprotect, CpuRead, CpuWrite, Pagemap, Thp, OpenDevice,
               CloseDevice, Release, Flags, CheckExclusive, Exit, Mlock, Munlock,
-              DevRead, DevWrite, Snapshot, Fork)
+              DevRead, DevWrite, Snapshot, Fork, Exclusive)
 _THP_AWARE_ADVICE = {Advice.DONTNEED, Advice.POPULATE_READ, Advice.POPULATE_WRITE,
                      Advice.HUGEPAGE, Advice.NOHUGEPAGE, Advice.DONTFORK, Advice.DOFORK,
                      Advice.WIPEONFORK, Advice.KEEPONFORK, Advice.MERGEABLE,
                      Advice.UNMERGEABLE}
-# Ops that fault pages in through GUP (a fault may map a THP).
-_FAULTING = ("exclusive",)
 
 
 def has_huge(world: World, mm: Mm, start: int | None = None, end: int | None = None) -> bool:
@@ -401,17 +410,6 @@ def has_huge(world: World, mm: Mm, start: int | None = None, end: int | None = N
     for vpn in vpns:
         pte = ptes[vpn]
         if pte.kind is not Kind.ZERO and world.folios[pte.folio].thp is not None:
-            return True
-    return False
-
-
-def _may_fault_huge(world: World, mm: Mm, start: int, end: int) -> bool:
-    if world.thp[0] is ThpEnabled.NEVER:
-        return False
-    for index in range(pmd_of(start), pmd_of(end - 1) + 1):
-        vpn = max(start, index * PMD_PAGES)
-        vma = mm.vma_at(vpn)
-        if vma is not None and huge_fault_allowed(world, mm, vma, vpn):
             return True
     return False
 
@@ -459,9 +457,6 @@ def guard(world: World, op, places) -> None:
     name = op.keyword if not isinstance(op, Madvise) else f"madvise {op.advice.value}"
     if has_huge(world, mm, start, end):
         raise Unmodelled(f"{name} on a THP", "not stated for PMD-sized folios yet")
-    if op.keyword in _FAULTING and _may_fault_huge(world, mm, start, end):
-        raise Unmodelled(f"{name} where a fault may map a THP",
-                         "hmm_range_fault and GUP faults are not stated for THPs yet")
 
 
 def forget_mremap_tables(world: World, op: Mremap, places) -> None:

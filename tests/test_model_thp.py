@@ -184,7 +184,6 @@ def test_ops_not_stated_for_thps_yet_are_refused_on_them():
         p0 write a[0:1] seed=1
     """
     for op, name in (("p0 clear_soft_dirty", "clear_soft_dirty of a process with a THP"),
-                     ("p0 exclusive d0 a[0:1]", "exclusive on a THP"),
                      ("p0 move_pages a[0:1]", "move_pages on a THP"),
                      ("p0 madvise a[5:6] pageout", "madvise pageout on a THP"),
                      ("p0 migrate_to_dev d0 a[0:512]", "migrate_to_dev on a THP"),
@@ -193,18 +192,6 @@ def test_ops_not_stated_for_thps_yet_are_refused_on_them():
         verdict = check(prog, trace(ok(), ok(), ok(), wrote(1), ok()))
         assert verdict.unmodelled_op == name, (op, verdict)
         assert verdict.unmodelled_from == 4
-
-
-def test_a_gup_fault_that_may_map_a_thp_is_refused():
-    prog = program("""
-        region a pages=512
-        p0 thp always madvise
-        p0 map a[0:512]
-        p0 open d0 dmirror0
-        p0 exclusive d0 a[0:1]
-    """)
-    verdict = check(prog, trace(ok(), ok(), ok(), dev(1, 0)))
-    assert verdict.unmodelled_op == "exclusive where a fault may map a THP"
 
 
 def test_a_device_write_faults_a_thp_and_snapshot_shows_the_pmd():

@@ -137,3 +137,30 @@ def test_fork_shares_thps_and_cow_splits_the_pmd(kernel_session):
     """)
     shared = trace.results[7].pagemap[0]
     assert shared.count == 2 and not shared.flags & (1 << 34)
+
+
+def test_make_device_exclusive_splits_the_pmd_of_a_thp(kernel_session):
+    """GUP with FOLL_SPLIT_PMD: the write fault maps a THP (or the huge zero page is split
+    and one page copied), follow_pmd_mask splits the PMD, the page becomes a device-exclusive
+    entry whose offset is the THP's PFN plus its index; a CPU access restores it."""
+    _, trace, _ = agrees(kernel_session, """
+        region a pages=1024
+        p0 thp always madvise
+        p0 map a[0:1024]
+        p0 open d0 dmirror0
+        p0 dev_read d0 a[512:513]
+        p0 exclusive d0 a[0:2]
+        p0 pagemap a[0:3]
+        p0 snapshot d0 a[0:3]
+        p0 exclusive d0 a[600:601]
+        p0 snapshot d0 a[599:602]
+        p0 dev_read d0 a[512:513]
+        p0 read a[0:1]
+        p0 check_exclusive d0 a[0:2]
+        p0 pagemap a[0:2]
+        p0 write a[1:3] seed=1
+        p0 fork p1
+        p1 exclusive d0 a[3:4]
+        p0 pagemap a[2:5]
+    """)
+    assert trace.results[9].faults == 1     # the huge zero page's split erased a[512]
