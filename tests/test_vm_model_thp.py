@@ -164,3 +164,32 @@ def test_make_device_exclusive_splits_the_pmd_of_a_thp(kernel_session):
         p0 pagemap a[2:5]
     """)
     assert trace.results[9].faults == 1     # the huge zero page's split erased a[512]
+
+
+def test_clear_soft_dirty_and_move_pages_queries_on_thps(kernel_session):
+    """clear_soft_dirty_pmd write-protects the PMD and clears its soft-dirty bit; the next
+    write reuses the folio (PageAnonExclusive) and sets the bit on the whole PMD;
+    move_pages without nodes reports a THP page's node and -EFAULT for the huge zero
+    page (is_huge_zero_folio)."""
+    agrees(kernel_session, """
+        region a pages=1536
+        p0 thp always never
+        p0 map a[0:1536]
+        p0 write a[0:1] seed=1
+        p0 read a[512:513]
+        p0 write a[1024:1025] seed=2
+        p0 munmap a[1500:1501]
+        p0 clear_soft_dirty
+        p0 pagemap a[0:2]
+        p0 pagemap a[511:514]
+        p0 pagemap a[1024:1026]
+        p0 write a[1:2] seed=3
+        p0 write a[1025:1026] seed=4
+        p0 pagemap a[0:2]
+        p0 pagemap a[1024:1027]
+        p0 move_pages a[0:2]
+        p0 move_pages a[511:514]
+        p0 mprotect a[0:512] r
+        p0 mprotect a[0:512] rw
+        p0 pagemap a[0:1]
+    """)
