@@ -364,8 +364,7 @@ def step(world: World, op: Op, places: Places) -> list[Outcome]:
     if function is None:
         raise Unmodelled(op.keyword)
     thp.guard(world, op, places)
-    if places.thp_programmed:
-        thp.note_tables(world)
+    thp.note_tables(world)
     outcomes = thp.with_allocation_choices(world, lambda w: function(w, op, places))
     if isinstance(op, Mremap):
         for after in {id(w): w for _, w in outcomes}.values():
