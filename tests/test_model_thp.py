@@ -291,3 +291,24 @@ def test_fork_shares_a_thp_and_a_cow_write_splits_the_pmd_and_copies_one_page():
     assert_accepts(prog, *results)
     results[8] = pm(shared(0), PagemapEntry(shared(1, 1).entry | EXCL, 1, shared(1).flags))
     assert_rejects(prog, results, 8, "pagemap[1]")
+
+
+def test_an_empty_aligned_piece_with_a_pte_table_migrates_page_by_page():
+    """migrate_vma_collect_hole makes a 2 MiB-aligned hole one device THP only where the
+    PMD is none; after a 4 KiB fault and dontneed of part of it the table stays, the walk
+    goes to the PTEs and every pte_none is collected on its own."""
+    text = """
+        region a pages=512
+        p0 map a[0:512]
+        p0 write a[0:1] seed=1
+        p0 madvise a[0:1] dontneed
+        p0 open d0 dmirror0
+        p0 migrate_to_dev d0 a[0:512]
+    """
+    prog = program(text)
+    assert_accepts(prog, ok(), wrote(1), ok(), ok(), dev(512, 0, zeros(512)))
+    # dontneed of the whole 2 MiB frees the table (CONFIG_PT_RECLAIM): a device THP
+    prog = program(text.replace("madvise a[0:1] dontneed", "madvise a[0:512] dontneed"))
+    verdict = check(prog, trace(ok(), wrote(1), ok(), ok(), dev(512, 0, zeros(512))))
+    assert verdict.unmodelled_op == \
+        "migrate_to_dev of an empty 2 MiB-aligned range without a PTE table"

@@ -193,3 +193,17 @@ def test_clear_soft_dirty_and_move_pages_queries_on_thps(kernel_session):
         p0 mprotect a[0:512] rw
         p0 pagemap a[0:1]
     """)
+
+
+def test_an_empty_aligned_piece_with_a_pte_table_migrates_page_by_page(kernel_session):
+    _, trace, _ = agrees(kernel_session, """
+        region a pages=512
+        p0 map a[0:512]
+        p0 write a[0:1] seed=1
+        p0 madvise a[0:1] dontneed
+        p0 open d0 dmirror0
+        p0 migrate_to_dev d0 a[0:512]
+        p0 snapshot d0 a[0:2]
+        p0 pagemap a[0:2]
+    """)
+    assert trace.results[4].cpages == 512
