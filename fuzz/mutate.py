@@ -175,9 +175,15 @@ def _regions(program: Program) -> tuple[Region, ...]:
 
 def generate(chooser: Chooser, max_ops: int = 24) -> Program:
     """A fresh program: a region or two, mapped, then random ops."""
-    regions = tuple(Region(name, chooser.pick((1, 4, 16, 64, 512)), slot)
+    huge = chooser.chance(15)    # THP on from the start, over a region of whole PMDs
+    regions = tuple(Region(name, chooser.pick((512, 1024) if huge and slot == 0 else
+                                              (1, 4, 16, 64, 512, 1024)), slot)
                     for slot, name in enumerate("ab"[:chooser.integer(1, 2)]))
-    ops: list[Op] = [Map("p0", PageRange(r.name, 0, r.pages)) for r in regions]
+    ops: list[Op] = []
+    if huge:
+        ops.append(Thp("p0", chooser.pick((ThpEnabled.ALWAYS,) * 3 + (ThpEnabled.MADVISE,)),
+                       chooser.pick(list(ThpDefrag))))
+    ops += [Map("p0", PageRange(r.name, 0, r.pages)) for r in regions]
     ops.append(OpenDevice("p0", "d0", chooser.pick(DEVICES)))
     for _ in range(chooser.integer(1, max_ops)):
         scope = Scope.after({r.name: r for r in regions}, ops)
