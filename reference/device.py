@@ -53,8 +53,9 @@ def _back_to_system(world: World, mm: Mm, vpn: int, node: int) -> None:
     new = world.new_folio(old.content)
     world.folios[new] = Folio(old.content, 1, old.exclusive, lazyfree=old.lazyfree, node=node)
     # remove_migration_pte: writable iff the migration entry was, the soft-dirty bit
-    # carried over (no pte_needs_soft_dirty_wp check on this path).
-    mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable, soft_dirty=pte.soft_dirty)
+    # carried over (no pte_needs_soft_dirty_wp check on this path); clean, as the migration
+    # entry made from a device-private one is never dirty (migrate_vma_collect_pmd).
+    mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable, clean=True, soft_dirty=pte.soft_dirty)
     del world.folios[pte.folio]
 
 
@@ -177,6 +178,10 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             if folio.mapcount > 1:
                 # try_to_migrate() of the other mappings: see _shared_device_page.
                 raise Unmodelled("migrate_to_dev of a page mapped by several processes")
+            if folio.swap_slot is not None:
+                # migrate_vma_check_page counts the swap cache's reference; whether
+                # migrate_vma_pages moves a swap-cache folio to device memory is not read.
+                raise Unmodelled("migrate_to_dev of a page in the swap cache")
         # pte_none and the zero page are collected without a page (MIGRATE_PFN_MIGRATE
         # only, no MIGRATE_PFN_WRITE); a present anonymous folio with MIGRATE_PFN_WRITE
         # iff its PTE is writable.

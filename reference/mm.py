@@ -60,8 +60,10 @@ def restore_exclusive(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> N
 
 def _restored(world: World, vma: Vma, pte: Pte) -> Pte:
     if world.profile.exclusive_entry_permission:
-        # 6.1/6.12 restore_exclusive_pte: maybe_mkwrite() only for a writable entry.
+        # 6.1/6.12 restore_exclusive_pte: maybe_mkwrite(pte_mkdirty(pte)) only for a
+        # writable entry; pte_mkdirty sets the soft-dirty bit too on x86.
         writable = vma.prot.writable and pte.writable
+        return Pte(Kind.PRESENT, pte.folio, writable, soft_dirty=pte.soft_dirty or pte.writable)
     else:
         writable = vma.prot.writable and world.folios[pte.folio].exclusive and \
             not needs_soft_dirty_wp(vma, pte)
@@ -193,8 +195,10 @@ def _write_protected_anon(world: World, mm_id: int, mm: Mm, vpn: int, pte: Pte) 
         # no MMU notifier: permissions only grow).
         mm.ptes[vpn] = replace(pte, writable=True)
         return
-    if folio.mapcount > 1:
-        # Still mapped by another process: wp_page_copy (MMU_NOTIFY_CLEAR on the page).
+    if folio.mapcount > 1 or folio.swap_slot is not None:
+        # Still mapped by another process, or in the swap cache of a slot other swap
+        # entries refer to (wp_can_reuse_anon_folio: folio_free_swap fails, the swap cache
+        # keeps its reference): wp_page_copy (MMU_NOTIFY_CLEAR on the page).
         invalidate(world, mm_id, vpn, vpn + 1)
         world.unmap_folio(pte.folio)
         copy = world.new_folio(folio.content, vmas.alloc_node(mm.vma_at(vpn)))

@@ -34,7 +34,7 @@ from .expect import EACCES, EFAULT, EINVAL, ENODEV, ENOENT, Expect, done, fail
 from .mm import invalidate, split_pmd
 from .places import Places
 from .refuse import Unmodelled
-from .state import Kind, Mm, World
+from .state import Kind, Mm, Pte, World
 
 Outcome = tuple[Expect, World]
 
@@ -185,10 +185,23 @@ def migrate_page(world: World, mm_id: int, vpn: int, node: int) -> None:
     MMU_NOTIFY_CLEAR over the page (the mirror loses it and, by the quirk, the next page),
     remove_migration_pte maps the new folio with the same PTE bits and PageAnonExclusive.
     The model keeps the folio's identity; its PFN is forgotten."""
-    folio_id = world.mms[mm_id].ptes[vpn].folio
+    mm = world.mms[mm_id]
+    pte = mm.ptes[vpn]
+    folio_id = pte.folio
+    if world.profile.migration_dirty_sets_soft_dirty and migration_marks_soft_dirty(pte):
+        mm.ptes[vpn] = replace(pte, soft_dirty=True)
     invalidate(world, mm_id, vpn, vpn + 1)
     world.folios[folio_id] = replace(world.folios[folio_id], node=node)
     world.pfns.pop(("pfn", folio_id), None)
+
+
+def migration_marks_soft_dirty(pte: Pte) -> bool:
+    """6.1 remove_migration_pte: pte_mksoft_dirty from the entry, then pte_mkdirty() for a
+    dirty page (try_to_migrate_one made the migration entry dirty and marked the folio
+    dirty from pte_dirty), which on x86 sets the soft-dirty bit as well
+    (profile.migration_dirty_sets_soft_dirty). A PTE the model knows to be clean (a
+    swap-in read, madvise free, a page back from device memory) keeps its bit."""
+    return pte.kind is Kind.PRESENT and not pte.soft_dirty and not pte.clean
 
 
 # ------------------------------------------------------------------ mbind
@@ -217,7 +230,9 @@ def mbind(world: World, op: Mbind, places: Places) -> list[Outcome]:
     def update(vma):
         return {"flags": vmas.with_policy(vma.flags, op.node)}
 
-    _, _, splits = vmas.modify(mm, start, end, update, world.profile, stop_at_hole=True)
+    # vma_modify_policy: the merged VMA keeps its own vm_flags (no vm_flags_reset)
+    _, _, splits = vmas.modify(mm, start, end, update, world.profile, stop_at_hole=True,
+                               resets_flags=False)
     for vma, vpn in splits:
         split_pmd(world, mm_id, vma, vpn)
     for vpn in queued:

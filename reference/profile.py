@@ -66,13 +66,25 @@ class Profile:
     # ((vma->vm_flags & VM_WRITE) ..."); 6.1 only on a write fault (maybe_mkwrite under
     # FAULT_FLAG_WRITE), so a swapped-in page read first is read-only until a write reuses it.
     swapin_read_maps_writable: bool = True
-    # mremap is modelled from 7.2's mm/mremap.c (remap_move of several VMAs, copy_vma with
-    # vma_merge_copied_range, unmap_source_vma); 6.1/6.12 take other paths (vma_to_resize,
-    # vma_merge, move_vma's own VM_ACCOUNT bookkeeping) the model does not follow.
-    mremap: bool = False
-    # clear_soft_dirty and the soft-dirty write-protection are modelled from 7.2's
-    # fs/proc/task_mmu.c and pte_needs_soft_dirty_wp users; refused before.
-    clear_soft_dirty: bool = False
+    # do_mremap before remap_move (6.1, 6.12): a move handles one VMA. The syscall looks
+    # the VMA up before mremap_to checks the target for overlap (no VMA: -EFAULT, not
+    # -EINVAL), and mremap_to unmaps the target (and, for a shrink, the tail) before
+    # vma_to_resize finds that the range runs past its VMA (-EFAULT then, with those
+    # unmaps done). 7.2 checks everything first (check_mremap_params, check_prep_vma) and
+    # moves every VMA of a same-size range (remap_move).
+    mremap_moves_one_vma: bool = False
+    # 6.1 copy_vma: an unfaulted VMA kept by MREMAP_DONTUNMAP and copied right next to
+    # itself is not merged at all ("simply do not attempt to merge in that case"); 6.12
+    # and 7.2 drop only the source from the merge candidates.
+    copy_vma_no_merge_beside_kept_source: bool = False
+    # VMA_STICKY_FLAGS (7.2): a merge keeps VM_SOFTDIRTY if any part had it. 6.1/6.12 keep
+    # the flags of the VMA that survives the merge, and mprotect/madvise/mlock then set the
+    # changed VMA's new flags on it (vm_flags_reset): soft-dirty can be lost by a merge.
+    vma_softdirty_sticky: bool = False
+    # 6.1 remove_migration_pte sets the soft-dirty bit from the migration entry and then
+    # calls pte_mkdirty() for a dirty page (folio dirty, migration entry dirty), which on
+    # x86 sets soft-dirty too; 6.12 and 7.2 set or clear it from the entry afterwards.
+    migration_dirty_sets_soft_dirty: bool = False
     # move_pages looks pages up with follow_page(FOLL_DUMP) (6.1: add_page_for_migration,
     # do_pages_stat_array): pte_none is -EFAULT (no_page_table); 6.12 and 7.2 use
     # folio_walk_start, which finds no folio: -ENOENT.
@@ -82,13 +94,15 @@ class Profile:
     thp: bool = False
 
 
-NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False, mremap=True,
-                 clear_soft_dirty=True, thp=True)
+NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False,
+                 vma_softdirty_sticky=True, thp=True)
 V6_12 = Profile("6.12", 64, 64, True, False, False, False, 27, 28, 29, False,
-                swapin_skips_swapcache=True)
+                swapin_skips_swapcache=True, mremap_moves_one_vma=True)
 V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,
                swapin_skips_swapcache=True, mprotect_writable_needs_dirty=True,
-               swapin_read_maps_writable=False, move_pages_follow_page=True)
+               swapin_read_maps_writable=False, move_pages_follow_page=True,
+               mremap_moves_one_vma=True, copy_vma_no_merge_beside_kept_source=True,
+               migration_dirty_sets_soft_dirty=True)
 
 
 def profile_for(kernel_release: str) -> Profile:

@@ -107,6 +107,15 @@ def _swap_out(world: World, mm: Mm, vpn: int) -> None:
                          "add_to_swap may fail")
     pte = mm.ptes[vpn]
     folio = world.folios.pop(pte.folio)
+    if folio.swap_slot is not None:
+        # A folio already in the swap cache keeps its slot (no add_to_swap):
+        # try_to_unmap_one takes another reference on it (folio_dup_swap), and the folio
+        # leaves the swap cache (__remove_mapping). It was never PageAnonExclusive.
+        slot = world.folios[folio.swap_slot]
+        world.folios[folio.swap_slot] = replace(slot, mapcount=slot.mapcount + 1, cache=None,
+                                                swapcache=False, exclusive=False)
+        mm.ptes[vpn] = Pte(Kind.SWAP, folio.swap_slot, soft_dirty=pte.soft_dirty)
+        return
     slot = world.new_id()
     world.folios[slot] = Folio(folio.content, 1, folio.exclusive, swapped=True)
     mm.ptes[vpn] = Pte(Kind.SWAP, slot, soft_dirty=pte.soft_dirty)  # pte_swp_mksoft_dirty
@@ -132,13 +141,13 @@ def swap_in(world: World, mm: Mm, vma: Vma, vpn: int, write: bool) -> None:
     writable at once only then and with VM_WRITE (on 6.1 only for a write fault,
     profile.swapin_read_maps_writable); dirty only for a write fault. The slot
     is freed (folio_put_swap; zram: should_try_to_free_swap). A read-only result of a write
-    fault goes on to do_wp_page (mm.write_fault)."""
+    fault goes on to do_wp_page (mm.write_fault). A slot other swap entries still refer to
+    goes through the swap cache (_swap_in_shared)."""
     pte = mm.ptes[vpn]
     slot = world.folios[pte.folio]
-    if slot.mapcount > 1:
-        # The swap cache folio would be shared by every process that swaps the entry in
-        # (its swap count keeps it in the swap cache); the model does not follow that.
-        raise Unmodelled("a swap-in of a swap entry shared by several processes")
+    if slot.mapcount > 1 or slot.cache is not None:
+        _swap_in_shared(world, mm, vma, vpn)
+        return
     exclusive = slot.exclusive or (world.profile.swapin_skips_swapcache and not slot.swapcache)
     del world.folios[pte.folio]
     # The folio comes from the swap cache (allocated when willneed read it) or is allocated
@@ -151,6 +160,44 @@ def swap_in(world: World, mm: Mm, vma: Vma, vpn: int, write: bool) -> None:
         (vma.softdirty or soft_dirty)   # not pte_needs_soft_dirty_wp
     mm.ptes[vpn] = Pte(Kind.PRESENT, folio, writable, clean=not (write and writable),
                        soft_dirty=soft_dirty)
+
+
+def _swap_in_shared(world: World, mm: Mm, vma: Vma, vpn: int) -> None:
+    """do_swap_page of a slot shared after fork (copy_nonpresent_pte: swap count > 1, the
+    exclusive bit cleared in every entry), or whose swap-cache folio another process maps.
+
+    The folio is looked up in the swap cache (swap_cache_get_folio) or read into it (7.2
+    swapin_sync, 6.x swapin_readahead: __swap_count > 1 rules out 6.x's read outside the
+    cache), and every process that swaps the slot in maps that same folio. The swap PTE is
+    not exclusive and the swap cache holds a reference (folio_ref_count > 1), so the page is
+    mapped read-only and not PageAnonExclusive. The entry's reference is dropped
+    (folio_put_swap / swap_free_nr); folio_free_swap (7.2: always on zram; 6.x: for a write
+    fault or VM_LOCKED) succeeds only once no swap entry refers to the slot, and even then
+    the folio is still mapped elsewhere, so it is never mapped exclusive here. A write
+    fault goes on to do_wp_page, which copies (mm._write_protected_anon)."""
+    pte = mm.ptes[vpn]
+    slot_id = pte.folio
+    slot = world.folios[slot_id]
+    if world.profile.swapin_skips_swapcache and "locked" in vma.flags and \
+            slot.mapcount == 1 and slot.cache is not None and \
+            world.folios[slot.cache].mapcount == 0:
+        # 6.x should_try_to_free_swap (VM_LOCKED) frees the swap cache, and then the page
+        # is mapped exclusive iff folio_ref_count == 1: not while a per-CPU LRU batch still
+        # holds the folio, which the model does not follow.
+        raise Unmodelled("a swap-in on a VM_LOCKED VMA of the last entry of an unmapped "
+                         "swap-cache folio (6.x)",
+                         "exclusive or not depends on the LRU batch holding the folio")
+    if slot.cache is None:
+        folio_id = world.new_id()
+        node = slot.node if slot.swapcache else alloc_node(vma)
+        world.folios[folio_id] = Folio(slot.content, 0, False, node=node, swap_slot=slot_id)
+    else:
+        folio_id = slot.cache
+    folio = world.folios[folio_id]
+    world.folios[folio_id] = replace(folio, mapcount=folio.mapcount + 1)
+    world.folios[slot_id] = replace(slot, cache=folio_id, swapcache=True)
+    mm.ptes[vpn] = Pte(Kind.PRESENT, folio_id, False, clean=True, soft_dirty=pte.soft_dirty)
+    world.unmap_folio(slot_id)   # the entry's swap count; the last one lets the folio go
 
 
 def mark_lazyfree(world: World, mm: Mm, start: int, end: int) -> None:
@@ -172,6 +219,10 @@ def mark_lazyfree(world: World, mm: Mm, start: int, end: int) -> None:
         if pte.kind is not Kind.PRESENT:
             continue   # zero page (vm_normal_folio NULL), device-exclusive entries
         folio = world.folios[pte.folio]
+        if folio.swap_slot is not None:
+            # folio_test_swapcache: "if (folio_test_swapcache(folio) &&
+            # !folio_free_swap(folio)) continue" -- other swap entries hold the slot.
+            continue
         state = Lazyfree.CLEAN if folio.mapcount == 1 else Lazyfree.UNKNOWN
         world.folios[pte.folio] = replace(folio, lazyfree=state)
         if folio.mapcount == 1:

@@ -8,8 +8,9 @@ new address; the mirror of the old range is invalidated (move_page_tables fires
 MMU_NOTIFY_UNMAP over it), and the munmaps around it (the destination, the shrunk tail, the
 source) are ordinary munmaps with their split notifiers.
 
-Older kernels go other ways through the same call (6.1/6.12: vma_to_resize, one VMA only,
-vma_merge for the copy, different VM_ACCOUNT bookkeeping), so mremap is refused on them.
+6.1 and 6.12 take the same steps in another order and move one VMA only
+(profile.mremap_moves_one_vma, `_mremap_to_one_vma`); their copy_vma merges by the same
+rules as mmap's (6.1: vma_merge, with profile.copy_vma_no_merge_beside_kept_source).
 """
 
 from __future__ import annotations
@@ -19,16 +20,12 @@ from dataclasses import replace
 from . import mm as cpu, vma as vmas
 from .expect import EFAULT, EINVAL, ENOMEM, Expect, done, fail
 from .places import Places
-from .refuse import Unmodelled
 from .state import Mm, Vma, World
 
 Outcome = tuple[Expect, World]
 
 
 def mremap(world: World, op, places: Places) -> list[Outcome]:
-    if not world.profile.mremap:
-        raise Unmodelled("mremap on kernels before 7.2",
-                         "modelled from 7.2's mm/mremap.c only")
     mm_id = world.procs[op.proc]
     mm = world.mms[mm_id]
     old_start, old_end = places.vpns(op.range)
@@ -37,6 +34,12 @@ def mremap(world: World, op, places: Places) -> list[Outcome]:
         return [(_resize_in_place(world, mm_id, mm, old_start, old_len, new_len, places),
                  world)]
     new_start, _ = places.vpns(op.to)
+    if world.profile.mremap_moves_one_vma:
+        err, why = _mremap_to_one_vma(world, mm_id, mm, old_start, old_len, new_start,
+                                      new_len, op.dontunmap, places)
+        if err:
+            return [(fail(err, why), world)]
+        return [(done("mremap: the range moved"), world)]
     # check_mremap_params
     if op.dontunmap and old_len != new_len:
         return [(fail(EINVAL, "check_mremap_params: MREMAP_DONTUNMAP does not allow "
@@ -97,6 +100,34 @@ def _populate(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
 
 
 # ------------------------------------------------------------------ moves
+
+def _mremap_to_one_vma(world: World, mm_id: int, mm: Mm, start: int, old_len: int,
+                       new_start: int, new_len: int, dontunmap: bool,
+                       places: Places) -> tuple[int, str]:
+    """6.1/6.12 SYSCALL_DEFINE5(mremap) with MREMAP_FIXED, then mremap_to: the checks come
+    in another order than 7.2's, and the source must lie in one VMA whatever the sizes."""
+    if dontunmap and old_len != new_len:
+        return EINVAL, "mremap: MREMAP_DONTUNMAP does not allow resizing -> -EINVAL"
+    if mm.vma_at(start) is None:
+        return EFAULT, f"mremap: vma_lookup finds no VMA at {places.name(start)} -> -EFAULT"
+    if start < new_start + new_len and new_start < start + old_len:
+        return EINVAL, "mremap_to: the target overlaps the source -> -EINVAL"
+    # do_munmap of the target, and of the tail for a shrink, before vma_to_resize looks
+    cpu.munmap(world, mm_id, new_start, new_start + new_len)
+    if new_len < old_len:
+        cpu.munmap(world, mm_id, start + new_len, start + old_len)
+        old_len = new_len
+    vma = mm.vma_at(start)
+    if old_len > vma.end - start:
+        return EFAULT, (f"vma_to_resize: the range runs past the end of {places.name(start)}'s "
+                        "VMA (\"We can't remap across vm area boundaries\"), after the target "
+                        "was unmapped -> -EFAULT")
+    locked = "locked" in vma.flags
+    _move_vma(world, mm_id, mm, start, old_len, new_start, new_len, dontunmap)
+    if locked and new_len > old_len:
+        _populate(world, mm_id, mm, new_start + old_len, new_start + new_len)
+    return 0, ""
+
 
 def _remap_move(world: World, mm_id: int, mm: Mm, start: int, length: int, new_start: int,
                 dontunmap: bool, places: Places) -> tuple[int, str]:
@@ -181,6 +212,10 @@ def _copy_vma(world: World, mm: Mm, vma: Vma, start: int, new_start: int, new_le
     faulted = vma.anon is not None
     shift = vma.shift + start - new_start if faulted else 0
     fresh = replace(vma, start=new_start, end=new_start + new_len, shift=shift)
+    if world.profile.copy_vma_no_merge_beside_kept_source and not faulted and keep_source \
+            and (new_start == vma.end or vma.start == new_start + new_len):
+        # 6.1: "simply do not attempt to merge in that case"
+        return vmas.insert_new(mm, fresh)
     # "if (!faulted_in_anon_vma && keep_source)": prev/next == vma are no merge candidates
     return vmas.merge_new(mm, fresh, vma, world.profile,
                           not_with_source=not faulted and keep_source)

@@ -296,10 +296,9 @@ def _clear_soft_dirty(world: World, op, places: Places) -> list[Outcome]:
     VM_SOFTDIRTY of every VMA, fires MMU_NOTIFY_SOFT_DIRTY over the whole address space
     (every dmirror of the mm drops its whole table), and clear_soft_dirty write-protects
     every present PTE and clears its soft-dirty bit (swap-like entries: only the bit).
-    Afterwards only a write fault makes a page writable again (pte_needs_soft_dirty_wp)."""
-    if not world.profile.clear_soft_dirty:
-        raise Unmodelled("clear_soft_dirty on kernels before 7.2",
-                         "modelled from 7.2's fs/proc/task_mmu.c only")
+    Afterwards only a write fault makes a page writable again (pte_needs_soft_dirty_wp).
+    The same code in 6.1 and 6.12 (clear_refs_write, clear_soft_dirty: "is_swap_pte" is
+    7.2's "not none, not present")."""
     mm_id = world.procs[op.proc]
     mm = world.mms[mm_id]
     mm.vmas[:] = [replace(vma, softdirty=False) for vma in mm.vmas]
@@ -330,6 +329,12 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
             # entry and the folio would come back as a present PTE.
             raise Unmodelled("compact with device-exclusive entries",
                              "a migrated folio would lose its device-exclusive entry")
+        if world.profile.migration_dirty_sets_soft_dirty and \
+                any(numa.migration_marks_soft_dirty(pte) for pte in mm.ptes.values()):
+            # 6.1: a dirty page that moves comes back soft-dirty (remove_migration_pte's
+            # pte_mkdirty), one that stays does not; which ones move is the kernel's choice.
+            raise Unmodelled("compact on 6.1 with a dirty page whose soft-dirty bit is clear",
+                             "whether compaction moves it decides its soft-dirty bit")
     for mm_id, mm in world.mms.items():
         mirrors = world.mirrors_of(mm_id)
         for vpn, pte in mm.ptes.items():
@@ -341,6 +346,9 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
                     entry = mirror.table.get(page)
                     if entry is not None and not entry.maybe_gone:
                         mirror.table[page] = replace(entry, maybe_gone=True)
+    for folio_id, folio in world.folios.items():
+        if folio.swap_slot is not None and folio.mapcount == 0:
+            world.pfns.pop(("pfn", folio_id), None)   # an unmapped swap-cache folio moves too
     return [(done("compact_memory: compaction always reports success"), world)]
 
 

@@ -90,6 +90,14 @@ class Folio:
     # kernels swap it in (reclaim.swap_in).
     swapped: bool = False
     swapcache: bool = False
+    # A swap slot shared by several processes (after fork) that one of them swapped in: its
+    # swap-cache folio (`cache`, a folio id, mapped or not: mapcount 0); the other
+    # processes' swap entries still refer to the slot, and a swap-in of one of them maps
+    # that same folio (swap_cache_get_folio). For that folio, `swap_slot` names the slot:
+    # it stays in the swap cache while any swap entry refers to the slot (folio_free_swap
+    # fails while folio_maybe_swapped), which decides do_wp_page and madvise free.
+    cache: int | None = None
+    swap_slot: int | None = None
     # The NUMA node of the page (numa.py): where it was allocated (the VMA's mbind policy,
     # else the local node of CPU 0, where the runner pins every program process) or where a
     # migration put it. None: the kernel may have placed it on either of two nodes (a
@@ -265,10 +273,27 @@ class World:
         if folio == ZERO_FOLIO:
             return
         f = self.folios[folio]
-        if f.mapcount <= 1:
-            del self.folios[folio]
-        else:
+        if f.mapcount > 1:
             self.folios[folio] = replace(f, mapcount=f.mapcount - 1)
+            return
+        if f.swap_slot is not None:
+            # The last mapping of a swap-cache folio whose slot other swap entries still
+            # refer to: free_swap_cache cannot free it (folio_free_swap: still swapped), so
+            # it stays in the swap cache, unmapped, for their swap-in.
+            self.folios[folio] = replace(f, mapcount=0)
+            return
+        del self.folios[folio]
+        if f.cache is not None:
+            cached = self.folios[f.cache]
+            if cached.mapcount == 0:
+                # The slot's last swap entry went: swap_put_entries_direct /
+                # free_swap_and_cache reclaim the unmapped swap-cache folio with it.
+                del self.folios[f.cache]
+            else:
+                # ... but a swap-cache folio still mapped stays, and the next
+                # folio_free_swap (do_wp_page, madvise free, free_swap_cache) succeeds:
+                # from here on it is an ordinary folio.
+                self.folios[f.cache] = replace(cached, swap_slot=None)
 
     # -------------------------------------------------------------- mirrors
 

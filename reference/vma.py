@@ -101,24 +101,31 @@ def map_new(mm: Mm, start: int, end: int, profile: Profile) -> None:
     The new VMA is accountable (VM_ACCOUNT) and has no anon_vma; __mmap_region tries
     vma_merge_new_range with the neighbours first.
     """
-    merged = merge_new(mm, Vma(start, end, Prot.RW), None, profile)
+    merged = merge_new(mm, Vma(start, end, Prot.RW), None, profile, mmap=True)
     # __mmap_complete: "New (or expanded) vma always get soft dirty status."
     i = mm.vmas.index(merged)
     mm.vmas[i] = replace(merged, softdirty=True)
 
 
-def _sticky(*parts: Vma) -> bool:
-    """VMA_STICKY_FLAGS survive a merge if any part had them (vma_expand, commit_merge)."""
-    return any(part.softdirty for part in parts)
+def _sticky(profile: Profile, survivor: Vma, *others: Vma) -> bool:
+    """VM_SOFTDIRTY of a merge result. 7.2: VMA_STICKY_FLAGS survive a merge if any part
+    had them (vma_expand, commit_merge). 6.1/6.12 (profile.vma_softdirty_sticky off):
+    is_mergeable_vma ignores VM_SOFTDIRTY and the merge keeps the flags of the VMA that
+    survives (`survivor`: prev if it merges, else next), whatever the others had."""
+    if profile.vma_softdirty_sticky:
+        return any(part.softdirty for part in (survivor, *others))
+    return survivor.softdirty
 
 
 def merge_new(mm: Mm, fresh: Vma, source: Vma | None, profile: Profile,
-              not_with_source: bool = False) -> Vma:
+              not_with_source: bool = False, mmap: bool = False) -> Vma:
     """vma_merge_new_range for a VMA `fresh` over a free range, or a new VMA: mmap (no
     source), copy_vma for mremap (`source` is the VMA copied from, whose anon_vma the copy
     carries), vma_merge_extend (the VMA itself grows). Returns the VMA now covering it.
     `not_with_source`: the source is no merge candidate (copy_vma of an unfaulted VMA that
-    stays, "if (!faulted_in_anon_vma && keep_source)")."""
+    stays, "if (!faulted_in_anon_vma && keep_source)"). `mmap`: the caller is mmap_region,
+    which 6.1 merges its own way (profile.mmap_checks_prev_against_next); 6.1's copy_vma
+    and mremap's expansion call vma_merge(), whose rules are the ones below."""
     vmas = mm.vmas
     start, end = fresh.start, fresh.end
     i = next((k for k, v in enumerate(vmas) if v.start >= end), len(vmas))
@@ -129,7 +136,7 @@ def merge_new(mm: Mm, fresh: Vma, source: Vma | None, profile: Profile,
         nxt = None if nxt == source else nxt
     right = nxt is not None and _same_flags(nxt, fresh) and \
         _anon_mergeable(nxt, fresh.anon, source, profile)
-    if profile.mmap_checks_prev_against_next:
+    if mmap and profile.mmap_checks_prev_against_next:
         # 6.1 mmap_region: prev must be compatible with the anon_vma of the next VMA it
         # would absorb; no separate prev/next compatibility check follows.
         left = prev is not None and _same_flags(prev, fresh) and \
@@ -143,20 +150,27 @@ def merge_new(mm: Mm, fresh: Vma, source: Vma | None, profile: Profile,
     if left and right:
         anon, child = _merged_anon(prev, nxt, fresh)
         merged = replace(prev, end=nxt.end, anon=anon, fork_child=child,
-                         softdirty=_sticky(prev, nxt, fresh))
+                         softdirty=_sticky(profile, prev, nxt, fresh))
         vmas[i - 1:i + 1] = [merged]
     elif left:
         anon, child = _merged_anon(prev, fresh)
         merged = vmas[i - 1] = replace(prev, end=end, anon=anon, fork_child=child,
-                                       softdirty=_sticky(prev, fresh))
+                                       softdirty=_sticky(profile, prev, fresh))
     elif right:
         anon, child = _merged_anon(nxt, fresh)
         merged = vmas[i] = replace(nxt, start=start, shift=fresh.shift, anon=anon,
-                                   fork_child=child, softdirty=_sticky(nxt, fresh))
+                                   fork_child=child, softdirty=_sticky(profile, nxt, fresh))
     else:
         merged = fresh
         vmas.insert(i, fresh)
     return merged
+
+
+def insert_new(mm: Mm, fresh: Vma) -> Vma:
+    """A new VMA over a free range, merged with nothing (vma_link)."""
+    i = next((k for k, v in enumerate(mm.vmas) if v.start >= fresh.end), len(mm.vmas))
+    mm.vmas.insert(i, fresh)
+    return fresh
 
 
 def split(mm: Mm, vpn: int) -> Split | None:
@@ -222,13 +236,16 @@ def mprotect(mm: Mm, start: int, end: int, prot: Prot,
 
 
 def modify(mm: Mm, start: int, end: int, update: Update, profile: Profile,
-           stop_at_hole: bool) -> tuple[int, list[tuple[int, int]], list[Split]]:
+           stop_at_hole: bool,
+           resets_flags: bool = True) -> tuple[int, list[tuple[int, int]], list[Split]]:
     """Give every VMA piece of [start, end) the fields `update` says: (errno, the pieces
     that changed, the boundary moves). An unchanged piece is left alone (vma_flags_same_*).
     mprotect and mlock (apply_vma_lock_flags) fail at a range that does not begin inside a
     VMA before changing anything and stop at the first hole with -ENOMEM
     (`stop_at_hole`); madvise (madvise_walk_vmas) carries on past holes and returns -ENOMEM
-    at the end."""
+    at the end. `resets_flags`: the caller sets the changed VMA's new vm_flags on whatever
+    VMA the merge left (mprotect_fixup, madvise_update_vma, mlock_fixup: vm_flags_reset);
+    mbind's vma_modify_policy does not."""
     first = next((v for v in mm.vmas if v.end > start), None)
     if stop_at_hole and (first is None or first.start >= end or first.start > start):
         return errno.ENOMEM, [], []
@@ -251,19 +268,20 @@ def modify(mm: Mm, start: int, end: int, update: Update, profile: Profile,
         piece_end = min(end, vma.end)
         fields = update(vma)
         if any(getattr(vma, name) != value for name, value in fields.items()):
-            splits += _fixup(mm, i, addr, piece_end, fields, profile)
+            splits += _fixup(mm, i, addr, piece_end, fields, profile, resets_flags)
             changed.append((addr, piece_end))
         addr = piece_end
     return err, changed, splits
 
 
-def _fixup(mm: Mm, i: int, start: int, end: int, fields: dict, profile: Profile) -> list[Split]:
+def _fixup(mm: Mm, i: int, start: int, end: int, fields: dict, profile: Profile,
+           resets_flags: bool = True) -> list[Split]:
     """mprotect_fixup / vma_modify_flags for [start, end) inside mm.vmas[i]: vma_modify
     tries a merge first, else splits at `start` (the whole VMA) and then at `end` (the VMA
     left of the first split), like munmap."""
     middle = mm.vmas[i]
     target = replace(middle, start=start, end=end, **fields)
-    moved = _merge_existing(mm, i, start, end, target, profile)
+    moved = _merge_existing(mm, i, start, end, target, profile, resets_flags)
     if moved is not None:
         return moved
     pieces, splits = [], []
@@ -279,7 +297,7 @@ def _fixup(mm: Mm, i: int, start: int, end: int, fields: dict, profile: Profile)
 
 
 def _merge_existing(mm: Mm, i: int, start: int, end: int, target: Vma,
-                    profile: Profile) -> list[Split] | None:
+                    profile: Profile, resets_flags: bool = True) -> list[Split] | None:
     """vma_merge_existing_range: merge the changed piece into an identical neighbour.
     None if no merge; else the boundary moves inside the old middle VMA: commit_merge calls
     vma_adjust_trans_huge(vma, start, end, next) so that split_huge_pmd_if_needed() looks at
@@ -298,21 +316,28 @@ def _merge_existing(mm: Mm, i: int, start: int, end: int, target: Vma,
     right = right_side and nxt is not None and _same_flags(nxt, target) and \
         _anon_mergeable(nxt, middle.anon, middle, profile) and \
         (not left or prev.anon is None or nxt.anon is None or prev.anon == nxt.anon)
+
+    def softdirty(survivor: Vma, *others: Vma) -> bool:
+        # 6.x: vm_flags_reset(vma, newflags) gives the merged VMA the changed VMA's flags
+        if resets_flags and not profile.vma_softdirty_sticky:
+            return target.softdirty
+        return _sticky(profile, survivor, *others)
+
     if left and right:
         anon, child = _merged_anon(prev, nxt, middle)
         vmas[i - 1:i + 2] = [replace(prev, end=nxt.end, anon=anon, fork_child=child,
-                                     softdirty=_sticky(prev, nxt, target))]
+                                     softdirty=softdirty(prev, nxt, target))]
         return []
     if left:
         anon, child = _merged_anon(prev, middle)
         grown = replace(prev, end=end, anon=anon, fork_child=child,
-                        softdirty=_sticky(prev, target))
+                        softdirty=softdirty(prev, target))
         vmas[i - 1:i + 1] = [grown] if right_side else [grown, replace(middle, start=end)]
         return [] if right_side else [(middle, end)]
     if right:
         anon, child = _merged_anon(nxt, middle)
         grown = replace(nxt, start=start, anon=anon, fork_child=child,
-                        softdirty=_sticky(nxt, target))
+                        softdirty=softdirty(nxt, target))
         vmas[i:i + 2] = [grown] if left_side else [replace(middle, end=start), grown]
         return [] if left_side else [(middle, start)]
     return None

@@ -8,6 +8,7 @@ from test_model_support import (
 )
 
 from reference import check, expected, uapi
+from reference.profile import profile_for
 from reference.places import Places
 from reference.semantics import step
 from reference.state import World
@@ -127,8 +128,103 @@ def test_growing_in_place_merges_with_the_next_vma():
     assert [(v.end - v.start) for v in final_world(prog).mms[1].vmas] == [4]
 
 
-def test_mremap_is_refused_before_7_2():
-    prog = program("region a pages=2\np0 map a[0:1]\np0 mremap a[0:1] 2\n")
-    verdict = check(prog, trace(ok(), ok(), release="6.12.117"))
-    assert verdict.unmodelled_op == "mremap on kernels before 7.2"
-    assert len(expected(prog, "6.1.192")) == 1
+def final_vmas(prog, release: str) -> list[tuple[int, int]]:
+    world, places = World.initial(profile_for(release)), Places(prog)
+    for op in prog.ops:
+        ((_, world),) = step(world, op, places)
+    return [(v.start, v.end) for v in world.mms[1].vmas]
+
+
+def errnos(prog, release: str) -> list[int]:
+    return [allowed[0].errno[0] for allowed in expected(prog, release)]
+
+
+OLDER = ("6.12.117", "6.1.192")
+
+
+def test_older_kernels_look_the_vma_up_before_checking_the_target_for_overlap():
+    # SYSCALL_DEFINE5(mremap): vma_lookup -> -EFAULT, then mremap_to's overlap check;
+    # 7.2's check_mremap_params rejects the overlap before looking at any VMA.
+    prog = program("region a pages=4\np0 mremap a[0:2] a[1:3]\n")
+    assert errnos(prog, "7.2.13") == [errno.EINVAL]
+    for release in OLDER:
+        assert errnos(prog, release) == [errno.EFAULT]
+
+
+def test_older_kernels_move_one_vma_and_unmap_the_target_before_failing():
+    # a same-size move over two VMAs: 7.2's remap_move moves both; 6.x mremap_to unmaps the
+    # target, then vma_to_resize finds the range past the first VMA: -EFAULT.
+    prog = program("""
+        region a pages=4
+        region b pages=4
+        p0 map a[0:2]
+        p0 map a[2:4]
+        p0 mprotect a[2:4] r
+        p0 map b[0:4]
+        p0 write b[0:4] seed=1
+        p0 mremap a[0:4] b[0:4]
+        p0 read b[0:4]
+    """)
+    assert errnos(prog, "7.2.13")[5:] == [0, 0]
+    assert expected(prog, "7.2.13")[6][0].pages == zeros(4)
+    for release in OLDER:
+        allowed = expected(prog, release)
+        assert allowed[5][0].errno == (errno.EFAULT,)
+        assert allowed[6][0].pages == (SEGV,) * 4      # the target went first
+
+
+def test_older_kernels_unmap_target_and_tail_before_a_resizing_move_fails():
+    # mremap_to: do_munmap(new_addr), do_munmap(tail) for a shrink, then vma_to_resize
+    prog = program("""
+        region a pages=8
+        region b pages=4
+        p0 map a[0:2]
+        p0 map a[2:4]
+        p0 mprotect a[2:4] r
+        p0 write a[0:2] seed=1
+        p0 map b[0:4]
+        p0 mremap a[0:4] b[0:3]
+        p0 read a[0:4]
+        p0 read b[0:4]
+    """)
+    data = patterns(prog, 1, "a", 0, 2)
+    # 7.2: check_prep_vma fails first, nothing unmapped
+    assert errnos(prog, "7.2.13")[5] == errno.EFAULT
+    assert expected(prog, "7.2.13")[6][0].pages == (*data, *zeros(2))
+    assert expected(prog, "7.2.13")[7][0].pages == zeros(4)
+    for release in OLDER:
+        allowed = expected(prog, release)
+        assert allowed[5][0].errno == (errno.EFAULT,)
+        assert allowed[6][0].pages == (*data, *zeros(1), SEGV)   # the tail a[3] went
+        assert allowed[7][0].pages == (SEGV, SEGV, SEGV, *zeros(1))
+
+
+def test_moves_within_one_vma_are_the_same_on_every_kernel():
+    prog = program("""
+        region a pages=8
+        region b pages=6
+        p0 map a[0:4]
+        p0 write a[0:4] seed=1
+        p0 mremap a[0:3] b[1:5]
+        p0 mremap b[1:3] b[4:6] dontunmap
+        p0 mremap a[3:4] 3
+        p0 read b[0:6]
+        p0 read a[0:4]
+    """)
+    results = [expected(prog, release) for release in ("7.2.13", *OLDER)]
+    assert results[0] == results[1] == results[2]
+
+
+def test_6_1_does_not_merge_an_unfaulted_copy_next_to_its_kept_source():
+    # 6.1 copy_vma: "simply do not attempt to merge in that case"; 6.12/7.2 keep only the
+    # source out of the candidates and merge the copy with the VMA behind it.
+    prog = program("""
+        region a pages=8
+        p0 map a[0:2]
+        p0 map a[4:6]
+        p0 mremap a[0:2] a[2:4] dontunmap
+    """)
+    a = Places(prog).vpns(prog.ops[0].range)[0]
+    assert final_vmas(prog, "6.12.117") == [(a, a + 2), (a + 2, a + 6)]
+    assert final_vmas(prog, "7.2.13") == [(a, a + 2), (a + 2, a + 6)]
+    assert final_vmas(prog, "6.1.192") == [(a, a + 2), (a + 2, a + 4), (a + 4, a + 6)]

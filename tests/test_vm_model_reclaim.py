@@ -106,3 +106,44 @@ def test_swap_entries_survive_fork_dontneed_and_free(each_kernel):
         p0 read a[0:4]
         p0 pagemap a[0:4]
     """)
+
+
+def test_a_swap_entry_shared_after_fork_is_swapped_in_through_one_swap_cache_folio(each_kernel):
+    _, trace, _ = agrees(each_kernel, """
+        region a pages=8
+        p0 map a[0:8]
+        p0 write a[0:8] seed=1
+        p0 madvise a[0:8] pageout
+        p0 fork p1
+        p1 fork p2
+        p0 open d0 dmirror0
+        p1 read a[0:4]
+        p1 pagemap a[0:8]
+        p0 read a[0:2]
+        p0 dev_read d0 a[0:8]
+        p0 pagemap a[0:8]
+        p0 snapshot d0 a[0:8]
+        p0 write a[0:1] seed=2
+        p0 dev_read d0 a[0:2]
+        p1 write a[1:2] seed=3
+        p1 madvise a[2:3] free
+        p1 madvise a[2:4] pageout
+        p1 pagemap a[0:4]
+        p2 read a[0:8]
+        p2 pagemap a[0:8]
+        p1 exit
+        p0 write a[2:4] seed=4
+        p0 madvise a[4:5] willneed
+        p2 write a[4:6] seed=5
+        p0 read a[4:8]
+        p0 pagemap a[0:8]
+        p2 exit
+        p0 write a[5:8] seed=6
+        p0 pagemap a[0:8]
+        p0 compact
+        p0 pagemap a[0:8]
+    """)
+    theirs, ours = trace.results[7].pagemap, trace.results[10].pagemap
+    # p0 swapped in the swap-cache folio p1 had swapped in: one page mapped twice
+    assert ours[0].pfn == theirs[0].pfn and ours[0].count == 2
+    assert not ours[0].flags & (1 << 34)      # KPF_OWNER_2: not PageAnonExclusive

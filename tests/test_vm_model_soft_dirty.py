@@ -1,4 +1,4 @@
-"""clear_soft_dirty on the real kernel (7.2), judged by the model: VM_SOFTDIRTY and the
+"""clear_soft_dirty on the real kernels (7.2, 6.12, 6.1), judged by the model: VM_SOFTDIRTY and the
 PTE bits pagemap shows, the write-protection that makes the next write fault, the
 MMU_NOTIFY_SOFT_DIRTY that empties the mirror, the device-private page that escapes the
 tracking (docs/findings.md #8); and mremap of mlocked ranges."""
@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import kernel_fixture
 from test_vm_model_support import agrees
 
 pytestmark = pytest.mark.vm
 
+each_kernel = kernel_fixture()
 
-def test_clear_soft_dirty_write_protects_and_the_mirror_starts_over(kernel_session):
-    _, trace, _ = agrees(kernel_session, """
+
+def test_clear_soft_dirty_write_protects_and_the_mirror_starts_over(each_kernel):
+    _, trace, _ = agrees(each_kernel, """
         region a pages=10
         region b pages=4
         p0 map a[0:10]
@@ -59,8 +62,8 @@ def test_clear_soft_dirty_write_protects_and_the_mirror_starts_over(kernel_sessi
     assert trace.results[11].faults == 1       # MMU_NOTIFY_SOFT_DIRTY emptied the mirror
 
 
-def test_mremap_of_mlocked_ranges(kernel_session):
-    agrees(kernel_session, """
+def test_mremap_of_mlocked_ranges(each_kernel):
+    agrees(each_kernel, """
         region a pages=8
         region b pages=8
         region c pages=8
@@ -86,3 +89,35 @@ def test_mremap_of_mlocked_ranges(kernel_session):
         p1 pagemap c[0:2]
         p0 madvise c[0:2] pageout
     """)
+
+
+def test_what_older_kernels_do_differently(each_kernel):
+    _, trace, _ = agrees(each_kernel, """
+        region a pages=2
+        region b pages=1
+        region c pages=1
+        p0 map a[0:1]
+        p0 mprotect a[0:1] r
+        p0 map b[0:1]
+        p0 open d0 dmirror0
+        p0 exclusive d0 b[0:1]
+        p0 map c[0:1]
+        p0 write c[0:1] seed=1
+        p0 clear_soft_dirty
+        p0 map a[1:2]
+        p0 mprotect a[0:1] rw
+        p0 pagemap a[0:2]
+        p0 read b[0:1]
+        p0 pagemap b[0:1]
+        p0 snapshot d0 b[0:1]
+        p0 move_pages c[0:1] 1
+        p0 pagemap c[0:1]
+    """)
+    release = trace.kernel_release
+    merged, restored, migrated = (trace.results[i].pagemap for i in (10, 12, 15))
+    # the merge keeps VM_SOFTDIRTY only on 7.2 (VMA_STICKY_FLAGS)
+    assert [e.soft_dirty for e in merged] == [release.startswith("7.")] * 2
+    # 6.x restore_exclusive_pte: pte_mkdirty for the writable entry
+    assert restored[0].soft_dirty == (not release.startswith("7."))
+    # 6.1 remove_migration_pte: pte_mkdirty after the entry's soft-dirty bit
+    assert migrated[0].soft_dirty == release.startswith("6.1.")
