@@ -13,6 +13,7 @@ from dataclasses import replace
 from harness.prog import ZERO
 
 from . import reclaim, thp, vma as vmas
+from .refuse import Unmodelled
 from .state import ZERO_PTE, Dmirror, Kind, Mm, Pte, Vma, World
 
 

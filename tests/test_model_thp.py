@@ -312,3 +312,22 @@ def test_an_empty_aligned_piece_with_a_pte_table_migrates_page_by_page():
     verdict = check(prog, trace(ok(), wrote(1), ok(), ok(), dev(512, 0, zeros(512))))
     assert verdict.unmodelled_op == \
         "migrate_to_dev of an empty 2 MiB-aligned range without a PTE table"
+
+
+def test_a_write_to_a_page_of_a_thp_mapped_once_but_not_exclusive_is_refused():
+    """After fork of a PTE-mapped THP and a COW copy of one page in the parent, the child's
+    page is mapped once but not PageAnonExclusive: do_wp_page asks
+    __wp_can_reuse_large_anon_folio (the folio's large mapcount and mm ids), not stated."""
+    prog = program("""
+        region a pages=1024
+        p0 thp always defer
+        p0 map a[0:1024]
+        p0 write a[3:56] seed=1
+        p0 mlock a[1:2]
+        p0 fork p1
+        p0 write a[2:3] seed=2
+        p1 write a[2:4] seed=3
+    """)
+    verdict = check(prog, trace(ok(), ok(), wrote(53), ok(), ok(), wrote(1), wrote(2)))
+    assert verdict.unmodelled_op == "a write to a page of a THP mapped once but not exclusive"
+    assert verdict.ok and verdict.unmodelled_from == 6
