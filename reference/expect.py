@@ -79,3 +79,4 @@ EEXIST = errno_codes.EEXIST
 ENOMEM = errno_codes.ENOMEM
 EINVAL = errno_codes.EINVAL
 ENOENT = errno_codes.ENOENT
+EOPNOTSUPP = errno_codes.EOPNOTSUPP

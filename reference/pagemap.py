@@ -9,7 +9,8 @@ pte_to_pagemap_entry for the others. What the model states, per page:
   for a non-present one (swap, device-exclusive and device-private entries); PM_MMAP_EXCLUSIVE for a
   present normal page mapped exactly once (__folio_page_mapped_exclusively: not for the zero
   page, which vm_normal_page() does not return; 6.1 also sets it for a device-private entry
-  of a page mapped once, profile.pagemap_swap_exclusive); PM_FILE never (anonymous folios).
+  of a page mapped once, profile.pagemap_swap_exclusive); PM_FILE for a page-cache folio of a
+  shmem object (shmem.py), which also has no KPF_ANON.
 - the frame: 0 for pte_none; for a present page its PFN, which the kernel chooses, so it is
   compared structurally: the zero page has one PFN, a folio keeps its PFN from op to op
   (the model's ops do not move folios; compaction is off), and within one op two different
@@ -128,6 +129,17 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
                                   why=f"{name} maps the zero page"))
             continue
         folio = world.folios[pte.folio]
+        if pte.kind is Kind.PRESENT and folio.page_cache:
+            key = ("pfn", pte.folio)
+            # pte_to_pagemap_entry: PM_FILE for a folio that is not anonymous
+            flags = PM_PRESENT | PM_FILE | sd
+            if folio.mapcount == 1:
+                flags |= PM_MMAP_EXCLUSIVE
+            specs.append(PageSpec(flags, "pfn", key, known=world.pfns.get(key),
+                                  count=folio.mapcount, kflags=0,
+                                  why=f"{name} maps a shmem page-cache folio mapped "
+                                      f"{folio.mapcount} time(s)"))
+            continue
         if pte.kind is Kind.PRESENT:
             key = ("pfn", pte.folio)
             flags = PM_PRESENT | sd

@@ -19,7 +19,7 @@ from harness.prog.ops import (
     Release, Thp,
 )
 
-from . import device, hmm, mm as cpu, numa, pagemap, reclaim, remap, thp, vma as vmas
+from . import device, hmm, mm as cpu, numa, pagemap, reclaim, remap, shmem, thp, vma as vmas
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, WRITTEN, Expect, done, fail, read_page
 from .places import Places
 from .refuse import Unmodelled
@@ -31,15 +31,18 @@ Outcome = tuple[Expect, World]
 
 
 def _map(world: World, op: Map, places: Places) -> list[Outcome]:
-    if op.kind is not MapKind.ANON:
-        raise Unmodelled(f"map {op.kind.value}", "only private anonymous memory is modelled")
     mm = world.mms[world.procs[op.proc]]
     start, end = places.vpns(op.range)
     taken = vmas.overlaps(mm, start, end)
     if taken:
         return [(fail(EEXIST, f"do_mmap: MAP_FIXED_NOREPLACE and {places.name(taken[0].start)} "
                               "is already mapped -> -EEXIST"), world)]
-    vmas.map_new(mm, start, end, world.profile)
+    if op.kind is MapKind.ANON:
+        vmas.map_new(mm, start, end, world.profile)
+    else:
+        region_start, _ = places.vpns(replace(op.range, start=0, end=0))
+        shmem.map_backed(world, mm, start, end, op.kind, op.range.region, region_start,
+                         places.pages(op.range.region))
     return [(done("do_mmap: the range is free"), world)]
 
 
@@ -59,7 +62,7 @@ def _mprotect(world: World, op: Mprotect, places: Places) -> list[Outcome]:
     for piece_start, piece_end in changed:
         cpu.change_protection(world, mm_id, mm, piece_start, piece_end)
         vma = mm.vma_at(piece_start)
-        if op.prot.writable and "locked" in vma.flags:
+        if op.prot.writable and "locked" in vma.flags and not vma.shared:
             # mprotect_fixup: "Private VM_LOCKED VMA becoming writable: trigger COW to avoid
             # major fault on access" -> populate_vma_page_range (write faults).
             for vpn in range(piece_start, piece_end):
@@ -172,11 +175,15 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
     if advice in (Advice.POPULATE_READ, Advice.POPULATE_WRITE):
         return _populate(world, mm_id, mm, start, end, advice is Advice.POPULATE_WRITE, op)
     if advice in _FLAG_ADVICE:
-        return _madvise_flag(world, mm_id, mm, start, end, advice)
+        return _madvise_flag(world, mm_id, mm, start, end, advice, places)
     pieces = []
     einval = None
     for vma in vmas.overlaps(mm, start, end):
         if advice in _NOT_ON_LOCKED and "locked" in vma.flags:
+            einval = max(start, vma.start)
+            break
+        backed_einval = shmem.madvise_einval(advice, vma)
+        if backed_einval:
             einval = max(start, vma.start)
             break
         pieces.append((max(start, vma.start), min(end, vma.end)))
@@ -193,13 +200,18 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
             # then madvise_free_pte_range (reclaim.mark_lazyfree).
             cpu.invalidate(world, mm_id, piece_start, piece_end)
             reclaim.mark_lazyfree(world, mm, piece_start, piece_end)
-        elif advice is Advice.WILLNEED:
+        elif advice is Advice.WILLNEED and mm.vma_at(piece_start).obj is None:
+            # (a shmem VMA: shmem_swapin_range, and nothing of a shmem object is swapped)
             reclaim.willneed(world, mm, piece_start, piece_end)
         # COLD: madvise_cold deactivates folios and clears young bits
         # (clear_young_dirty_ptes, no invalidation): nothing observable.
     if advice is Advice.PAGEOUT:
         worlds = reclaim.pageout(world, mm_id, pieces)
-    if einval is not None:
+    if einval is not None and mm.vma_at(einval).obj is not None and \
+            shmem.madvise_einval(advice, mm.vma_at(einval)):
+        expect = fail(EINVAL, f"{shmem.madvise_einval(advice, mm.vma_at(einval))} at "
+                              f"{places.name(einval)}; the VMAs before it were advised")
+    elif einval is not None:
         expect = fail(EINVAL, f"madvise {advice.value}: {places.name(einval)}'s VMA is "
                               "VM_LOCKED (can_madv_lru_vma / madvise_dontneed_free_valid_vma)"
                               " -> -EINVAL; the VMAs before it were advised")
@@ -218,16 +230,24 @@ def _madvise_hole() -> Expect:
 
 
 def _madvise_flag(world: World, mm_id: int, mm, start: int, end: int,
-                  advice: Advice) -> list[Outcome]:
+                  advice: Advice, places: Places) -> list[Outcome]:
     flag, setting, cleared = _FLAG_ADVICE[advice]
 
     def update(vma):
+        if shmem.ignores_advice(advice, vma):
+            return {}
         flags = vma.flags - set(cleared)
         return {"flags": flags | {flag} if setting else flags - {flag}}
 
-    err, _, splits = vmas.modify(mm, start, end, update, world.profile, stop_at_hole=False)
+    refused = next((vma for vma in vmas.overlaps(mm, start, end)
+                    if shmem.madvise_einval(advice, vma)), None)
+    stop = end if refused is None else max(start, refused.start)
+    err, _, splits = vmas.modify(mm, start, stop, update, world.profile, stop_at_hole=False)
     for vma, vpn in splits:
         cpu.split_pmd(world, mm_id, vma, vpn)
+    if refused is not None:
+        return [(fail(EINVAL, f"{shmem.madvise_einval(advice, refused)} at "
+                              f"{places.name(stop)}; the VMAs before it were advised"), world)]
     if err:
         return [(_madvise_hole(), world)]
     return [(done(f"madvise {advice.value}: madvise_update_vma over the whole range"), world)]
@@ -285,7 +305,7 @@ def _lock(world: World, op, places: Places, lock: bool) -> list[Outcome]:
             if not vma.prot.readable:
                 return [(fail(ENOMEM, f"__mm_populate: {places.name(vpn)}'s VMA is PROT_NONE:"
                                       " populate_vma_page_range -EFAULT -> -ENOMEM"), world)]
-            cpu.populate_page(world, mm_id, mm, vma, vpn, vma.prot.writable)
+            cpu.populate_page(world, mm_id, mm, vma, vpn, shmem.populates_with_write(vma))
     return [(done(f"{name}: the whole range is mapped"), world)]
 
 
@@ -301,6 +321,10 @@ def _clear_soft_dirty(world: World, op, places: Places) -> list[Outcome]:
     7.2's "not none, not present")."""
     mm_id = world.procs[op.proc]
     mm = world.mms[mm_id]
+    if shmem.has_backed(mm):
+        raise Unmodelled("clear_soft_dirty with shmem or file mappings",
+                         "without VM_SOFTDIRTY vma_wants_writenotify write-protects shared "
+                         "PTEs (vma_set_page_prot), which the model does not follow")
     mm.vmas[:] = [replace(vma, softdirty=False) for vma in mm.vmas]
     for mirror in world.mirrors_of(mm_id):
         mirror.table.clear()
@@ -330,7 +354,10 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
             raise Unmodelled("compact with device-exclusive entries",
                              "a migrated folio would lose its device-exclusive entry")
         if world.profile.migration_dirty_sets_soft_dirty and \
-                any(numa.migration_marks_soft_dirty(pte) for pte in mm.ptes.values()):
+                any(numa.migration_marks_soft_dirty(pte) and mm.vma_at(vpn).obj is None
+                    for vpn, pte in mm.ptes.items()):
+            # (a shmem VMA keeps VM_SOFTDIRTY, clear_soft_dirty being refused with it, so
+            # its PTEs' soft-dirty bits never show in pagemap)
             # 6.1: a dirty page that moves comes back soft-dirty (remove_migration_pte's
             # pte_mkdirty), one that stays does not; which ones move is the kernel's choice.
             raise Unmodelled("compact on 6.1 with a dirty page whose soft-dirty bit is clear",
@@ -349,6 +376,9 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
     for folio_id, folio in world.folios.items():
         if folio.swap_slot is not None and folio.mapcount == 0:
             world.pfns.pop(("pfn", folio_id), None)   # an unmapped swap-cache folio moves too
+        elif folio.page_cache:
+            # page-cache folios move too, mapped or not (shmem folios are movable)
+            world.pfns.pop(("pfn", folio_id), None)
     return [(done("compact_memory: compaction always reports success"), world)]
 
 
@@ -365,16 +395,31 @@ _STEPS = {
 }
 
 
+def _refuse_on_backed(op: Op, world: World, places: Places) -> None:
+    """Cases of ops over shmem or file mappings the model does not follow."""
+    if isinstance(op, Mbind):
+        start, end = places.vpns(op.range)
+        shmem.refuse_mbind(world.mms[world.procs[op.proc]], start, end)
+    elif isinstance(op, Mremap):
+        start, end = places.vpns(op.range)
+        shmem.refuse_mremap(world.mms[world.procs[op.proc]], op, start, end)
+
+
 def step(world: World, op: Op, places: Places) -> list[Outcome]:
     """The allowed outcomes of `op`; raises Unmodelled for an op (or a case of one) the
-    model does not model (mremap, mlock, munlock, shared and file mappings, ...)."""
+    model does not model (mremap before 7.2, THP, uffd, ...)."""
     function = _STEPS.get(type(op))
     if function is None:
         raise Unmodelled(op.keyword)
     thp.guard(world, op, places)
     thp.note_tables(world)
+    if world.objects:
+        _refuse_on_backed(op, world, places)
     outcomes = thp.with_allocation_choices(world, lambda w: function(w, op, places))
     if isinstance(op, Mremap):
         for after in {id(w): w for _, w in outcomes}.values():
             thp.forget_mremap_tables(after, op, places)
+    if world.objects:
+        for _, after in outcomes:
+            shmem.forget_unreachable(after)
     return outcomes

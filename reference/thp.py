@@ -168,6 +168,11 @@ def huge_fault_allowed(world: World, mm: Mm, vma: Vma, vpn: int) -> bool:
     enabled = world.thp[0]
     if enabled is ThpEnabled.NEVER or "nohugepage" in vma.flags:
         return False
+    if vma.obj is not None:
+        # A shmem or file VMA: create_huge_pmd asks vm_ops->huge_fault, which shmem has
+        # not (its huge folios follow shmem_enabled and the huge= mount option, "never" by
+        # default), so VM_FAULT_FALLBACK; a private file mapping COWs 4 KiB pages.
+        return False
     if enabled is ThpEnabled.MADVISE and "hugepage" not in vma.flags:
         return False
     index = pmd_of(vpn)
