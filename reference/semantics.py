@@ -329,12 +329,15 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
             # entry and the folio would come back as a present PTE.
             raise Unmodelled("compact with device-exclusive entries",
                              "a migrated folio would lose its device-exclusive entry")
-        if world.profile.migration_dirty_sets_soft_dirty and \
-                any(numa.migration_marks_soft_dirty(pte) for pte in mm.ptes.values()):
-            # 6.1: a dirty page that moves comes back soft-dirty (remove_migration_pte's
-            # pte_mkdirty), one that stays does not; which ones move is the kernel's choice.
-            raise Unmodelled("compact on 6.1 with a dirty page whose soft-dirty bit is clear",
-                             "whether compaction moves it decides its soft-dirty bit")
+    # 6.1: a dirty page that moves comes back soft-dirty (remove_migration_pte's
+    # pte_mkdirty), one that stays does not; which ones move is the kernel's choice, so each
+    # such folio branches (only where soft-dirty tracking is on: a VMA without
+    # VM_SOFTDIRTY; elsewhere the next clear_soft_dirty resets the bit unseen).
+    marked = _soft_dirty_if_moved(world) if world.profile.migration_dirty_sets_soft_dirty \
+        else set()
+    if len(marked) > MAX_SOFT_DIRTY_BRANCHES:
+        raise Unmodelled("compact on 6.1 with many dirty pages whose soft-dirty bit is clear",
+                         "whether compaction moves each decides its soft-dirty bit")
     for mm_id, mm in world.mms.items():
         mirrors = world.mirrors_of(mm_id)
         for vpn, pte in mm.ptes.items():
@@ -349,7 +352,29 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
     for folio_id, folio in world.folios.items():
         if folio.swap_slot is not None and folio.mapcount == 0:
             world.pfns.pop(("pfn", folio_id), None)   # an unmapped swap-cache folio moves too
-    return [(done("compact_memory: compaction always reports success"), world)]
+    worlds = [world]
+    for folio_id in sorted(marked):
+        worlds = [branch for w in worlds for branch in (w, _moved_soft_dirty(w, folio_id))]
+    return [(done("compact_memory: compaction always reports success"), w) for w in worlds]
+
+
+MAX_SOFT_DIRTY_BRANCHES = 3
+
+
+def _soft_dirty_if_moved(world: World) -> set[int]:
+    """The folios whose migration would set a PTE's soft-dirty bit that matters (6.1)."""
+    return {pte.folio for mm in world.mms.values()
+            if not all(vma.softdirty for vma in mm.vmas)
+            for pte in mm.ptes.values() if numa.migration_marks_soft_dirty(pte)}
+
+
+def _moved_soft_dirty(world: World, folio_id: int) -> World:
+    moved = world.clone()
+    for mm in moved.mms.values():
+        for vpn, pte in mm.ptes.items():
+            if pte.folio == folio_id and numa.migration_marks_soft_dirty(pte):
+                mm.ptes[vpn] = replace(pte, soft_dirty=True)
+    return moved
 
 
 _STEPS = {
