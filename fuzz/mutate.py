@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from harness.prog import ParseError, Program, format_program, parse_program
 from harness.prog.ops import (
     DEVICES, MAX_NODE, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, ClearSoftDirty,
-    CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, Located,
-    Madvise, Map, Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap,
+    CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, KsmMerge,
+    Located, Madvise, Map, Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap,
     Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot, Region, Release, Snapshot,
 )
 
@@ -101,7 +101,7 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
     if forks + 1 < MAX_PROCESSES:  # exited processes still count towards the limit
         kinds.append(Fork)
     if chooser.chance(5):
-        return chooser.pick((ClearSoftDirty, Compact))(proc)
+        return chooser.pick((ClearSoftDirty, Compact, KsmMerge))(proc)
     kind = chooser.pick(kinds)
     if kind is Fork:
         taken = set(scope.fds) | {op.child for op in all_ops if isinstance(op, Fork)}

@@ -155,7 +155,7 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
     mirror = world.mirrors[mirror_id]
     mm_id = mirror.mm
     ptes = mm.ptes
-    if (end - start == PMD_PAGES and start % PMD_PAGES == 0
+    if (vma.obj is None and end - start == PMD_PAGES and start % PMD_PAGES == 0
             and not any(v in ptes for v in range(start, end))):
         # migrate_vma_collect_hole with MIGRATE_VMA_SELECT_COMPOUND: a 2 MiB-aligned piece
         # without a PMD table migrates as one device THP; whether the table exists depends
@@ -173,6 +173,9 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             continue
         if pte is not None and pte.kind is Kind.PRESENT:
             folio = world.folios[pte.folio]
+            if folio.ksm:
+                raise Unmodelled("migrate_to_dev of a KSM page",
+                                 "migrating a KSM folio to device memory is not stated")
             if folio.mapcount > 1:
                 # try_to_migrate() of the other mappings: see _shared_device_page.
                 raise Unmodelled("migrate_to_dev of a page mapped by several processes")
@@ -180,6 +183,19 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
                 # migrate_vma_check_page counts the swap cache's reference; whether
                 # migrate_vma_pages moves a swap-cache folio to device memory is not read.
                 raise Unmodelled("migrate_to_dev of a page in the swap cache")
+            if folio.page_cache:
+                if mirror.flags & FAIL_ALLOC:
+                    raise Unmodelled("migrate_to_dev of a shmem page with FAIL_ALLOC set",
+                                     "whether the collected page consumes the flag")
+                # Collected and isolated (migrate_vma_collect_pmd: a page with a mapping),
+                # a device page allocated and filled, but migrate_vma_pages: "only support
+                # anonymous memory migrating to device private" clears MIGRATE_PFN_MIGRATE;
+                # migrate_vma_finalize puts the PTE back as it was (same folio, same
+                # permission) and dmirror_migrate_finalize_and_map skips the page.
+                continue
+        if pte is None and vma.obj is not None:
+            # migrate_vma_collect_hole: "Only allow populating anonymous memory."
+            continue
         # pte_none and the zero page are collected without a page (MIGRATE_PFN_MIGRATE
         # only, no MIGRATE_PFN_WRITE); a present anonymous folio with MIGRATE_PFN_WRITE
         # iff its PTE is writable.

@@ -10,8 +10,8 @@ from dataclasses import replace
 
 from harness.prog import Content
 
-from . import reclaim, thp, uapi
-from .expect import EBUSY, EFAULT, EINVAL, EPERM, Expect, fail, read_page
+from . import reclaim, shmem, thp, uapi
+from .expect import EBUSY, EFAULT, EINVAL, EOPNOTSUPP, EPERM, Expect, fail, read_page
 from .mm import invalidate, read_fault, write_fault
 from .places import Places
 from .refuse import Unmodelled
@@ -334,14 +334,16 @@ def exclusive(world: World, op, places: Places) -> list[Outcome]:
     batch = world.profile.exclusive_batch
     for first in range(start, end, batch or 1):
         last = min(first + (batch or 1), end)
-        got, err, why = _make_exclusive(world, mirror, first, last, places)
+        made, got, err, why = _make_exclusive(world, mirror, first, last, places)
         if got == last:
-            for vpn in range(first, last):
+            # dmirror_atomic_map: the pages made exclusive (6.x: the non-NULL pages[])
+            for vpn in made:
                 mirror.table[vpn] = Entry(world.mms[mirror.mm].ptes[vpn].folio, Tag.ATOMIC)
+        if got == last and len(made) == last - first:
             continue
         if batch:
             # make_device_exclusive_range made only part of the batch exclusive (or failed):
-            # dmirror_exclusive maps none of it and returns -EBUSY.
+            # dmirror_exclusive returns -EBUSY (6.x maps the exclusive ones if GUP got all).
             return [(fail(EBUSY, f"dmirror_exclusive: make_device_exclusive_range could not "
                                  f"take the whole batch ({why}) -> -EBUSY"), world)]
         return [(fail(err, why), world)]
@@ -358,12 +360,15 @@ def exclusive(world: World, op, places: Places) -> list[Outcome]:
 
 
 def _make_exclusive(world: World, mirror: Dmirror, start: int, end: int,
-                    places: Places) -> tuple[int, int, str]:
+                    places: Places) -> tuple[list[int], int, int, str]:
     """get_user_pages_remote(FOLL_WRITE) faults the pages in writable, in order, up to the
     first it cannot (no VMA, or no VM_WRITE: check_vma_flags -> -EFAULT); each page it got
     is then made device-exclusive: MMU_NOTIFY_EXCLUSIVE (owner NULL, so every dmirror of the
-    mm drops it), and the PTE becomes a (writable) device-exclusive entry.
-    Returns (first page not made exclusive, errno, why)."""
+    mm drops it), and the PTE becomes a (writable) device-exclusive entry. A page-cache
+    folio (shmem.py) is not anonymous: 7.2 make_device_exclusive returns -EOPNOTSUPP for it
+    after GUP faulted it in; 6.x page_make_device_exclusive skips it (returns false before
+    the rmap walk, no notifier) and goes on with the batch.
+    Returns (the pages made exclusive, the first page GUP did not get, errno, why)."""
     mm_id = mirror.mm
     mm = world.mms[mm_id]
     got, err, why = end, 0, ""
@@ -377,14 +382,26 @@ def _make_exclusive(world: World, mirror: Dmirror, start: int, end: int,
                    "VM_WRITE -> -EFAULT")
             break
         write_fault(world, mm_id, mm, vma, vpn)
-    for vpn in range(start, got):
+        if world.folios[mm.ptes[vpn].folio].page_cache:
+            # GUP with FOLL_WRITE | FOLL_TOUCH marks the folio dirty (follow_page_pte)
+            shmem.mark_dirty(world, mm.ptes[vpn].folio)
+        if world.folios[mm.ptes[vpn].folio].page_cache and not world.profile.exclusive_batch:
+            # (a shared mapping's write fault keeps the page-cache folio; a private one
+            # COWed it into an anonymous folio, which goes on)
+            got, err = vpn, EOPNOTSUPP
+            why = f"{places.name(vpn)} is a shmem page-cache folio, not anonymous -> -EOPNOTSUPP"
+            break
+    made = [vpn for vpn in range(start, got) if not world.folios[mm.ptes[vpn].folio].page_cache]
+    if len(made) < got - start and not why:
+        why = "a shmem page-cache folio is not anonymous: page_make_device_exclusive skips it"
+    for vpn in made:
         # GUP's dirtying and restore_exclusive_pte's are not followed for lazyfree folios.
         reclaim.lost_track(world, mm.ptes[vpn].folio)
         invalidate(world, mm_id, vpn, vpn + 1)
         present = mm.ptes[vpn]
         mm.ptes[vpn] = Pte(Kind.EXCLUSIVE, present.folio, True,
                            soft_dirty=present.soft_dirty)  # pte_swp_mksoft_dirty
-    return got, err, f"make_device_exclusive: {why}" if why else ""
+    return made, got, err, f"make_device_exclusive: {why}" if why else ""
 
 
 def check_exclusive(world: World, op, places: Places) -> list[Outcome]:

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from harness.prog import ZERO
 
-from . import reclaim, thp, vma as vmas
+from . import reclaim, shmem, thp, vma as vmas
 from .state import ZERO_PTE, Dmirror, Kind, Mm, Pte, Vma, World
 
 
@@ -112,6 +112,9 @@ def split_pmd(world: World, mm_id: int, vma: Vma, vpn: int) -> None:
 def read_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
     """handle_mm_fault without FAULT_FLAG_WRITE on a readable VMA."""
     pte = mm.ptes.get(vpn)
+    if pte is None and vma.obj is not None:
+        shmem.read_fault(world, mm, vma, vpn)  # do_read_fault
+        return
     if pte is None:
         if thp.huge_fault_allowed(world, mm, vma, vpn):
             thp.huge_read_fault(world, mm, vpn)
@@ -152,6 +155,9 @@ def write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
 
 def _write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
     pte = mm.ptes.get(vpn)
+    if pte is None and vma.obj is not None:
+        shmem.write_fault(world, mm, vma, vpn)  # do_shared_fault / do_cow_fault
+        return
     if pte is None:
         if thp.huge_fault_allowed(world, mm, vma, vpn):
             thp.huge_write_fault(world, mm, vma, vpn)
@@ -184,6 +190,9 @@ def _write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
         invalidate(world, mm_id, vpn, vpn + 1)
         mm.ptes[vpn] = Pte(Kind.PRESENT, world.new_folio(ZERO, vmas.alloc_node(vma)), True)
         return
+    if world.folios[pte.folio].page_cache:
+        shmem.write_protected(world, mm_id, mm, vma, vpn)
+        return
     _write_protected_anon(world, mm_id, mm, vpn, pte)
 
 
@@ -195,10 +204,11 @@ def _write_protected_anon(world: World, mm_id: int, mm: Mm, vpn: int, pte: Pte) 
         # no MMU notifier: permissions only grow).
         mm.ptes[vpn] = replace(pte, writable=True)
         return
-    if folio.mapcount > 1 or folio.swap_slot is not None:
-        # Still mapped by another process, or in the swap cache of a slot other swap
-        # entries refer to (wp_can_reuse_anon_folio: folio_free_swap fails, the swap cache
-        # keeps its reference): wp_page_copy (MMU_NOTIFY_CLEAR on the page).
+    if folio.mapcount > 1 or folio.ksm or folio.swap_slot is not None:
+        # Still mapped by another process, a KSM folio (wp_can_reuse_anon_folio never
+        # reuses one), or in the swap cache of a slot other swap entries refer to
+        # (wp_can_reuse_anon_folio: folio_free_swap fails, the swap cache keeps its
+        # reference): wp_page_copy (MMU_NOTIFY_CLEAR on the page).
         invalidate(world, mm_id, vpn, vpn + 1)
         world.unmap_folio(pte.folio)
         copy = world.new_folio(folio.content, vmas.alloc_node(mm.vma_at(vpn)))
@@ -295,7 +305,10 @@ def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int) ->
         pte = ptes.get(vpn)
         if pte is None or pte.kind is Kind.ZERO:
             continue
-        if pte.kind is Kind.PRESENT:
+        if pte.kind is Kind.PRESENT and vma.shared:
+            # pte_modify(newprot): vm_page_prot has the write bit iff VM_WRITE (shmem.py)
+            ptes[vpn] = replace(pte, writable=writable)
+        elif pte.kind is Kind.PRESENT:
             # 6.1 can_change_pte_writable also wants the PTE dirty.
             dirty_enough = not (world.profile.mprotect_writable_needs_dirty and pte.clean)
             ptes[vpn] = replace(pte, writable=writable and world.folios[pte.folio].exclusive

@@ -34,6 +34,7 @@ from .expect import EACCES, EFAULT, EINVAL, ENODEV, ENOENT, Expect, done, fail
 from .mm import invalidate, split_pmd
 from .places import Places
 from .refuse import Unmodelled
+from .shmem import set_policy
 from .state import Kind, Mm, Pte, World
 
 Outcome = tuple[Expect, World]
@@ -58,7 +59,8 @@ def _lookup(world: World, mm: Mm, vpn: int) -> tuple[int | None, str, int | None
     device-private and device-exclusive entries) -> -ENOENT; the zero page -> -EFAULT. A
     PROT_NONE PTE is pte_present on x86 and is walked like any other.
     6.1 (profile.move_pages_follow_page): follow_page(FOLL_DUMP): pte_none (or no page
-    table) is no_page_table() -> -EFAULT for an anonymous VMA; the rest is as above (its
+    table) is no_page_table() -> -EFAULT for an anonymous VMA (-ENOENT for a shmem VMA,
+    which has a fault handler: shmem.py); the rest is as above (its
     pte_protnone check is constant 0 without CONFIG_NUMA_BALANCING, which the guest
     lacks, so a PROT_NONE PTE is followed too)."""
     vma = mm.vma_at(vpn)
@@ -67,7 +69,7 @@ def _lookup(world: World, mm: Mm, vpn: int) -> tuple[int | None, str, int | None
     pte = mm.ptes.get(vpn)
     old_walk = world.profile.move_pages_follow_page
     if pte is None:
-        if old_walk:
+        if old_walk and vma.obj is None:
             return -EFAULT, ("pte_none: follow_page(FOLL_DUMP) -> no_page_table -> -EFAULT "
                              "on an anonymous VMA"), None
         return -ENOENT, "pte_none: folio_walk_start finds nothing -> -ENOENT", None
@@ -231,10 +233,15 @@ def mbind(world: World, op: Mbind, places: Places) -> list[Outcome]:
         return {"flags": vmas.with_policy(vma.flags, op.node)}
 
     # vma_modify_policy: the merged VMA keeps its own vm_flags (no vm_flags_reset)
-    _, _, splits = vmas.modify(mm, start, end, update, world.profile, stop_at_hole=True,
-                               resets_flags=False)
+    _, changed, splits = vmas.modify(mm, start, end, update, world.profile,
+                                     stop_at_hole=True, resets_flags=False)
     for vma, vpn in splits:
         split_pmd(world, mm_id, vma, vpn)
+    for piece_start, _ in changed:
+        # (a VMA whose policy already matched is skipped by mbind_range: mpol_equal)
+        vma = mm.vma_at(piece_start)
+        if vma.obj is not None:
+            set_policy(world, vma, op.node)
     for vpn in queued:
         migrate_page(world, mm_id, vpn, op.node)
     return [(done("do_mbind: the whole range is mapped; the policy is set and the pages "

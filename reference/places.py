@@ -18,6 +18,10 @@ class Places:
         # tables (thp.note_tables), since a THP fault needs pmd_none.
         self.thp_programmed = any(isinstance(op, Thp) and op.enabled is not ThpEnabled.NEVER
                                   for op in program.ops)
+        self._pages = {r.name: r.pages for r in regions}
+
+    def pages(self, region: str) -> int:
+        return self._pages[region]
 
     def vpns(self, page_range: PageRange) -> tuple[int, int]:
         first = self._first[page_range.region]

@@ -81,6 +81,10 @@ def _reclaim_page(world: World, mm_id: int, vpn: int) -> list[World]:
     if folio_id is None:
         return [world]
     invalidate(world, mm_id, vpn, vpn + 1)
+    if world.folios[folio_id].page_cache:
+        from .shmem import reclaim_cache_page
+        reclaim_cache_page(world, mm, vpn)
+        return [world]
     lazyfree = world.folios[folio_id].lazyfree
     if lazyfree is Lazyfree.CLEAN:
         _discard(world, mm, vpn)
@@ -281,6 +285,10 @@ def dirtied(world: World, mm: Mm, vpn: int) -> None:
     folio = world.folios.get(pte.folio)
     if folio is not None and folio.lazyfree is Lazyfree.CLEAN:
         world.folios[pte.folio] = replace(folio, lazyfree=Lazyfree.DIRTY)
+    if folio is not None and folio.page_cache and not folio.dirty:
+        # the dirty PTE makes the page-cache folio dirty when it is unmapped (zap,
+        # try_to_unmap_one: folio_mark_dirty); the model marks it at once
+        world.folios[pte.folio] = replace(folio, dirty=True)
 
 
 def lost_track(world: World, folio_id: int) -> None:

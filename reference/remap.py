@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import mm as cpu, vma as vmas
+from . import ksm, mm as cpu, shmem, vma as vmas
 from .expect import EFAULT, EINVAL, ENOMEM, Expect, done, fail
 from .places import Places
 from .refuse import Unmodelled
@@ -97,7 +97,7 @@ def _populate(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
     for vpn in range(start, end):
         vma = mm.vma_at(vpn)
         if vma is not None and vma.prot.readable:
-            cpu.populate_page(world, mm_id, mm, vma, vpn, vma.prot.writable)
+            cpu.populate_page(world, mm_id, mm, vma, vpn, shmem.populates_with_write(vma))
 
 
 # ------------------------------------------------------------------ moves
@@ -186,6 +186,8 @@ def _move_vma(world: World, mm_id: int, mm: Mm, start: int, old_len: int, new_st
     flags; MREMAP_DONTUNMAP of a VM_LOCKED VMA first splits the range off), then
     copy_vma_and_data (copy_vma, move_page_tables), then dontunmap_complete or
     unmap_source_vma."""
+    # prep_move_vma: ksm_madvise(MADV_UNMERGEABLE) over the old range breaks its KSM pages
+    ksm.unmerge(world, mm_id, mm, start, start + old_len)
     vma = mm.vma_at(start)
     if dontunmap and "locked" in vma.flags:
         for edge in (start, start + old_len):   # needs_pre_split
@@ -209,8 +211,9 @@ def _copy_vma(world: World, mm: Mm, vma: Vma, start: int, new_start: int, new_le
     """copy_vma (mm/vma.c): the new VMA has the source's flags and anon_vma and keeps its
     vm_pgoff, except that a VMA never faulted (no anon_vma) gets the pgoff of its new
     address; vma_merge_copied_range merges it with compatible neighbours (never with the
-    source itself when it stays, for an unfaulted source)."""
-    faulted = vma.anon is not None
+    source itself when it stays, for an unfaulted source). Only an anonymous VMA
+    (vma_is_anonymous) counts as unfaulted: a shmem VMA keeps its object's vm_pgoff."""
+    faulted = vma.anon is not None or vma.obj is not None
     shift = vma.shift + start - new_start if faulted else 0
     fresh = replace(vma, start=new_start, end=new_start + new_len, shift=shift)
     if world.profile.copy_vma_no_merge_beside_kept_source and not faulted and keep_source \
@@ -265,9 +268,11 @@ def _pmd_move_may_keep_soft_dirty_clear(mm: Mm, moved: dict, start: int, length:
 
 def _dontunmap_complete(mm: Mm, start: int, length: int) -> None:
     """dontunmap_complete: the source VMA stays, empty, without VM_LOCKED; if the whole VMA
-    moved it loses its anon_vma (unlink_anon_vmas) and gets the pgoff of its address
-    again."""
+    moved it loses its anon_vma (unlink_anon_vmas) and, if anonymous, gets the pgoff of
+    its address again (a shmem VMA keeps its object and offset: later faults read the
+    object again)."""
     i = next(k for k, v in enumerate(mm.vmas) if v.start <= start < v.end)
     vma = mm.vmas[i] = replace(mm.vmas[i], flags=mm.vmas[i].flags - {"locked"})
     if vma.start == start and vma.end == start + length:
-        mm.vmas[i] = replace(vma, anon=None, fork_child=False, shift=0)
+        mm.vmas[i] = replace(vma, anon=None, fork_child=False,
+                             shift=vma.shift if vma.obj is not None else 0)

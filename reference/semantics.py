@@ -15,11 +15,11 @@ from harness.prog import (
 )
 from harness.prog.ops import (
     COHERENT_DEVICES, Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev,
-    ClearSoftDirty, Compact, Mbind, MigrateToSys, Mlock, MovePages, Mremap, Munlock, Pagemap,
-    Release, Thp,
+    ClearSoftDirty, Compact, KsmMerge, Mbind, MigrateToSys, Mlock, MovePages, Mremap, Munlock,
+    Pagemap, Release, Thp,
 )
 
-from . import device, hmm, mm as cpu, numa, pagemap, reclaim, remap, thp, vma as vmas
+from . import device, hmm, ksm, mm as cpu, numa, pagemap, reclaim, remap, shmem, thp, vma as vmas
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, WRITTEN, Expect, done, fail, read_page
 from .places import Places
 from .refuse import Unmodelled
@@ -31,15 +31,18 @@ Outcome = tuple[Expect, World]
 
 
 def _map(world: World, op: Map, places: Places) -> list[Outcome]:
-    if op.kind is not MapKind.ANON:
-        raise Unmodelled(f"map {op.kind.value}", "only private anonymous memory is modelled")
     mm = world.mms[world.procs[op.proc]]
     start, end = places.vpns(op.range)
     taken = vmas.overlaps(mm, start, end)
     if taken:
         return [(fail(EEXIST, f"do_mmap: MAP_FIXED_NOREPLACE and {places.name(taken[0].start)} "
                               "is already mapped -> -EEXIST"), world)]
-    vmas.map_new(mm, start, end, world.profile)
+    if op.kind is MapKind.ANON:
+        vmas.map_new(mm, start, end, world.profile)
+    else:
+        region_start, _ = places.vpns(replace(op.range, start=0, end=0))
+        shmem.map_backed(world, mm, start, end, op.kind, op.range.region, region_start,
+                         places.pages(op.range.region))
     return [(done("do_mmap: the range is free"), world)]
 
 
@@ -59,7 +62,7 @@ def _mprotect(world: World, op: Mprotect, places: Places) -> list[Outcome]:
     for piece_start, piece_end in changed:
         cpu.change_protection(world, mm_id, mm, piece_start, piece_end)
         vma = mm.vma_at(piece_start)
-        if op.prot.writable and "locked" in vma.flags:
+        if op.prot.writable and "locked" in vma.flags and not vma.shared:
             # mprotect_fixup: "Private VM_LOCKED VMA becoming writable: trigger COW to avoid
             # major fault on access" -> populate_vma_page_range (write faults).
             for vpn in range(piece_start, piece_end):
@@ -122,6 +125,7 @@ def _fork(world: World, op: Fork, places: Places) -> list[Outcome]:
     child = world.new_id()
     world.procs[op.child] = child
     cpu.fork(world, parent, child)
+    ksm.fork(world, parent, child)
     for (proc, name), mirror_id in list(world.fds.items()):
         if proc == op.proc:
             # The child shares the parent's open files: the same dmirror, still bound to the
@@ -146,8 +150,8 @@ def _open(world: World, op: OpenDevice, places: Places) -> list[Outcome]:
 _FLAG_ADVICE = {
     Advice.DONTFORK: ("dontcopy", True, ()), Advice.DOFORK: ("dontcopy", False, ()),
     Advice.WIPEONFORK: ("wipeonfork", True, ()), Advice.KEEPONFORK: ("wipeonfork", False, ()),
-    # ksm_madvise: VM_MERGEABLE only (ksmd does not run: /sys/kernel/mm/ksm/run is 0, so
-    # nothing is merged); UNMERGEABLE first breaks KSM pages, of which there are none.
+    # ksm_madvise: MERGEABLE registers the mm with KSM, UNMERGEABLE first breaks the KSM
+    # pages of VM_MERGEABLE VMAs (ksm.py); ksmd merges only during a ksm_merge op.
     Advice.MERGEABLE: ("mergeable", True, ()), Advice.UNMERGEABLE: ("mergeable", False, ()),
     # hugepage_madvise: the two flags exclude each other; with THP "never" (the runner's
     # setting) neither changes what a fault maps, and khugepaged_enter_vma does nothing.
@@ -172,14 +176,22 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
     if advice in (Advice.POPULATE_READ, Advice.POPULATE_WRITE):
         return _populate(world, mm_id, mm, start, end, advice is Advice.POPULATE_WRITE, op)
     if advice in _FLAG_ADVICE:
-        return _madvise_flag(world, mm_id, mm, start, end, advice)
+        return _madvise_flag(world, mm_id, mm, start, end, advice, places)
     pieces = []
     einval = None
     for vma in vmas.overlaps(mm, start, end):
         if advice in _NOT_ON_LOCKED and "locked" in vma.flags:
             einval = max(start, vma.start)
             break
+        backed_einval = shmem.madvise_einval(advice, vma)
+        if backed_einval:
+            einval = max(start, vma.start)
+            break
         pieces.append((max(start, vma.start), min(end, vma.end)))
+    if advice in (Advice.FREE, Advice.PAGEOUT):
+        for piece_start, piece_end in pieces:
+            ksm.refuse_ksm_pages(world, mm, piece_start, piece_end, f"madvise {advice.value} "
+                                 "of a KSM page", "a KSM folio made lazyfree or reclaimed")
     worlds = [world]
     for piece_start, piece_end in pieces:
         if advice is Advice.DONTNEED:
@@ -193,13 +205,18 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
             # then madvise_free_pte_range (reclaim.mark_lazyfree).
             cpu.invalidate(world, mm_id, piece_start, piece_end)
             reclaim.mark_lazyfree(world, mm, piece_start, piece_end)
-        elif advice is Advice.WILLNEED:
+        elif advice is Advice.WILLNEED and mm.vma_at(piece_start).obj is None:
+            # (a shmem VMA: shmem_swapin_range, and nothing of a shmem object is swapped)
             reclaim.willneed(world, mm, piece_start, piece_end)
         # COLD: madvise_cold deactivates folios and clears young bits
         # (clear_young_dirty_ptes, no invalidation): nothing observable.
     if advice is Advice.PAGEOUT:
         worlds = reclaim.pageout(world, mm_id, pieces)
-    if einval is not None:
+    if einval is not None and mm.vma_at(einval).obj is not None and \
+            shmem.madvise_einval(advice, mm.vma_at(einval)):
+        expect = fail(EINVAL, f"{shmem.madvise_einval(advice, mm.vma_at(einval))} at "
+                              f"{places.name(einval)}; the VMAs before it were advised")
+    elif einval is not None:
         expect = fail(EINVAL, f"madvise {advice.value}: {places.name(einval)}'s VMA is "
                               "VM_LOCKED (can_madv_lru_vma / madvise_dontneed_free_valid_vma)"
                               " -> -EINVAL; the VMAs before it were advised")
@@ -218,16 +235,28 @@ def _madvise_hole() -> Expect:
 
 
 def _madvise_flag(world: World, mm_id: int, mm, start: int, end: int,
-                  advice: Advice) -> list[Outcome]:
+                  advice: Advice, places: Places) -> list[Outcome]:
     flag, setting, cleared = _FLAG_ADVICE[advice]
+    if advice is Advice.MERGEABLE:
+        ksm.madvise_mergeable(world, mm_id, mm, start, end)
+    elif advice is Advice.UNMERGEABLE:
+        ksm.unmerge(world, mm_id, mm, start, end)
 
     def update(vma):
+        if shmem.ignores_advice(advice, vma):
+            return {}
         flags = vma.flags - set(cleared)
         return {"flags": flags | {flag} if setting else flags - {flag}}
 
-    err, _, splits = vmas.modify(mm, start, end, update, world.profile, stop_at_hole=False)
+    refused = next((vma for vma in vmas.overlaps(mm, start, end)
+                    if shmem.madvise_einval(advice, vma)), None)
+    stop = end if refused is None else max(start, refused.start)
+    err, _, splits = vmas.modify(mm, start, stop, update, world.profile, stop_at_hole=False)
     for vma, vpn in splits:
         cpu.split_pmd(world, mm_id, vma, vpn)
+    if refused is not None:
+        return [(fail(EINVAL, f"{shmem.madvise_einval(advice, refused)} at "
+                              f"{places.name(stop)}; the VMAs before it were advised"), world)]
     if err:
         return [(_madvise_hole(), world)]
     return [(done(f"madvise {advice.value}: madvise_update_vma over the whole range"), world)]
@@ -285,7 +314,7 @@ def _lock(world: World, op, places: Places, lock: bool) -> list[Outcome]:
             if not vma.prot.readable:
                 return [(fail(ENOMEM, f"__mm_populate: {places.name(vpn)}'s VMA is PROT_NONE:"
                                       " populate_vma_page_range -EFAULT -> -ENOMEM"), world)]
-            cpu.populate_page(world, mm_id, mm, vma, vpn, vma.prot.writable)
+            cpu.populate_page(world, mm_id, mm, vma, vpn, shmem.populates_with_write(vma))
     return [(done(f"{name}: the whole range is mapped"), world)]
 
 
@@ -301,6 +330,10 @@ def _clear_soft_dirty(world: World, op, places: Places) -> list[Outcome]:
     7.2's "not none, not present")."""
     mm_id = world.procs[op.proc]
     mm = world.mms[mm_id]
+    if shmem.has_backed(mm):
+        raise Unmodelled("clear_soft_dirty with shmem or file mappings",
+                         "without VM_SOFTDIRTY vma_wants_writenotify write-protects shared "
+                         "PTEs (vma_set_page_prot), which the model does not follow")
     mm.vmas[:] = [replace(vma, softdirty=False) for vma in mm.vmas]
     for mirror in world.mirrors_of(mm_id):
         mirror.table.clear()
@@ -352,6 +385,9 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
     for folio_id, folio in world.folios.items():
         if folio.swap_slot is not None and folio.mapcount == 0:
             world.pfns.pop(("pfn", folio_id), None)   # an unmapped swap-cache folio moves too
+        elif folio.page_cache:
+            # page-cache folios move too, mapped or not (shmem folios are movable)
+            world.pfns.pop(("pfn", folio_id), None)
     worlds = [world]
     for folio_id in sorted(marked):
         worlds = [branch for w in worlds for branch in (w, _moved_soft_dirty(w, folio_id))]
@@ -362,10 +398,13 @@ MAX_SOFT_DIRTY_BRANCHES = 3
 
 
 def _soft_dirty_if_moved(world: World) -> set[int]:
-    """The folios whose migration would set a PTE's soft-dirty bit that matters (6.1)."""
+    """The folios whose migration would set a PTE's soft-dirty bit that matters (6.1). A
+    shmem VMA keeps VM_SOFTDIRTY (clear_soft_dirty is refused with one), so its PTEs'
+    soft-dirty bits never show in pagemap."""
     return {pte.folio for mm in world.mms.values()
             if not all(vma.softdirty for vma in mm.vmas)
-            for pte in mm.ptes.values() if numa.migration_marks_soft_dirty(pte)}
+            for vpn, pte in mm.ptes.items()
+            if numa.migration_marks_soft_dirty(pte) and mm.vma_at(vpn).obj is None}
 
 
 def _moved_soft_dirty(world: World, folio_id: int) -> World:
@@ -386,21 +425,36 @@ _STEPS = {
     Exit: device.exit_process, Madvise: _madvise, Pagemap: pagemap.pagemap,
     Mlock: _mlock, Munlock: _munlock, Mremap: remap.mremap,
     ClearSoftDirty: _clear_soft_dirty, Compact: _compact,
-    MovePages: numa.move_pages, Mbind: numa.mbind, Thp: thp.set_mode,
+    MovePages: numa.move_pages, Mbind: numa.mbind, Thp: thp.set_mode, KsmMerge: ksm.ksm_merge,
 }
+
+
+def _refuse_on_backed(op: Op, world: World, places: Places) -> None:
+    """Cases of ops over shmem or file mappings the model does not follow."""
+    if isinstance(op, Mbind):
+        start, end = places.vpns(op.range)
+        shmem.refuse_mbind(world.mms[world.procs[op.proc]], start, end)
+    elif isinstance(op, Mremap):
+        start, end = places.vpns(op.range)
+        shmem.refuse_mremap(world.mms[world.procs[op.proc]], op, start, end)
 
 
 def step(world: World, op: Op, places: Places) -> list[Outcome]:
     """The allowed outcomes of `op`; raises Unmodelled for an op (or a case of one) the
-    model does not model (mremap, mlock, munlock, shared and file mappings, ...)."""
+    model does not model (shared mappings under some ops, uffd, ...)."""
     function = _STEPS.get(type(op))
     if function is None:
         raise Unmodelled(op.keyword)
     thp.guard(world, op, places)
     if places.thp_programmed:
         thp.note_tables(world)
+    if world.objects:
+        _refuse_on_backed(op, world, places)
     outcomes = function(world, op, places)
     if isinstance(op, Mremap):
         for after in {id(w): w for _, w in outcomes}.values():
             thp.forget_mremap_tables(after, op, places)
+    if world.objects:
+        for _, after in outcomes:
+            shmem.forget_unreachable(after)
     return outcomes

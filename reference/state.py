@@ -110,11 +110,21 @@ class Folio:
     # query then allows both and the model learns the answer (World.learn). For a swap
     # slot in the swap cache: the node of that swap-cache folio.
     node: int | None = 0
+    # A KSM folio (folio_test_ksm): ksmd merged identical pages into it (ksm.py). It is
+    # mapped read-only wherever it is mapped and never PageAnonExclusive; a write or an
+    # unshare fault copies it (wp_can_reuse_anon_folio refuses KSM folios).
+    ksm: bool = False
     # A page of a transparent huge page (thp.py): the model folio id of its head page and
     # its index in the 2 MiB folio. Each page keeps its own content and mapcount (the
     # precise page mapcount kpagecount shows); PFNs are the head's plus the index.
     thp: int | None = None
     thp_index: int = 0
+    # A page-cache folio of a shmem object (shmem.py): not anonymous, owned by the object
+    # (World.objects) whether mapped or not, so `mapcount` may be 0. `dirty`: PG_dirty of
+    # a page-cache folio (a store, a write fault or a FOLL_WRITE GUP made it so; only
+    # writeback to swap clears it); `swapped` then means the object's page is in swap.
+    page_cache: bool = False
+    dirty: bool = False
 
 
 # ------------------------------------------------------------------ VMAs
@@ -148,6 +158,11 @@ class Vma:
     # clear_soft_dirty; a sticky flag, so it does not keep VMAs from merging and a merge
     # keeps it if any part had it (VMA_STICKY_FLAGS).
     softdirty: bool = True
+    # The shmem object mapped (vm_file; shmem.py): None for anonymous memory. `shared` is
+    # VM_SHARED (map shared, map memfd); a private file mapping (map file) has an object
+    # but COWs into anonymous folios. The object page of vpn is vpn + shift (vm_pgoff).
+    obj: str | None = None
+    shared: bool = False
 
     def __contains__(self, vpn: int) -> bool:
         return self.start <= vpn < self.end
@@ -234,6 +249,14 @@ class World:
     # What `pagemap` ops showed of physical frames, learned from the kernel's answers (see
     # pagemap.py): folio id -> PFN, device folio id -> device PFN, and the zero page's PFN.
     pfns: dict = field(default_factory=dict)
+    # The mms KSM has an mm_slot for (ksm.py): registered by madvise(MADV_MERGEABLE)
+    # (__ksm_enter) or by fork of a registered mm (ksm_fork), dropped by ksmd's scan once
+    # the mm has no VM_MERGEABLE VMA left or has exited. Dead mms may stay in it.
+    ksm_slots: frozenset = frozenset()
+    # shmem objects (shmem.py): object -> {object page: page-cache folio id}; and the
+    # objects' shared memory policies (mbind: shmem_set_policy): (object, page) -> node
+    objects: dict = field(default_factory=dict)
+    object_policy: dict = field(default_factory=dict)
     # /sys/kernel/mm/transparent_hugepage/{enabled,defrag} (harness.prog.ops.THP_DEFAULT
     # at the start of every program) and whether THP was on at some point (thp.set_mode)
     thp: tuple = THP_DEFAULT + (False,)
@@ -253,6 +276,9 @@ class World:
             next_id=self.next_id,
             profile=self.profile,
             pfns=dict(self.pfns),
+            ksm_slots=self.ksm_slots,
+            objects={k: dict(pages) for k, pages in self.objects.items()},
+            object_policy=dict(self.object_policy),
             thp=self.thp,
         )
 
@@ -278,6 +304,10 @@ class World:
         if folio == ZERO_FOLIO:
             return
         f = self.folios[folio]
+        if f.page_cache:
+            # a page-cache folio stays in its object (shmem.py)
+            self.folios[folio] = replace(f, mapcount=f.mapcount - 1)
+            return
         if f.mapcount > 1:
             self.folios[folio] = replace(f, mapcount=f.mapcount - 1)
             return
@@ -317,6 +347,9 @@ class World:
             tuple((k, d.device, d.mm, d.flags, tuple(sorted(d.table.items(), key=_key0)))
                   for k, d in sorted(self.mirrors.items())),
             tuple(sorted(self.pfns.items(), key=repr)),
+            tuple(sorted(self.ksm_slots)),
+            tuple((k, tuple(sorted(pages.items()))) for k, pages in sorted(self.objects.items())),
+            tuple(sorted(self.object_policy.items())),
             self.thp,
         )
 

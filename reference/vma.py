@@ -69,8 +69,10 @@ def _same_flags(vma: Vma, other: Vma) -> bool:
     # is_mergeable_vma: all flags but VMA_IGNORE_MERGE_FLAGS (soft-dirty, maybe-guard) must
     # match; for our anonymous private VMAs: the protection, VM_ACCOUNT and Vma.flags.
     # can_vma_merge_before/after also want vm_pgoff to continue across the boundary.
+    # is_mergeable_vma also wants the same vm_file (shmem.py: the object) and VM_SHARED.
     return vma.prot is other.prot and vma.account == other.account and \
-        vma.flags == other.flags and vma.shift == other.shift
+        vma.flags == other.flags and vma.shift == other.shift and \
+        vma.obj == other.obj and vma.shared == other.shared
 
 
 def _anon_mergeable(target: Vma, source_anon: int | None, source: Vma | None,
@@ -223,9 +225,15 @@ def mprotect(mm: Mm, start: int, end: int, prot: Prot,
     alone (mprotect_fixup: vma_flags_same_pair), so it fires no MMU notifier either.
     """
     def update(vma: Vma) -> dict:
-        if prot.writable:
+        if vma.shared:
+            # mprotect_fixup never charges a VM_SHARED mapping (shmem accounts the object).
+            account = False
+        elif prot.writable:
             # A private mapping turning writable is charged and gets VM_ACCOUNT.
             account = True
+        elif vma.obj is not None:
+            # Only an anonymous VMA (vma_is_anonymous) without anon_vma drops VM_ACCOUNT.
+            account = vma.account
         else:
             # "...except in the anonymous case where no anon_vma has yet to be assigned":
             # VM_ACCOUNT is dropped only while the VMA has no anon_vma.
@@ -362,7 +370,8 @@ def anon_prepare(world: World, mm: Mm, vpn: int) -> None:
         adjacent = other.start == vma.end if j > i else other.end == vma.start
         # anon_vma_compatible: the flags but the access bits must match
         if adjacent and other.account == vma.account and other.flags == vma.flags \
-                and other.shift == vma.shift and other.anon is not None \
+                and other.shift == vma.shift and other.obj == vma.obj \
+                and other.anon is not None \
                 and not other.fork_child:
             anon = other.anon
             break

@@ -65,3 +65,12 @@ def test_a_kernel_without_the_buddy_detector_runs_with_the_hard_lockup_oracle_na
 def test_an_own_build_has_the_hard_lockup_oracle_on(tmp_path):
     own = FULL_CONFIG + EXTRA_ORACLES.read_text()
     assert not [m for m in logged_check(tmp_path, own) if "hard-lockup" in m]
+
+
+def test_the_oracle_that_is_off_is_named_once_per_session_not_at_every_reboot(tmp_path):
+    logs: list[str] = []
+    checked = session(tmp_path)
+    checked.log = logs.append
+    for _ in range(3):  # three boots of one session (a crash restarts the guest)
+        checked._check_guest(hello(FULL_CONFIG))
+    assert len([m for m in logs if "hard-lockup" in m]) == 1

@@ -20,7 +20,7 @@ BUILD_FRAGMENTS: tuple[Path, ...] = (FRAGMENT, EXTRA_ORACLES)
 OPTIONAL_ORACLES: dict[str, tuple[tuple[str, ...], str]] = {
     "the hard-lockup oracle": (
         ("CONFIG_HARDLOCKUP_DETECTOR", "CONFIG_HARDLOCKUP_DETECTOR_PREFER_BUDDY"),
-        "own builds of 6.5 and later have them (`hmmfuzz kernel build`); before 6.5 there is "
+        "own builds of 6.5 and later have them (hmmfuzz kernel build); before 6.5 there is "
         "only the perf detector, which cannot start under TCG"),
 }
 

@@ -66,6 +66,7 @@ class KernelSession:
                  op_timeout_ms: int = 20000, cache_dir: Path | None = None, log=print):
         self.kernel, self.workdir, self.config = kernel, workdir, config
         self.op_timeout_ms = op_timeout_ms
+        self._oracles_said_off: set[str] = set()
         self.cache_dir = cache_dir or default_cache_dir()
         self.log = log
         self.machine: Machine | None = None
@@ -133,9 +134,11 @@ class KernelSession:
             self.log(f"note: the guest kernel lacks fragment options {', '.join(weaker)}; "
                      "some oracles or ops may be unavailable")
         for oracle, (needed, where) in OPTIONAL_ORACLES.items():
-            if lacking := [o for o in needed if options.get(o, "n") == "n"]:
-                self.log(f"note: {oracle} is off: the guest kernel lacks {', '.join(lacking)} "
-                         f"({where})")
+            lacking = [o for o in needed if options.get(o, "n") == "n"]
+            if lacking and oracle not in self._oracles_said_off:  # once, not at every reboot
+                self._oracles_said_off.add(oracle)
+                self.log(f"note: {oracle} is off: the guest kernel lacks {', '.join(lacking)}; "
+                         f"{where}")
 
     def close(self):
         if self.machine is not None:
