@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from harness.prog import ParseError, Program, format_program, parse_program
 from harness.prog.ops import (
     DEVICES, MAX_NODE, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, ClearSoftDirty,
-    CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, Located,
-    Madvise, Map, Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap,
+    CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, KsmMerge,
+    Located, Madvise, Map, Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap,
     Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot, Region, Release, Snapshot, Thp,
     ThpDefrag, ThpEnabled,
 )
@@ -102,7 +102,7 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
     if forks + 1 < MAX_PROCESSES:  # exited processes still count towards the limit
         kinds.append(Fork)
     if chooser.chance(5):
-        kind = chooser.pick((ClearSoftDirty, Compact, Thp))
+        kind = chooser.pick((ClearSoftDirty, Compact, KsmMerge, Thp))
         if kind is Thp:
             return Thp(proc, chooser.pick(list(ThpEnabled)), chooser.pick(list(ThpDefrag)))
         return kind(proc)

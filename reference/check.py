@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from harness.prog import OpResult, Program, Trace, errno_name, format_op
 
 from .expect import Expect
+from .ksm import compare as compare_ksm
 from .pagemap import compare as compare_pagemap
 from .places import Places
 from .profile import profile_for
@@ -115,6 +116,7 @@ def mismatches(expect: Expect, seen: OpResult) -> list[Mismatch]:
                                expect.why.get("snapshot", ""))
     found += compare_pagemap(expect.pagemap, seen.pagemap)
     found += _node_status(expect, seen)
+    found += compare_ksm(expect.ksm, seen.ksm, expect.why.get("ksm", ""))
     return found
 
 

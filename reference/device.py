@@ -175,6 +175,10 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             continue
         if pte is not None and pte.kind is Kind.PRESENT:
             folio = world.folios[pte.folio]
+            if folio.ksm:
+                raise Unmodelled("migrate_to_dev of a KSM page",
+                                 "the KSM folio moves, stable node and all, to device "
+                                 "memory, and a later KSM scan oopses (docs/findings.md #12)")
             if folio.mapcount > 1:
                 # try_to_migrate() of the other mappings: see _shared_device_page.
                 raise Unmodelled("migrate_to_dev of a page mapped by several processes")

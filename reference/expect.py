@@ -12,7 +12,7 @@ import errno as errno_codes
 import signal
 from dataclasses import dataclass, field
 
-from harness.prog import Content, OpResult, Page, digest
+from harness.prog import Content, KsmScan, OpResult, Page, digest
 
 SIGSEGV = int(signal.SIGSEGV)
 
@@ -30,6 +30,7 @@ class Expect:
     # per page of node_status, the folio whose node the model does not know yet (else
     # None): World.learn records the node the kernel reported
     node_folios: tuple[int | None, ...] = field(default=(), compare=False, hash=False)
+    ksm: object | None = None        # ksm.KsmSpec, for a `ksm_merge` op
     why: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     page_why: tuple[str, ...] = field(default=(), compare=False, hash=False)
 
@@ -37,8 +38,11 @@ class Expect:
         """The first allowed outcome, as the runner would report it."""
         node_status = None if self.node_status is None else \
             tuple(allowed[0] for allowed in self.node_status)
+        ksm = None if self.ksm is None else KsmScan(self.ksm.min_scans, self.ksm.pages_shared,
+                                                    self.ksm.pages_sharing)
         return OpResult(errno=self.errno[0], cpages=self.cpages[0], faults=self.faults[0],
-                        pages=self.pages, snapshot=self.snapshot, node_status=node_status)
+                        pages=self.pages, snapshot=self.snapshot, node_status=node_status,
+                        ksm=ksm)
 
     def __str__(self) -> str:
         return str(self.as_result())

@@ -205,10 +205,11 @@ def _write_protected_anon(world: World, mm_id: int, mm: Mm, vpn: int, pte: Pte) 
         # no MMU notifier: permissions only grow).
         mm.ptes[vpn] = replace(pte, writable=True)
         return
-    if folio.mapcount > 1 or folio.swap_slot is not None:
-        # Still mapped by another process, or in the swap cache of a slot other swap
-        # entries refer to (wp_can_reuse_anon_folio: folio_free_swap fails, the swap cache
-        # keeps its reference): wp_page_copy (MMU_NOTIFY_CLEAR on the page).
+    if folio.mapcount > 1 or folio.ksm or folio.swap_slot is not None:
+        # Still mapped by another process, a KSM folio (wp_can_reuse_anon_folio never
+        # reuses one), or in the swap cache of a slot other swap entries refer to
+        # (wp_can_reuse_anon_folio: folio_free_swap fails, the swap cache keeps its
+        # reference): wp_page_copy (MMU_NOTIFY_CLEAR on the page).
         invalidate(world, mm_id, vpn, vpn + 1)
         world.unmap_folio(pte.folio)
         copy = world.new_folio(folio.content, vmas.alloc_node(mm.vma_at(vpn)))

@@ -18,8 +18,9 @@ pte_to_pagemap_entry for the others. What the model states, per page:
   the kernel's constant for the entry kind (profile) and the offset the PFN of the page
   (device-exclusive: the folio's own PFN, the one it showed while present).
 - kpagecount (only for present pages with a PFN): the page's mapcount; 0 for the zero page.
-- kpageflags: only KPF_ANON, KPF_ZERO_PAGE and bit 34 (KPF_OWNER_2, which shows PG_owner_2 =
-  PG_anon_exclusive: PageAnonExclusive) are compared; LRU, ACTIVE, REFERENCED, DIRTY,
+- kpageflags: only KPF_ANON, KPF_ZERO_PAGE, KPF_KSM (a KSM folio, ksm.py; every anonymous
+  page on 6.12, profile.kpf_ksm_on_every_anon_page) and bit 34 (KPF_OWNER_2, which shows
+  PG_owner_2 = PG_anon_exclusive: PageAnonExclusive) are compared; LRU, ACTIVE, REFERENCED, DIRTY,
   MLOCKED and the like depend on per-CPU batches and reclaim and are not stated.
 """
 
@@ -40,7 +41,7 @@ FLAG_BITS = ((1 << 64) - 1) & ~((1 << 55) - 1)     # bits 55..63
 SWP_TYPE_BITS = 5                                   # MAX_SWAPFILES_SHIFT
 KPF_ANON_EXCLUSIVE = 1 << 34                        # KPF_OWNER_2 (PG_anon_exclusive)
 KPF_STATED = (KPF["ANON"] | KPF["ZERO_PAGE"] | KPF_ANON_EXCLUSIVE | KPF["THP"]
-              | KPF["COMPOUND_HEAD"] | KPF["COMPOUND_TAIL"])
+              | KPF["COMPOUND_HEAD"] | KPF["COMPOUND_TAIL"] | KPF["KSM"])
 SWAP_TYPE = 0    # the runner's only swap device (zram0, swapon at boot) is swap type 0
 ZERO_KEY = ("zero",)
 HUGE_ZERO_KEY = ("hzero",)
@@ -147,9 +148,9 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
                 flags |= PM_MMAP_EXCLUSIVE
             specs.append(PageSpec(flags, "pfn", key, known=world.pfns.get(key),
                                   count=folio.mapcount,
-                                  kflags=KPF["ANON"] | (KPF_ANON_EXCLUSIVE
-                                                        if folio.exclusive else 0),
-                                  why=f"{name} maps an anonymous folio mapped "
+                                  kflags=_anon_kflags(folio, profile),
+                                  why=f"{name} maps {'a KSM' if folio.ksm else 'an anonymous'}"
+                                      " folio mapped "
                                       f"{folio.mapcount} time(s)"
                                       f"{', PageAnonExclusive' if folio.exclusive else ''}"))
             continue
@@ -182,6 +183,13 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
     return [(Expect(pagemap=tuple(specs), why={
         "errno": "reading /proc/self/pagemap of the range succeeds",
         "pagemap": "pagemap_read (fs/proc/task_mmu.c)"}), world)]
+
+
+def _anon_kflags(folio, profile) -> int:
+    """The stated kpageflags of a present anonymous folio (stable_page_flags)."""
+    ksm = folio.ksm or profile.kpf_ksm_on_every_anon_page
+    return (KPF["ANON"] | (KPF_ANON_EXCLUSIVE if folio.exclusive else 0)
+            | (KPF["KSM"] if ksm else 0))
 
 
 def _compound(index: int) -> int:
@@ -304,7 +312,7 @@ def compare(specs, seen) -> list[tuple[str, tuple[str, ...], str, str]]:
                 problems.append(f"kpagecount {got.count}, stated {spec.count}")
             if got.flags is None or got.flags & KPF_STATED != spec.kflags:
                 shown = None if got.flags is None else hex(got.flags & KPF_STATED)
-                problems.append(f"kpageflags ANON/ZERO_PAGE/ANON_EXCLUSIVE/THP/COMPOUND {shown}, "
+                problems.append(f"kpageflags ANON/ZERO_PAGE/KSM/ANON_EXCLUSIVE/THP/COMPOUND {shown}, "
                                 f"stated {spec.kflags:#x}")
         elif got.count is not None:
             problems.append("kpagecount reported for a page the model has no PFN for")

@@ -37,8 +37,9 @@ from dataclasses import dataclass, replace
 from harness.prog import ZERO
 from harness.prog.ops import (
     Advice, CheckExclusive, ClearSoftDirty, CloseDevice, Compact, CpuRead, CpuWrite,
-    DeviceOp, DevRead, DevWrite, Exclusive, Exit, Flags, Fork, MovePages, Madvise, Map, Mlock, Mprotect, Mremap,
-    Munlock, Munmap, OpenDevice, Pagemap, Release, Snapshot, Thp, ThpEnabled,
+    DeviceOp, DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge, Madvise, Map, Mlock,
+    MovePages, Mprotect, Mremap, Munlock, Munmap, OpenDevice, Pagemap, Release, Snapshot, Thp,
+    ThpEnabled,
 )
 
 from .expect import done
@@ -449,6 +450,11 @@ def guard(world: World, op, places) -> None:
     if isinstance(op, Compact):
         if any(has_huge(world, mm) for mm in world.mms.values() if mm.alive):
             raise Unmodelled("compact with a THP", "compaction may migrate THPs")
+        return
+    if isinstance(op, KsmMerge):
+        if any(has_huge(world, mm) for mm in world.mms.values() if mm.alive):
+            # ksmd splits a THP it wants to merge a page of (try_to_merge_one_page)
+            raise Unmodelled("ksm_merge with a THP", "ksmd may split THPs")
         return
     page_range = getattr(op, "range", None)
     if page_range is None:

@@ -331,3 +331,15 @@ def test_a_write_to_a_page_of_a_thp_mapped_once_but_not_exclusive_is_refused():
     verdict = check(prog, trace(ok(), ok(), wrote(53), ok(), ok(), wrote(1), wrote(2)))
     assert verdict.unmodelled_op == "a write to a page of a THP mapped once but not exclusive"
     assert verdict.ok and verdict.unmodelled_from == 6
+
+
+def test_ksm_merge_with_a_thp_is_refused():
+    prog = program("""
+        region a pages=512
+        p0 thp always madvise
+        p0 map a[0:512]
+        p0 write a[0:1] seed=1
+        p0 ksm_merge
+    """)
+    verdict = check(prog, trace(ok(), ok(), wrote(1), ok()))
+    assert verdict.unmodelled_op == "ksm_merge with a THP"
