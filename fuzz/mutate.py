@@ -18,7 +18,7 @@ from harness.prog.ops import (
     CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, KsmMerge,
     Located, Madvise, Map, Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap,
     Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot, Region, Release, Smaps, Snapshot,
-    Switch, UffdRegister, UffdUnregister, UffdWriteprotect,
+    Switch, Thp, ThpDefrag, ThpEnabled, UffdRegister, UffdUnregister, UffdWriteprotect,
 )
 
 MAX_OPS = 64
@@ -102,7 +102,10 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
     if forks + 1 < MAX_PROCESSES:  # exited processes still count towards the limit
         kinds.append(Fork)
     if chooser.chance(5):
-        return chooser.pick((ClearSoftDirty, Compact, KsmMerge))(proc)
+        kind = chooser.pick((ClearSoftDirty, Compact, KsmMerge, Thp))
+        if kind is Thp:
+            return Thp(proc, chooser.pick(list(ThpEnabled)), chooser.pick(list(ThpDefrag)))
+        return kind(proc)
     kind = chooser.pick(kinds)
     if kind is Fork:
         taken = set(scope.fds) | {op.child for op in all_ops if isinstance(op, Fork)}
@@ -175,9 +178,15 @@ def _regions(program: Program) -> tuple[Region, ...]:
 
 def generate(chooser: Chooser, max_ops: int = 24) -> Program:
     """A fresh program: a region or two, mapped, then random ops."""
-    regions = tuple(Region(name, chooser.pick((1, 4, 16, 64, 512)), slot)
+    huge = chooser.chance(15)    # THP on from the start, over a region of whole PMDs
+    regions = tuple(Region(name, chooser.pick((512, 1024) if huge and slot == 0 else
+                                              (1, 4, 16, 64, 512, 1024)), slot)
                     for slot, name in enumerate("ab"[:chooser.integer(1, 2)]))
-    ops: list[Op] = [Map("p0", PageRange(r.name, 0, r.pages)) for r in regions]
+    ops: list[Op] = []
+    if huge:
+        ops.append(Thp("p0", chooser.pick((ThpEnabled.ALWAYS,) * 3 + (ThpEnabled.MADVISE,)),
+                       chooser.pick(list(ThpDefrag))))
+    ops += [Map("p0", PageRange(r.name, 0, r.pages)) for r in regions]
     ops.append(OpenDevice("p0", "d0", chooser.pick(DEVICES)))
     for _ in range(chooser.integer(1, max_ops)):
         scope = Scope.after({r.name: r for r in regions}, ops)

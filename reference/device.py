@@ -159,12 +159,14 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
     mm_id = mirror.mm
     ptes = mm.ptes
     if (vma.obj is None and end - start == PMD_PAGES and start % PMD_PAGES == 0
+            and mm.tables.get(start // PMD_PAGES) is not True
             and not any(v in ptes for v in range(start, end))):
         # migrate_vma_collect_hole with MIGRATE_VMA_SELECT_COMPOUND: a 2 MiB-aligned piece
-        # without a PMD table migrates as one device THP; whether the table exists depends
-        # on page-table history the model does not keep.
-        raise Unmodelled("migrate_to_dev of an empty 2 MiB-aligned range",
-                         "it may migrate as a device THP")
+        # without a PTE table (pmd_none: thp.py follows the tables) migrates as one device
+        # THP, which is not modelled yet. With a table, walk_pmd_range goes to the PTEs and
+        # every pte_none is collected on its own, as below.
+        raise Unmodelled("migrate_to_dev of an empty 2 MiB-aligned range without a PTE table",
+                         "it migrates as a device THP")
     # migrate_vma_collect: one MMU_NOTIFY_MIGRATE over the piece, owner = this device.
     invalidate(world, mm_id, start, end, migrating_device=mirror.device)
     for vpn in range(start, end):
@@ -178,7 +180,8 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             folio = world.folios[pte.folio]
             if folio.ksm:
                 raise Unmodelled("migrate_to_dev of a KSM page",
-                                 "migrating a KSM folio to device memory is not stated")
+                                 "the KSM folio moves, stable node and all, to device "
+                                 "memory, and a later KSM scan oopses (docs/findings.md #12)")
             if folio.mapcount > 1:
                 # try_to_migrate() of the other mappings: see _shared_device_page.
                 raise Unmodelled("migrate_to_dev of a page mapped by several processes")
@@ -227,7 +230,7 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
         # migrate_vma_collect_pmd carries a present page's soft-dirty and uffd-wp bits into
         # the entry (the migration entry's pte_swp_mkuffd_wp, then remove_migration_pte);
         # migrate_vma_insert_page (pte_none, zero page) makes a fresh entry without either,
-        # writable iff VM_WRITE even where the zero page was uffd-wp (docs/findings.md #12).
+        # writable iff VM_WRITE even where the zero page was uffd-wp (docs/findings.md #13).
         ptes[vpn] = Pte(Kind.DEVICE, device_folio, writable,
                         soft_dirty=old is not None and pte.soft_dirty,
                         uffd_wp=old is not None and pte.uffd_wp)

@@ -387,6 +387,9 @@ def _make_exclusive(world: World, mirror: Dmirror, start: int, end: int,
                    f"check_vma_flags refuses FOLL_WRITE on {places.name(vpn)}'s VMA without "
                    "VM_WRITE -> -EFAULT")
             break
+        # FOLL_SPLIT_PMD: follow_pmd_mask splits a PMD mapping before it looks further,
+        # both the one it finds and the one the fault maps.
+        thp.gup_split_pmd(world, mm_id, mm, vpn)
         try:
             write_fault(world, mm_id, mm, vma, vpn)
         except UffdWriteProtected:
@@ -394,6 +397,7 @@ def _make_exclusive(world: World, mirror: Dmirror, start: int, end: int,
             why = (f"the FOLL_WRITE fault on {places.name(vpn)} meets its uffd-wp bit: "
                    "handle_userfault -> VM_FAULT_SIGBUS -> -EFAULT")
             break
+        thp.gup_split_pmd(world, mm_id, mm, vpn)
         if world.folios[mm.ptes[vpn].folio].page_cache:
             # GUP with FOLL_WRITE | FOLL_TOUCH marks the folio dirty (follow_page_pte)
             shmem.mark_dirty(world, mm.ptes[vpn].folio)

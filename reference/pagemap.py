@@ -80,6 +80,8 @@ class PageSpec:
                 text += f" + {self.offset}"
         elif self.frame == "swp":
             text += f" swap type {self.swp_type} offset pfn of {_key_name(self.key)}"
+            if self.offset:
+                text += f" + {self.offset}"
         if self.count is not None:
             text += f" count={self.count} flags&stated={self.kflags:#x}"
         return text
@@ -162,8 +164,11 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
                                   why=f"{name} is swapped out: a swap entry of the zram "
                                       "device (type 0), its offset the slot"))
             continue
+        offset = 0
         if pte.kind is Kind.EXCLUSIVE:
             key = ("pfn", pte.folio)
+            if folio.thp is not None:     # a page of a THP: its PFN is the head's + index
+                key, offset = ("thp", folio.thp), folio.thp_index
             swp_type = profile.swp_device_exclusive
             if profile.exclusive_entry_permission and not pte.writable:
                 swp_type += 1  # SWP_DEVICE_EXCLUSIVE_READ follows _WRITE
@@ -174,7 +179,8 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
             if profile.pagemap_swap_exclusive and folio.mapcount == 1:
                 flags |= PM_MMAP_EXCLUSIVE
             why = f"{name} is a {'writable' if pte.writable else 'readable'} device-private entry"
-        specs.append(PageSpec(flags, "swp", key, swp_type, known=world.pfns.get(key), why=why))
+        specs.append(PageSpec(flags, "swp", key, swp_type, known=world.pfns.get(key),
+                              offset=offset, why=why))
     specs = [replace(spec, taken=_taken(live, spec.key)) if spec.key else spec
              for spec in specs]
     return [(Expect(pagemap=tuple(specs), why={
@@ -202,8 +208,10 @@ def thp_spec(world: World, mm, vpn: int, pte, sd: int, name: str) -> PageSpec | 
     is not anonymous (folio_test_anon); kpagecount 0 (no rmap), so no PM_MMAP_EXCLUSIVE;
     kpageflags ZERO_PAGE and THP (is_huge_zero_pfn), compound head or tail, no ANON. A THP
     page: KPF_THP (large and rmappable), compound head or tail, ANON, and PG_anon_exclusive
-    of the folio's flags; kpagecount and PM_MMAP_EXCLUSIVE from the precise page mapcount
-    (_mapcount + the entire mapcount: 1 when mapped by one PMD or one PTE)."""
+    of the folio's flags; kpagecount from the precise page mapcount (_mapcount + the entire
+    mapcount: 1 when mapped by one PMD or one PTE), PM_MMAP_EXCLUSIVE too, but for a PMD
+    mapping from the head page's (so after fork and a COW copy of the head page in the
+    other process, every page of this PMD loses the bit)."""
     index = vpn // THP_PAGES
     pmd = mm.pmds.get(index)
     if pte.kind is Kind.ZERO and pmd is not None and pmd.zero:
@@ -218,7 +226,12 @@ def thp_spec(world: World, mm, vpn: int, pte, sd: int, name: str) -> PageSpec | 
     if folio.thp is None:
         return None
     key = ("thp", folio.thp)
-    flags = PM_PRESENT | sd | (PM_MMAP_EXCLUSIVE if folio.mapcount == 1 else 0)
+    # pagemap_pmd_range_thp asks __folio_page_mapped_exclusively(folio, page) with page =
+    # pmd_page(), the head page, for all 512 records; pte_to_pagemap_entry asks of the page.
+    asked = folio
+    if index in mm.pmds:
+        asked = world.folios[mm.ptes[index * THP_PAGES].folio]
+    flags = PM_PRESENT | sd | (PM_MMAP_EXCLUSIVE if asked.mapcount == 1 else 0)
     how = "a PMD" if index in mm.pmds else "a PTE"
     return PageSpec(flags, "pfn", key, known=world.pfns.get(key), offset=folio.thp_index,
                     count=folio.mapcount,

@@ -8,7 +8,13 @@ them until their sources are read.
 
 Differences read but not switched, because no v1 observation shows them: 6.x fires the
 mprotect notifier per PMD (change_pmd_range), 7.2 per PUD (change_pud_range), over the same
-populated range; 6.x device-exclusive entries drop the folio's rmap.
+populated range; 6.x device-exclusive entries drop the folio's rmap; 6.x mremap conceals
+VM_ACCOUNT around the source's munmap with its own code (move_vma: excess/split in 6.1,
+vma_prev/vma_next in 6.12), leaving the same flags as 7.2's unmap_source_vma; 6.x
+do_swap_page frees the swap cache before deciding exclusivity (7.2 after), which changes
+nothing for a slot other swap entries still hold; 7.2 restore_exclusive_pte dirties the PTE
+(and so sets soft-dirty) of a dirty folio it maps writable, which only happens where
+soft-dirty tracking does not ask for a write fault, so the bit is not seen.
 """
 
 from __future__ import annotations

@@ -370,15 +370,15 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
             # entry and the folio would come back as a present PTE.
             raise Unmodelled("compact with device-exclusive entries",
                              "a migrated folio would lose its device-exclusive entry")
-        if world.profile.migration_dirty_sets_soft_dirty and \
-                any(numa.migration_marks_soft_dirty(pte) and mm.vma_at(vpn).obj is None
-                    for vpn, pte in mm.ptes.items()):
-            # (a shmem VMA keeps VM_SOFTDIRTY, clear_soft_dirty being refused with it, so
-            # its PTEs' soft-dirty bits never show in pagemap)
-            # 6.1: a dirty page that moves comes back soft-dirty (remove_migration_pte's
-            # pte_mkdirty), one that stays does not; which ones move is the kernel's choice.
-            raise Unmodelled("compact on 6.1 with a dirty page whose soft-dirty bit is clear",
-                             "whether compaction moves it decides its soft-dirty bit")
+    # 6.1: a dirty page that moves comes back soft-dirty (remove_migration_pte's
+    # pte_mkdirty), one that stays does not; which ones move is the kernel's choice, so each
+    # such folio branches (only where soft-dirty tracking is on: a VMA without
+    # VM_SOFTDIRTY; elsewhere the next clear_soft_dirty resets the bit unseen).
+    marked = _soft_dirty_if_moved(world) if world.profile.migration_dirty_sets_soft_dirty \
+        else set()
+    if len(marked) > MAX_SOFT_DIRTY_BRANCHES:
+        raise Unmodelled("compact on 6.1 with many dirty pages whose soft-dirty bit is clear",
+                         "whether compaction moves each decides its soft-dirty bit")
     for mm_id, mm in world.mms.items():
         mirrors = world.mirrors_of(mm_id)
         for vpn, pte in mm.ptes.items():
@@ -396,7 +396,32 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
         elif folio.page_cache:
             # page-cache folios move too, mapped or not (shmem folios are movable)
             world.pfns.pop(("pfn", folio_id), None)
-    return [(done("compact_memory: compaction always reports success"), world)]
+    worlds = [world]
+    for folio_id in sorted(marked):
+        worlds = [branch for w in worlds for branch in (w, _moved_soft_dirty(w, folio_id))]
+    return [(done("compact_memory: compaction always reports success"), w) for w in worlds]
+
+
+MAX_SOFT_DIRTY_BRANCHES = 3
+
+
+def _soft_dirty_if_moved(world: World) -> set[int]:
+    """The folios whose migration would set a PTE's soft-dirty bit that matters (6.1). A
+    shmem VMA keeps VM_SOFTDIRTY (clear_soft_dirty is refused with one), so its PTEs'
+    soft-dirty bits never show in pagemap."""
+    return {pte.folio for mm in world.mms.values()
+            if not all(vma.softdirty for vma in mm.vmas)
+            for vpn, pte in mm.ptes.items()
+            if numa.migration_marks_soft_dirty(pte) and mm.vma_at(vpn).obj is None}
+
+
+def _moved_soft_dirty(world: World, folio_id: int) -> World:
+    moved = world.clone()
+    for mm in moved.mms.values():
+        for vpn, pte in mm.ptes.items():
+            if pte.folio == folio_id and numa.migration_marks_soft_dirty(pte):
+                mm.ptes[vpn] = replace(pte, soft_dirty=True)
+    return moved
 
 
 _STEPS = {
@@ -426,18 +451,17 @@ def _refuse_on_backed(op: Op, world: World, places: Places) -> None:
 
 def step(world: World, op: Op, places: Places) -> list[Outcome]:
     """The allowed outcomes of `op`; raises Unmodelled for an op (or a case of one) the
-    model does not model (mremap before 7.2, THP, uffd, ...)."""
+    model does not model (shared mappings under some ops, uffd, ...)."""
     function = _STEPS.get(type(op))
     if function is None:
         raise Unmodelled(op.keyword)
     thp.guard(world, op, places)
     uffd.refuse_unfollowed(world, op, places)
-    if places.thp_programmed:
-        thp.note_tables(world)
+    thp.note_tables(world)
     if world.objects:
         _refuse_on_backed(op, world, places)
     try:
-        outcomes = function(world, op, places)
+        outcomes = thp.with_allocation_choices(world, lambda w: function(w, op, places))
     except UffdWriteProtected as fault:
         # A write fault on a uffd-wp page where the op does not state the outcome (GUP of
         # populate_write, mlock or mprotect's populate): VM_FAULT_SIGBUS -> -EFAULT there.

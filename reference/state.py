@@ -101,6 +101,11 @@ class Folio:
     # fails while folio_maybe_swapped), which decides do_wp_page and madvise free.
     cache: int | None = None
     swap_slot: int | None = None
+    # 6.x only: swap readahead (swapin_readahead -> swap_vma_readahead, on a swap-in that
+    # misses the swap cache) may have read this slot into the swap cache; its window
+    # depends on the VMA's readahead history, which the model does not keep. `node` is
+    # then where that folio would be.
+    maybe_cached: bool = False
     # The NUMA node of the page (numa.py): where it was allocated (the VMA's mbind policy,
     # else the local node of CPU 0, where the runner pins every program process) or where a
     # migration put it. None: the kernel may have placed it on either of two nodes (a

@@ -34,7 +34,7 @@ writable (maybe_change_pte_writable); swap-out and swap-in (try_to_unmap_one,
 do_swap_page: the page comes back read-only with the bit), migration to the device and
 back and NUMA migration/compaction (migration entries and remove_migration_pte),
 device-exclusive entries (restore_exclusive_pte) carry it. A zero page migrated to the
-device loses it (migrate_vma_insert_page makes a fresh entry, docs/findings.md #12). Fork
+device loses it (migrate_vma_insert_page makes a fresh entry, docs/findings.md #13). Fork
 drops it in the child with the VMA's registration (dup_userfaultfd without
 UFFD_FEATURE_EVENT_FORK resets the child's VMA, then __copy_present_ptes /
 copy_nonpresent_pte clear the bit for a VMA without userfaultfd_wp); zap drops it with

@@ -243,7 +243,7 @@ def test_the_bit_rides_through_swap_device_memory_and_device_exclusive_entries()
 
 def test_a_protected_zero_page_migrated_to_the_device_loses_its_protection():
     # migrate_vma_insert_page makes a fresh device-private entry: writable iff VM_WRITE,
-    # no uffd-wp bit (docs/findings.md #12)
+    # no uffd-wp bit (docs/findings.md #13)
     prog = program("""
         region a pages=1
         p0 map a[0:1]

@@ -182,7 +182,7 @@ def test_the_bit_rides_through_swap_migration_and_device_entries(each_kernel):
 
 def test_a_protected_zero_page_taken_to_the_device_comes_back_writable(each_kernel):
     # migrate_vma_insert_page: a fresh device-private entry, no uffd-wp bit
-    # (docs/findings.md #12)
+    # (docs/findings.md #13)
     _, trace, _ = agrees(each_kernel, """
         region a pages=2
         p0 map a[0:2]
