@@ -403,7 +403,11 @@ _THP_AWARE = (Map, Munmap, Mprotect, CpuRead, CpuWrite, Pagemap, Thp, OpenDevice
 _THP_AWARE_ADVICE = {Advice.DONTNEED, Advice.POPULATE_READ, Advice.POPULATE_WRITE,
                      Advice.HUGEPAGE, Advice.NOHUGEPAGE, Advice.DONTFORK, Advice.DOFORK,
                      Advice.WIPEONFORK, Advice.KEEPONFORK, Advice.MERGEABLE,
-                     Advice.UNMERGEABLE}
+                     Advice.UNMERGEABLE,
+                     # madvise_willneed on anonymous memory reads swap entries in
+                     # (swapin_walk_pmd_entry: pte_offset_map_lock finds no table under a
+                     # PMD mapping, and a THP page is no swap entry): nothing to do here
+                     Advice.WILLNEED}
 
 
 def has_huge(world: World, mm: Mm, start: int | None = None, end: int | None = None) -> bool:

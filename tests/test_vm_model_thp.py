@@ -207,3 +207,16 @@ def test_an_empty_aligned_piece_with_a_pte_table_migrates_page_by_page(kernel_se
         p0 pagemap a[0:2]
     """)
     assert trace.results[4].cpages == 512
+
+
+def test_willneed_leaves_a_thp_alone(kernel_session):
+    agrees(kernel_session, """
+        region a pages=1024
+        p0 thp always madvise
+        p0 map a[0:1024]
+        p0 write a[0:1] seed=1
+        p0 read a[512:513]
+        p0 madvise a[0:1024] willneed
+        p0 pagemap a[0:2]
+        p0 pagemap a[512:513]
+    """)
