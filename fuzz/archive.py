@@ -57,8 +57,10 @@ def runs(path: Path) -> Iterator[Run]:
 
 def _current(trace: Trace) -> Trace:
     """The trace as this tree's classes hold it: a memory check recorded before its fields
-    changed is dropped (not measured) rather than misread."""
+    changed is dropped (not measured) rather than misread. The pickled fields themselves
+    are asked, not the class: a field that has a default today (MemoryCheck.again) must not
+    stand in for a reading an older runner never took."""
     memory = trace.memory
-    if memory is not None and not all(hasattr(memory, f.name) for f in fields(memory)):
+    if memory is not None and not all(f.name in vars(memory) for f in fields(memory)):
         memory = None
     return replace(trace, memory=memory)
