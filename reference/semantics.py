@@ -60,6 +60,7 @@ def _mprotect(world: World, op: Mprotect, places: Places) -> list[Outcome]:
     for vma, vpn in splits:
         cpu.split_pmd(world, mm_id, vma, vpn)
     for piece_start, piece_end in changed:
+        shmem.set_page_prot(mm, piece_start)   # mprotect_fixup: vma_set_page_prot
         cpu.change_protection(world, mm_id, mm, piece_start, piece_end)
         vma = mm.vma_at(piece_start)
         if op.prot.writable and "locked" in vma.flags and not vma.shared:
@@ -321,11 +322,8 @@ def _clear_soft_dirty(world: World, op, places: Places) -> list[Outcome]:
     7.2's "not none, not present")."""
     mm_id = world.procs[op.proc]
     mm = world.mms[mm_id]
-    if shmem.has_backed(mm):
-        raise Unmodelled("clear_soft_dirty with shmem or file mappings",
-                         "without VM_SOFTDIRTY vma_wants_writenotify write-protects shared "
-                         "PTEs (vma_set_page_prot), which the model does not follow")
-    mm.vmas[:] = [replace(vma, softdirty=False) for vma in mm.vmas]
+    # vma_set_page_prot: a shared VMA now wants writenotify (shmem.prot_writable)
+    mm.vmas[:] = [replace(vma, softdirty=False, writenotify=vma.shared) for vma in mm.vmas]
     for mirror in world.mirrors_of(mm_id):
         mirror.table.clear()
     for vpn, pte in list(mm.ptes.items()):
@@ -336,6 +334,14 @@ def _clear_soft_dirty(world: World, op, places: Places) -> list[Outcome]:
 
 
 # ------------------------------------------------------------------ compaction
+
+def _soft_dirty_hidden(mm, vpn: int) -> bool:
+    """A shmem VMA with VM_SOFTDIRTY: pagemap shows soft-dirty whatever the PTE's bit, and
+    the next clear_soft_dirty clears the bit anyway, so whether a migration set it is
+    never seen (shmem.py; the PTEs of shmem read faults are clean and not soft-dirty)."""
+    vma = mm.vma_at(vpn)
+    return vma.obj is not None and vma.softdirty
+
 
 def _compact(world: World, op, places: Places) -> list[Outcome]:
     """echo 1 > /proc/sys/vm/compact_memory: compact_nodes() migrates movable pages of
@@ -354,10 +360,8 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
             raise Unmodelled("compact with device-exclusive entries",
                              "a migrated folio would lose its device-exclusive entry")
         if world.profile.migration_dirty_sets_soft_dirty and \
-                any(numa.migration_marks_soft_dirty(pte) and mm.vma_at(vpn).obj is None
+                any(numa.migration_marks_soft_dirty(pte) and not _soft_dirty_hidden(mm, vpn)
                     for vpn, pte in mm.ptes.items()):
-            # (a shmem VMA keeps VM_SOFTDIRTY, clear_soft_dirty being refused with it, so
-            # its PTEs' soft-dirty bits never show in pagemap)
             # 6.1: a dirty page that moves comes back soft-dirty (remove_migration_pte's
             # pte_mkdirty), one that stays does not; which ones move is the kernel's choice.
             raise Unmodelled("compact on 6.1 with a dirty page whose soft-dirty bit is clear",
