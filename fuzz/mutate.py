@@ -15,16 +15,17 @@ from dataclasses import dataclass, field, replace
 from harness.prog import ParseError, Program, format_program, parse_program
 from harness.prog.ops import (
     DEVICES, MAX_NODE, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, ClearSoftDirty,
-    CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, Located,
-    Madvise, Map, Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap,
-    Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot, Region, Release, Snapshot,
+    CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, KsmMerge,
+    Located, Madvise, Map, Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap,
+    Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot, Region, Release, Smaps, Snapshot,
+    Switch, Thp, ThpDefrag, ThpEnabled, UffdRegister, UffdUnregister, UffdWriteprotect,
 )
 
 MAX_OPS = 64
 # The ops the reference model knows (docs/model.md); campaigns draw from these. An op the
 # model refuses would leave the rest of the program unchecked.
 RANGE_OPS = (Map, Munmap, Mprotect, CpuWrite, CpuRead, Madvise, Pagemap, Mlock, Munlock,
-             Mremap, MovePages, Mbind)
+             Mremap, MovePages, Mbind, UffdRegister, UffdUnregister, UffdWriteprotect, Smaps)
 DEVICE_OPS = (DevRead, DevWrite, Snapshot, Exclusive, CheckExclusive, MigrateToDev, MigrateToSys)
 FD_OPS = (Release, CloseDevice)
 MODELLED_ADVICE = tuple(advice for advice in Advice if advice is not Advice.COLLAPSE)
@@ -101,7 +102,10 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
     if forks + 1 < MAX_PROCESSES:  # exited processes still count towards the limit
         kinds.append(Fork)
     if chooser.chance(5):
-        return chooser.pick((ClearSoftDirty, Compact))(proc)
+        kind = chooser.pick((ClearSoftDirty, Compact, KsmMerge, Thp))
+        if kind is Thp:
+            return Thp(proc, chooser.pick(list(ThpEnabled)), chooser.pick(list(ThpDefrag)))
+        return kind(proc)
     kind = chooser.pick(kinds)
     if kind is Fork:
         taken = set(scope.fds) | {op.child for op in all_ops if isinstance(op, Fork)}
@@ -126,7 +130,10 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
         return MovePages(proc, page_range, None if chooser.chance(40) else _node(chooser))
     if kind is Mbind:
         return Mbind(proc, page_range, _node(chooser))
-    if kind in (Map, Munmap, CpuRead, Pagemap, Mlock, Munlock):
+    if kind is UffdWriteprotect:
+        return UffdWriteprotect(proc, page_range, chooser.pick(list(Switch)))
+    if kind in (Map, Munmap, CpuRead, Pagemap, Mlock, Munlock, UffdRegister, UffdUnregister,
+                Smaps):
         return kind(proc, page_range)
     fd = chooser.pick(fds)
     if kind is DevWrite:
@@ -171,9 +178,15 @@ def _regions(program: Program) -> tuple[Region, ...]:
 
 def generate(chooser: Chooser, max_ops: int = 24) -> Program:
     """A fresh program: a region or two, mapped, then random ops."""
-    regions = tuple(Region(name, chooser.pick((1, 4, 16, 64, 512)), slot)
+    huge = chooser.chance(15)    # THP on from the start, over a region of whole PMDs
+    regions = tuple(Region(name, chooser.pick((512, 1024) if huge and slot == 0 else
+                                              (1, 4, 16, 64, 512, 1024)), slot)
                     for slot, name in enumerate("ab"[:chooser.integer(1, 2)]))
-    ops: list[Op] = [Map("p0", PageRange(r.name, 0, r.pages)) for r in regions]
+    ops: list[Op] = []
+    if huge:
+        ops.append(Thp("p0", chooser.pick((ThpEnabled.ALWAYS,) * 3 + (ThpEnabled.MADVISE,)),
+                       chooser.pick(list(ThpDefrag))))
+    ops += [Map("p0", PageRange(r.name, 0, r.pages)) for r in regions]
     ops.append(OpenDevice("p0", "d0", chooser.pick(DEVICES)))
     for _ in range(chooser.integer(1, max_ops)):
         scope = Scope.after({r.name: r for r in regions}, ops)

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from harness.prog import OpResult, Program, Trace, errno_name, format_op
 
 from .expect import Expect
+from .ksm import compare as compare_ksm
 from .pagemap import compare as compare_pagemap
 from .places import Places
 from .profile import profile_for
+from .smaps import compare as compare_smaps
 from .semantics import Unmodelled, step
 from .state import World
 from .uapi import prot_name
@@ -114,7 +116,9 @@ def mismatches(expect: Expect, seen: OpResult) -> list[Mismatch]:
             found += _sequence("snapshot", expect.snapshot, seen.snapshot, prot_name, (),
                                expect.why.get("snapshot", ""))
     found += compare_pagemap(expect.pagemap, seen.pagemap)
+    found += compare_smaps(expect.smaps, seen.smaps)
     found += _node_status(expect, seen)
+    found += compare_ksm(expect.ksm, seen.ksm, expect.why.get("ksm", ""))
     return found
 
 

@@ -54,8 +54,11 @@ def _back_to_system(world: World, mm: Mm, vpn: int, node: int) -> None:
     world.folios[new] = Folio(old.content, 1, old.exclusive, lazyfree=old.lazyfree, node=node)
     # remove_migration_pte: writable iff the migration entry was, the soft-dirty bit
     # carried over (no pte_needs_soft_dirty_wp check on this path); clean, as the migration
-    # entry made from a device-private one is never dirty (migrate_vma_collect_pmd).
-    mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable, clean=True, soft_dirty=pte.soft_dirty)
+    # entry made from a device-private one is never dirty (migrate_vma_collect_pmd). The
+    # uffd-wp bit rides along too (migrate_vma_collect_pmd: pte_swp_mkuffd_wp into the
+    # migration entry; remove_migration_pte: pte_mkuffd_wp).
+    mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable, clean=True, soft_dirty=pte.soft_dirty,
+                       uffd_wp=pte.uffd_wp)
     del world.folios[pte.folio]
 
 
@@ -156,12 +159,14 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
     mm_id = mirror.mm
     ptes = mm.ptes
     if (vma.obj is None and end - start == PMD_PAGES and start % PMD_PAGES == 0
+            and mm.tables.get(start // PMD_PAGES) is not True
             and not any(v in ptes for v in range(start, end))):
         # migrate_vma_collect_hole with MIGRATE_VMA_SELECT_COMPOUND: a 2 MiB-aligned piece
-        # without a PMD table migrates as one device THP; whether the table exists depends
-        # on page-table history the model does not keep.
-        raise Unmodelled("migrate_to_dev of an empty 2 MiB-aligned range",
-                         "it may migrate as a device THP")
+        # without a PTE table (pmd_none: thp.py follows the tables) migrates as one device
+        # THP, which is not modelled yet. With a table, walk_pmd_range goes to the PTEs and
+        # every pte_none is collected on its own, as below.
+        raise Unmodelled("migrate_to_dev of an empty 2 MiB-aligned range without a PTE table",
+                         "it migrates as a device THP")
     # migrate_vma_collect: one MMU_NOTIFY_MIGRATE over the piece, owner = this device.
     invalidate(world, mm_id, start, end, migrating_device=mirror.device)
     for vpn in range(start, end):
@@ -173,6 +178,10 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             continue
         if pte is not None and pte.kind is Kind.PRESENT:
             folio = world.folios[pte.folio]
+            if folio.ksm:
+                raise Unmodelled("migrate_to_dev of a KSM page",
+                                 "the KSM folio moves, stable node and all, to device "
+                                 "memory, and a later KSM scan oopses (docs/findings.md #12)")
             if folio.mapcount > 1:
                 # try_to_migrate() of the other mappings: see _shared_device_page.
                 raise Unmodelled("migrate_to_dev of a page mapped by several processes")
@@ -218,10 +227,13 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
         lazyfree = Lazyfree.UNKNOWN if old is not None and old.lazyfree is not None else None
         world.folios[device_folio] = Folio(content, 1, exclusive, mirror.device, mirror_id,
                                            lazyfree=lazyfree)
-        # migrate_vma_collect_pmd carries a present page's soft-dirty bit into the entry;
-        # migrate_vma_insert_page (pte_none, zero page) makes an entry without it.
+        # migrate_vma_collect_pmd carries a present page's soft-dirty and uffd-wp bits into
+        # the entry (the migration entry's pte_swp_mkuffd_wp, then remove_migration_pte);
+        # migrate_vma_insert_page (pte_none, zero page) makes a fresh entry without either,
+        # writable iff VM_WRITE even where the zero page was uffd-wp (docs/findings.md #13).
         ptes[vpn] = Pte(Kind.DEVICE, device_folio, writable,
-                        soft_dirty=old is not None and pte.soft_dirty)
+                        soft_dirty=old is not None and pte.soft_dirty,
+                        uffd_wp=old is not None and pte.uffd_wp)
         if old is not None:
             # The source folio is freed: dmirrors of this device (which ignored the
             # notifier) other than this one keep a pointer to it.

@@ -12,9 +12,10 @@ import errno as errno_codes
 import signal
 from dataclasses import dataclass, field
 
-from harness.prog import Content, OpResult, Page, digest
+from harness.prog import Content, KsmScan, OpResult, Page, digest
 
 SIGSEGV = int(signal.SIGSEGV)
+SIGBUS_NUMBER = int(signal.SIGBUS)
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,11 @@ class Expect:
     pagemap: tuple | None = None     # pagemap.PageSpec per page, for a `pagemap` op
     # move_pages' status array: per page the statuses allowed (a node or -errno)
     node_status: tuple[tuple[int, ...], ...] | None = None
+    smaps: tuple | None = None       # smaps.SmapsSpec per VMA, for a `smaps` op
     # per page of node_status, the folio whose node the model does not know yet (else
     # None): World.learn records the node the kernel reported
     node_folios: tuple[int | None, ...] = field(default=(), compare=False, hash=False)
+    ksm: object | None = None        # ksm.KsmSpec, for a `ksm_merge` op
     why: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     page_why: tuple[str, ...] = field(default=(), compare=False, hash=False)
 
@@ -37,8 +40,12 @@ class Expect:
         """The first allowed outcome, as the runner would report it."""
         node_status = None if self.node_status is None else \
             tuple(allowed[0] for allowed in self.node_status)
+        ksm = None if self.ksm is None else KsmScan(self.ksm.min_scans, self.ksm.pages_shared,
+                                                    self.ksm.pages_sharing)
+        smaps = None if self.smaps is None else tuple(spec.example() for spec in self.smaps)
         return OpResult(errno=self.errno[0], cpages=self.cpages[0], faults=self.faults[0],
-                        pages=self.pages, snapshot=self.snapshot, node_status=node_status)
+                        pages=self.pages, snapshot=self.snapshot, node_status=node_status,
+                        ksm=ksm, smaps=smaps)
 
     def __str__(self) -> str:
         return str(self.as_result())
@@ -69,6 +76,7 @@ def read_page(content: Content) -> Page:
 
 WRITTEN = Page()
 SEGV = Page(signal=SIGSEGV)
+SIGBUS = Page(signal=SIGBUS_NUMBER)
 
 EBUSY = errno_codes.EBUSY
 EACCES = errno_codes.EACCES

@@ -16,6 +16,7 @@ from .mm import invalidate, read_fault, write_fault
 from .places import Places
 from .refuse import Unmodelled
 from .state import STALE, Dmirror, Entry, Kind, Pte, Tag, World
+from .uffd_wp import UffdWriteProtected
 
 Outcome = tuple[Expect, World]
 
@@ -60,7 +61,12 @@ def hmm_range_fault(world: World, mirror: Dmirror, start: int, end: int, write: 
                 return EPERM, (f"hmm_vma_fault: {places.name(page)} needs a write fault in a "
                                "VMA without VM_WRITE -> -EPERM")
             if write:
-                write_fault(world, mm_id, mm, vma, page)
+                try:
+                    write_fault(world, mm_id, mm, vma, page)
+                except UffdWriteProtected:
+                    return EFAULT, (f"hmm_vma_fault: the write fault on {places.name(page)} "
+                                    "meets its uffd-wp bit: handle_userfault -> "
+                                    "VM_FAULT_SIGBUS -> -EFAULT")
             else:
                 read_fault(world, mm_id, mm, vma, page)
         vpn = stop
@@ -381,7 +387,17 @@ def _make_exclusive(world: World, mirror: Dmirror, start: int, end: int,
                    f"check_vma_flags refuses FOLL_WRITE on {places.name(vpn)}'s VMA without "
                    "VM_WRITE -> -EFAULT")
             break
-        write_fault(world, mm_id, mm, vma, vpn)
+        # FOLL_SPLIT_PMD: follow_pmd_mask splits a PMD mapping before it looks further,
+        # both the one it finds and the one the fault maps.
+        thp.gup_split_pmd(world, mm_id, mm, vpn)
+        try:
+            write_fault(world, mm_id, mm, vma, vpn)
+        except UffdWriteProtected:
+            got, err = vpn, EFAULT
+            why = (f"the FOLL_WRITE fault on {places.name(vpn)} meets its uffd-wp bit: "
+                   "handle_userfault -> VM_FAULT_SIGBUS -> -EFAULT")
+            break
+        thp.gup_split_pmd(world, mm_id, mm, vpn)
         if world.folios[mm.ptes[vpn].folio].page_cache:
             # GUP with FOLL_WRITE | FOLL_TOUCH marks the folio dirty (follow_page_pte)
             shmem.mark_dirty(world, mm.ptes[vpn].folio)

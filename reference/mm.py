@@ -13,7 +13,9 @@ from dataclasses import replace
 from harness.prog import ZERO
 
 from . import reclaim, shmem, thp, vma as vmas
+from .refuse import Unmodelled
 from .state import ZERO_PTE, Dmirror, Kind, Mm, Pte, Vma, World
+from .uffd_wp import check_write, protected
 
 
 def invalidate(world: World, mm_id: int, start: int, end: int,
@@ -63,11 +65,14 @@ def _restored(world: World, vma: Vma, pte: Pte) -> Pte:
         # 6.1/6.12 restore_exclusive_pte: maybe_mkwrite(pte_mkdirty(pte)) only for a
         # writable entry; pte_mkdirty sets the soft-dirty bit too on x86.
         writable = vma.prot.writable and pte.writable
-        return Pte(Kind.PRESENT, pte.folio, writable, soft_dirty=pte.soft_dirty or pte.writable)
+        return Pte(Kind.PRESENT, pte.folio, writable, soft_dirty=pte.soft_dirty or pte.writable,
+                   uffd_wp=pte.uffd_wp)   # pte_swp_uffd_wp -> pte_mkuffd_wp
     else:
+        # can_change_pte_writable -> maybe_change_pte_writable
         writable = vma.prot.writable and world.folios[pte.folio].exclusive and \
-            not needs_soft_dirty_wp(vma, pte)
-    return Pte(Kind.PRESENT, pte.folio, writable, soft_dirty=pte.soft_dirty)
+            not needs_soft_dirty_wp(vma, pte) and not protected(vma, pte)
+    return Pte(Kind.PRESENT, pte.folio, writable, soft_dirty=pte.soft_dirty,
+               uffd_wp=pte.uffd_wp)   # pte_swp_uffd_wp -> pte_mkuffd_wp
 
 
 def needs_soft_dirty_wp(vma: Vma, pte: Pte) -> bool:
@@ -137,9 +142,9 @@ def write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
     pte = mm.ptes.get(vpn)
     if pte is not None and pte.kind is Kind.PRESENT and pte.writable:
         return
-    if vpn // PMD_PAGES in mm.pmds:
-        thp.pmd_write_fault(world, mm_id, mm, vma, vpn)
+    if vpn // PMD_PAGES in mm.pmds and thp.pmd_write_fault(world, mm_id, mm, vma, vpn):
         return
+    pte = mm.ptes.get(vpn)
     back_writable = pte is not None and pte.kind is Kind.DEVICE and pte.writable
     _write_fault(world, mm_id, mm, vma, vpn)
     reclaim.dirtied(world, mm, vpn)
@@ -159,8 +164,8 @@ def _write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
         shmem.write_fault(world, mm, vma, vpn)  # do_shared_fault / do_cow_fault
         return
     if pte is None:
-        if thp.huge_fault_allowed(world, mm, vma, vpn):
-            thp.huge_write_fault(world, mm, vma, vpn)
+        if thp.huge_fault_allowed(world, mm, vma, vpn) and \
+                thp.huge_write_fault(world, mm, vma, vpn):
             return
         # do_anonymous_page: vmf_anon_prepare, then a zeroed folio mapped writable.
         vmas.anon_prepare(world, mm, vpn)
@@ -183,6 +188,7 @@ def _write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
         pte = mm.ptes[vpn]
     if pte.writable:
         return
+    check_write(vma, pte, vpn)   # do_wp_page: userfaultfd_pte_wp -> handle_userfault
     if pte.kind is Kind.ZERO:
         # do_wp_page: the zero page is not a normal page -> wp_page_copy (MMU_NOTIFY_CLEAR
         # on the page) into a newly allocated zeroed folio.
@@ -204,15 +210,21 @@ def _write_protected_anon(world: World, mm_id: int, mm: Mm, vpn: int, pte: Pte) 
         # no MMU notifier: permissions only grow).
         mm.ptes[vpn] = replace(pte, writable=True)
         return
-    if folio.mapcount > 1 or folio.swap_slot is not None:
-        # Still mapped by another process, or in the swap cache of a slot other swap
-        # entries refer to (wp_can_reuse_anon_folio: folio_free_swap fails, the swap cache
-        # keeps its reference): wp_page_copy (MMU_NOTIFY_CLEAR on the page).
+    if folio.mapcount > 1 or folio.ksm or folio.swap_slot is not None:
+        # Still mapped by another process, a KSM folio (wp_can_reuse_anon_folio never
+        # reuses one), or in the swap cache of a slot other swap entries refer to
+        # (wp_can_reuse_anon_folio: folio_free_swap fails, the swap cache keeps its
+        # reference): wp_page_copy (MMU_NOTIFY_CLEAR on the page).
         invalidate(world, mm_id, vpn, vpn + 1)
         world.unmap_folio(pte.folio)
         copy = world.new_folio(folio.content, vmas.alloc_node(mm.vma_at(vpn)))
         mm.ptes[vpn] = Pte(Kind.PRESENT, copy, True)
         return
+    if folio.thp is not None:
+        # A page of a THP: wp_can_reuse_anon_folio asks __wp_can_reuse_large_anon_folio
+        # (the whole folio mapped by this mm only, mapcount == refcount), not stated yet.
+        raise Unmodelled("a write to a page of a THP mapped once but not exclusive",
+                         "__wp_can_reuse_large_anon_folio is not stated yet")
     # Mapped once but not exclusive (the other side of a fork already copied or unmapped it):
     # wp_can_reuse_anon_folio reuses it only if folio_ref_count() == 1 after lru_add_drain(),
     # which drains only this CPU's LRU batch; a folio still sitting in another CPU's batch, or
@@ -282,27 +294,43 @@ def zap(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
     invalidate(world, mm_id, start, end)
 
 
-def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
+def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int,
+                      uffd_wp: bool | None = None) -> None:
     """change_protection over [start, end) after the VMA got its new flags.
 
     change_pud_range fires MMU_NOTIFY_PROTECTION_VMA over [addr, end) from the first PUD entry
     that is not none (mm/mprotect.c, 7.2; older kernels from the first populated PMD in
     change_pmd_range): without page tables no entry can be mirrored, the page past the range
     included (see split_pmd), so the model simply invalidates the range. Present PTEs
-    take the new protection; when the VMA becomes writable, PTEs of PageAnonExclusive folios
-    become writable at once (MM_CP_TRY_CHANGE_WRITABLE, can_change_private_pte_writable), the
-    zero page and shared folios stay read-only. Device-exclusive entries are left alone in
-    7.2; older kernels make writable ones readable (profile.exclusive_entry_permission).
+    take the VMA's protection (pte_modify: read-only for a private VMA); when the VMA is
+    writable, PTEs of PageAnonExclusive folios become writable at once
+    (MM_CP_TRY_CHANGE_WRITABLE, can_change_private_pte_writable), the zero page, shared
+    folios and uffd-wp PTEs (maybe_change_pte_writable) stay read-only. Device-exclusive
+    entries are left alone in 7.2; older kernels make writable ones readable
+    (profile.exclusive_entry_permission).
+
+    `uffd_wp` (uffd_wp_range, uffd.py): True is MM_CP_UFFD_WP (every present PTE, the zero
+    page included, gets the bit, and there is no MM_CP_TRY_CHANGE_WRITABLE: all stay
+    read-only); False is MM_CP_UFFD_WP_RESOLVE (the bit goes, then as for mprotect); None
+    (mprotect) keeps the bit (pte_modify keeps _PAGE_UFFD_WP). 6.1 un-protects without
+    MM_CP_TRY_CHANGE_WRITABLE (profile.uffd_unprotect_read_only).
     """
     ptes = mm.ptes
     vma = mm.vma_at(start)
-    writable = vma.prot.writable
+    try_writable = uffd_wp is None or \
+        (uffd_wp is False and not world.profile.uffd_unprotect_read_only)
+    writable = vma.prot.writable and try_writable
     entry_permission = world.profile.exclusive_entry_permission
     for vpn in range(start, end) if end - start <= len(ptes) else sorted(ptes):
         if not start <= vpn < end:
             continue
         pte = ptes.get(vpn)
-        if pte is None or pte.kind is Kind.ZERO:
+        if pte is None:
+            continue
+        if uffd_wp is not None:
+            # change_present_ptes / change_softleaf_pte: pte_(swp_)mkuffd_wp or the clear
+            pte = ptes[vpn] = replace(pte, uffd_wp=uffd_wp)
+        if pte.kind is Kind.ZERO:
             continue
         if pte.kind is Kind.PRESENT and vma.shared:
             # pte_modify(newprot): vm_page_prot has the write bit iff VM_WRITE without
@@ -317,7 +345,8 @@ def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int) ->
             # 6.1 can_change_pte_writable also wants the PTE dirty.
             dirty_enough = not (world.profile.mprotect_writable_needs_dirty and pte.clean)
             ptes[vpn] = replace(pte, writable=writable and world.folios[pte.folio].exclusive
-                                and dirty_enough and not needs_soft_dirty_wp(vma, pte))
+                                and dirty_enough and not needs_soft_dirty_wp(vma, pte)
+                                and not protected(vma, pte))
         elif pte.kind is Kind.DEVICE:
             # change_softleaf_pte: a writable device-private entry becomes readable whatever
             # the new protection; nothing makes it writable again.
@@ -345,9 +374,12 @@ def fork(world: World, parent_id: int, child_id: int) -> None:
         # is_cow_mapping: MMU_NOTIFY_PROTECTION_PAGE over the whole parent VMA.
         invalidate(world, parent_id, vma.start, vma.end)
         for vpn in _vpns_in(parent, vma.start, vma.end):
-            child_ptes[vpn] = _copy_pte(world, parent, vma, vpn)
+            # The child's VMA is not registered (dup_userfaultfd without
+            # UFFD_FEATURE_EVENT_FORK): __copy_present_ptes / copy_nonpresent_pte clear
+            # the uffd-wp bit for a VMA without userfaultfd_wp.
+            child_ptes[vpn] = replace(_copy_pte(world, parent, vma, vpn), uffd_wp=False)
     world.mms[child_id] = Mm(child_vmas, child_ptes)
-    thp.fork_tables(parent, world.mms[child_id], copied)
+    thp.fork_pmds_and_tables(parent, world.mms[child_id], copied)
 
 
 def _copy_pte(world: World, parent: Mm, vma: Vma, vpn: int) -> Pte:

@@ -18,8 +18,9 @@ pte_to_pagemap_entry for the others. What the model states, per page:
   the kernel's constant for the entry kind (profile) and the offset the PFN of the page
   (device-exclusive: the folio's own PFN, the one it showed while present).
 - kpagecount (only for present pages with a PFN): the page's mapcount; 0 for the zero page.
-- kpageflags: only KPF_ANON, KPF_ZERO_PAGE and bit 34 (KPF_OWNER_2, which shows PG_owner_2 =
-  PG_anon_exclusive: PageAnonExclusive) are compared; LRU, ACTIVE, REFERENCED, DIRTY,
+- kpageflags: only KPF_ANON, KPF_ZERO_PAGE, KPF_KSM (a KSM folio, ksm.py; every anonymous
+  page on 6.12, profile.kpf_ksm_on_every_anon_page) and bit 34 (KPF_OWNER_2, which shows
+  PG_owner_2 = PG_anon_exclusive: PageAnonExclusive) are compared; LRU, ACTIVE, REFERENCED, DIRTY,
   MLOCKED and the like depend on per-CPU batches and reclaim and are not stated.
 """
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass, replace
 
 from harness.prog.observation import PagemapEntry
 from harness.prog.observation import (
-    KPF, PM_FILE, PM_MMAP_EXCLUSIVE, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP,
+    KPF, PM_FILE, PM_MMAP_EXCLUSIVE, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP, PM_UFFD_WP,
 )
 
 from .expect import Expect
@@ -40,7 +41,7 @@ FLAG_BITS = ((1 << 64) - 1) & ~((1 << 55) - 1)     # bits 55..63
 SWP_TYPE_BITS = 5                                   # MAX_SWAPFILES_SHIFT
 KPF_ANON_EXCLUSIVE = 1 << 34                        # KPF_OWNER_2 (PG_anon_exclusive)
 KPF_STATED = (KPF["ANON"] | KPF["ZERO_PAGE"] | KPF_ANON_EXCLUSIVE | KPF["THP"]
-              | KPF["COMPOUND_HEAD"] | KPF["COMPOUND_TAIL"])
+              | KPF["COMPOUND_HEAD"] | KPF["COMPOUND_TAIL"] | KPF["KSM"])
 SWAP_TYPE = 0    # the runner's only swap device (zram0, swapon at boot) is swap type 0
 ZERO_KEY = ("zero",)
 HUGE_ZERO_KEY = ("hzero",)
@@ -69,6 +70,7 @@ class PageSpec:
     def __str__(self) -> str:
         bits = [name for name, bit in (("present", PM_PRESENT), ("swapped", PM_SWAP),
                                        ("exclusive", PM_MMAP_EXCLUSIVE),
+                                       ("uffd_wp", PM_UFFD_WP),
                                        ("soft_dirty", PM_SOFT_DIRTY), ("file", PM_FILE))
                 if self.flags & bit]
         text = "|".join(bits) or "none"
@@ -78,6 +80,8 @@ class PageSpec:
                 text += f" + {self.offset}"
         elif self.frame == "swp":
             text += f" swap type {self.swp_type} offset pfn of {_key_name(self.key)}"
+            if self.offset:
+                text += f" + {self.offset}"
         if self.count is not None:
             text += f" count={self.count} flags&stated={self.kflags:#x}"
         return text
@@ -116,6 +120,8 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
                                               f"the VMA's VM_SOFTDIRTY ({vma.softdirty})"))
             continue
         sd = PM_SOFT_DIRTY if vma.softdirty or pte.soft_dirty else 0
+        if pte.uffd_wp:
+            sd |= PM_UFFD_WP   # pte_uffd_wp / pte_swp_uffd_wp, whatever the VMA
         huge = thp_spec(world, mm, vpn, pte, sd, name)
         if huge is not None:
             specs.append(huge)
@@ -145,9 +151,9 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
                 flags |= PM_MMAP_EXCLUSIVE
             specs.append(PageSpec(flags, "pfn", key, known=world.pfns.get(key),
                                   count=folio.mapcount,
-                                  kflags=KPF["ANON"] | (KPF_ANON_EXCLUSIVE
-                                                        if folio.exclusive else 0),
-                                  why=f"{name} maps an anonymous folio mapped "
+                                  kflags=_anon_kflags(folio, profile),
+                                  why=f"{name} maps {'a KSM' if folio.ksm else 'an anonymous'}"
+                                      " folio mapped "
                                       f"{folio.mapcount} time(s)"
                                       f"{', PageAnonExclusive' if folio.exclusive else ''}"))
             continue
@@ -158,8 +164,11 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
                                   why=f"{name} is swapped out: a swap entry of the zram "
                                       "device (type 0), its offset the slot"))
             continue
+        offset = 0
         if pte.kind is Kind.EXCLUSIVE:
             key = ("pfn", pte.folio)
+            if folio.thp is not None:     # a page of a THP: its PFN is the head's + index
+                key, offset = ("thp", folio.thp), folio.thp_index
             swp_type = profile.swp_device_exclusive
             if profile.exclusive_entry_permission and not pte.writable:
                 swp_type += 1  # SWP_DEVICE_EXCLUSIVE_READ follows _WRITE
@@ -170,12 +179,20 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
             if profile.pagemap_swap_exclusive and folio.mapcount == 1:
                 flags |= PM_MMAP_EXCLUSIVE
             why = f"{name} is a {'writable' if pte.writable else 'readable'} device-private entry"
-        specs.append(PageSpec(flags, "swp", key, swp_type, known=world.pfns.get(key), why=why))
+        specs.append(PageSpec(flags, "swp", key, swp_type, known=world.pfns.get(key),
+                              offset=offset, why=why))
     specs = [replace(spec, taken=_taken(live, spec.key)) if spec.key else spec
              for spec in specs]
     return [(Expect(pagemap=tuple(specs), why={
         "errno": "reading /proc/self/pagemap of the range succeeds",
         "pagemap": "pagemap_read (fs/proc/task_mmu.c)"}), world)]
+
+
+def _anon_kflags(folio, profile) -> int:
+    """The stated kpageflags of a present anonymous folio (stable_page_flags)."""
+    ksm = folio.ksm or profile.kpf_ksm_on_every_anon_page
+    return (KPF["ANON"] | (KPF_ANON_EXCLUSIVE if folio.exclusive else 0)
+            | (KPF["KSM"] if ksm else 0))
 
 
 def _compound(index: int) -> int:
@@ -191,8 +208,10 @@ def thp_spec(world: World, mm, vpn: int, pte, sd: int, name: str) -> PageSpec | 
     is not anonymous (folio_test_anon); kpagecount 0 (no rmap), so no PM_MMAP_EXCLUSIVE;
     kpageflags ZERO_PAGE and THP (is_huge_zero_pfn), compound head or tail, no ANON. A THP
     page: KPF_THP (large and rmappable), compound head or tail, ANON, and PG_anon_exclusive
-    of the folio's flags; kpagecount and PM_MMAP_EXCLUSIVE from the precise page mapcount
-    (_mapcount + the entire mapcount: 1 when mapped by one PMD or one PTE)."""
+    of the folio's flags; kpagecount from the precise page mapcount (_mapcount + the entire
+    mapcount: 1 when mapped by one PMD or one PTE), PM_MMAP_EXCLUSIVE too, but for a PMD
+    mapping from the head page's (so after fork and a COW copy of the head page in the
+    other process, every page of this PMD loses the bit)."""
     index = vpn // THP_PAGES
     pmd = mm.pmds.get(index)
     if pte.kind is Kind.ZERO and pmd is not None and pmd.zero:
@@ -207,7 +226,12 @@ def thp_spec(world: World, mm, vpn: int, pte, sd: int, name: str) -> PageSpec | 
     if folio.thp is None:
         return None
     key = ("thp", folio.thp)
-    flags = PM_PRESENT | sd | (PM_MMAP_EXCLUSIVE if folio.mapcount == 1 else 0)
+    # pagemap_pmd_range_thp asks __folio_page_mapped_exclusively(folio, page) with page =
+    # pmd_page(), the head page, for all 512 records; pte_to_pagemap_entry asks of the page.
+    asked = folio
+    if index in mm.pmds:
+        asked = world.folios[mm.ptes[index * THP_PAGES].folio]
+    flags = PM_PRESENT | sd | (PM_MMAP_EXCLUSIVE if asked.mapcount == 1 else 0)
     how = "a PMD" if index in mm.pmds else "a PTE"
     return PageSpec(flags, "pfn", key, known=world.pfns.get(key), offset=folio.thp_index,
                     count=folio.mapcount,
@@ -291,7 +315,7 @@ def compare(specs, seen) -> list[tuple[str, tuple[str, ...], str, str]]:
                 problems.append(f"kpagecount {got.count}, stated {spec.count}")
             if got.flags is None or got.flags & KPF_STATED != spec.kflags:
                 shown = None if got.flags is None else hex(got.flags & KPF_STATED)
-                problems.append(f"kpageflags ANON/ZERO_PAGE/ANON_EXCLUSIVE/THP/COMPOUND {shown}, "
+                problems.append(f"kpageflags ANON/ZERO_PAGE/KSM/ANON_EXCLUSIVE/THP/COMPOUND {shown}, "
                                 f"stated {spec.kflags:#x}")
         elif got.count is not None:
             problems.append("kpagecount reported for a page the model has no PFN for")

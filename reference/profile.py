@@ -8,7 +8,13 @@ them until their sources are read.
 
 Differences read but not switched, because no v1 observation shows them: 6.x fires the
 mprotect notifier per PMD (change_pmd_range), 7.2 per PUD (change_pud_range), over the same
-populated range; 6.x device-exclusive entries drop the folio's rmap.
+populated range; 6.x device-exclusive entries drop the folio's rmap; 6.x mremap conceals
+VM_ACCOUNT around the source's munmap with its own code (move_vma: excess/split in 6.1,
+vma_prev/vma_next in 6.12), leaving the same flags as 7.2's unmap_source_vma; 6.x
+do_swap_page frees the swap cache before deciding exclusivity (7.2 after), which changes
+nothing for a slot other swap entries still hold; 7.2 restore_exclusive_pte dirties the PTE
+(and so sets soft-dirty) of a dirty folio it maps writable, which only happens where
+soft-dirty tracking does not ask for a write fault, so the bit is not seen.
 """
 
 from __future__ import annotations
@@ -89,20 +95,50 @@ class Profile:
     # do_pages_stat_array): pte_none is -EFAULT (no_page_table); 6.12 and 7.2 use
     # folio_walk_start, which finds no folio: -ENOENT.
     move_pages_follow_page: bool = False
+    # smaps_account counts a device-exclusive entry (not present, has a pfn) as private:
+    # 6.1 treats only migration entries as "mapcount 1" and finds the page's mapcount 0
+    # (the entry dropped the rmap); 6.12 and 7.2 count every non-present entry as shared
+    # ("maybe shared, but not sure how often").
+    smaps_exclusive_entry_private: bool = False
+    # 6.1 mwriteprotect_range works on one VMA: find_dst_vma wants the whole range inside a
+    # single registered VMA, else -ENOENT with nothing done; 6.12 and 7.2 walk every VMA of
+    # the range (for_each_vma_range) and stop at the first one not registered.
+    uffd_wp_single_vma: bool = False
+    # 6.1 uffd_wp_range un-protects without MM_CP_TRY_CHANGE_WRITABLE (newprot is the
+    # VMA's private, read-only page protection): after `uffd_wp off` or an unregister every
+    # present PTE of the range is read-only until a write fault; 6.12 and 7.2 make
+    # PageAnonExclusive pages writable at once (vma_wants_manual_pte_write_upgrade).
+    uffd_unprotect_read_only: bool = False
     # Transparent huge pages are modelled from 7.2's mm/huge_memory.c (reference/thp.py);
     # older kernels refuse `thp` modes other than never.
     thp: bool = False
+    # ksm_merge is modelled (ksm.py, from 7.2's mm/ksm.c; 6.12's and 6.1's scan, merge and
+    # unmerge code reads the same but for the switch below); refused where it is False.
+    ksm_merge: bool = False
+    # 6.1 break_ksm (madvise unmergeable, mremap) takes a write fault (FAULT_FLAG_WRITE) on
+    # each KSM page: wp_page_copy maps the copy dirty, soft-dirty and writable with VM_WRITE
+    # (maybe_mkwrite); 6.12 and 7.2 take an unshare fault (FAULT_FLAG_UNSHARE): the copy is
+    # mapped read-only, clean, with the old PTE's soft-dirty bit.
+    ksm_unmerge_write_fault: bool = False
+    # stable_page_flags sets KPF_KSM for every anonymous page: 6.12 tests
+    # `mapping & PAGE_MAPPING_KSM`, and PAGE_MAPPING_KSM is PAGE_MAPPING_ANON |
+    # PAGE_MAPPING_MOVABLE (docs/findings.md #11); 6.1 asks PageKsm, 7.2 compares all the
+    # mapping flag bits with FOLIO_MAPPING_KSM.
+    kpf_ksm_on_every_anon_page: bool = False
 
 
 NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False,
-                 vma_softdirty_sticky=True, thp=True)
+                 vma_softdirty_sticky=True, thp=True, ksm_merge=True)
 V6_12 = Profile("6.12", 64, 64, True, False, False, False, 27, 28, 29, False,
-                swapin_skips_swapcache=True, mremap_moves_one_vma=True)
+                swapin_skips_swapcache=True, mremap_moves_one_vma=True, ksm_merge=True,
+                kpf_ksm_on_every_anon_page=True)
 V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,
                swapin_skips_swapcache=True, mprotect_writable_needs_dirty=True,
                swapin_read_maps_writable=False, move_pages_follow_page=True,
                mremap_moves_one_vma=True, copy_vma_no_merge_beside_kept_source=True,
-               migration_dirty_sets_soft_dirty=True)
+               migration_dirty_sets_soft_dirty=True, ksm_merge=True,
+               ksm_unmerge_write_fault=True, smaps_exclusive_entry_private=True,
+               uffd_wp_single_vma=True, uffd_unprotect_read_only=True)
 
 
 def profile_for(kernel_release: str) -> Profile:

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from .refuse import Unmodelled
 from .state import Folio, Kind, Lazyfree, Mm, Pte, Vma, World
+from .uffd_wp import protected
 from .vma import alloc_node
 
 # The zram swap device holds 256 MiB: 65535 slots. Far below that, reclaim of a program's
@@ -122,7 +123,8 @@ def _swap_out(world: World, mm: Mm, vpn: int) -> None:
         return
     slot = world.new_id()
     world.folios[slot] = Folio(folio.content, 1, folio.exclusive, swapped=True)
-    mm.ptes[vpn] = Pte(Kind.SWAP, slot, soft_dirty=pte.soft_dirty)  # pte_swp_mksoft_dirty
+    # try_to_unmap_one: pte_swp_mksoft_dirty, pte_swp_mkuffd_wp
+    mm.ptes[vpn] = Pte(Kind.SWAP, slot, soft_dirty=pte.soft_dirty, uffd_wp=pte.uffd_wp)
 
 
 def willneed(world: World, mm: Mm, start: int, end: int) -> None:
@@ -135,7 +137,10 @@ def willneed(world: World, mm: Mm, start: int, end: int) -> None:
         if pte is not None and pte.kind is Kind.SWAP:
             slot = world.folios[pte.folio]
             if not slot.swapcache:
-                world.folios[pte.folio] = replace(slot, swapcache=True, node=node)
+                # a folio swap readahead may have put there keeps its own node
+                known = node if not slot.maybe_cached or slot.node == node else None
+                world.folios[pte.folio] = replace(slot, swapcache=True, node=known,
+                                                  maybe_cached=False)
 
 
 def swap_in(world: World, mm: Mm, vma: Vma, vpn: int, write: bool) -> None:
@@ -152,18 +157,32 @@ def swap_in(world: World, mm: Mm, vma: Vma, vpn: int, write: bool) -> None:
     if slot.mapcount > 1 or slot.cache is not None:
         _swap_in_shared(world, mm, vma, vpn)
         return
+    if slot.maybe_cached and not slot.exclusive:
+        # 6.x: read outside the swap cache ("certainly exclusive") if readahead left it
+        # out, else mapped from the swap cache by the swap PTE's (clear) exclusive bit.
+        raise Unmodelled("a swap-in of a slot swap readahead may have read into the swap "
+                         "cache (6.x)", "exclusive or not depends on the readahead window")
     exclusive = slot.exclusive or (world.profile.swapin_skips_swapcache and not slot.swapcache)
     del world.folios[pte.folio]
     # The folio comes from the swap cache (allocated when willneed read it) or is allocated
     # now by the VMA's policy (swapin_readahead / alloc_swap_folio).
-    folio = world.new_folio(slot.content, slot.node if slot.swapcache else alloc_node(vma))
+    folio = world.new_folio(slot.content, _swapin_node(slot, vma))
     world.folios[folio] = replace(world.folios[folio], exclusive=exclusive)
+    # The swap entry's uffd-wp bit comes along (pte_mkuffd_wp) and keeps the page
+    # read-only (userfaultfd_pte_wp); a write then goes on to do_wp_page: SIGBUS.
+    uffd_wp = protected(vma, pte)
     soft_dirty = pte.soft_dirty or write   # pte_swp_soft_dirty; a write: pte_mkdirty
     writable = exclusive and vma.prot.writable and \
         (write or world.profile.swapin_read_maps_writable) and \
-        (vma.softdirty or soft_dirty)   # not pte_needs_soft_dirty_wp
-    mm.ptes[vpn] = Pte(Kind.PRESENT, folio, writable, clean=not (write and writable),
-                       soft_dirty=soft_dirty)
+        (vma.softdirty or soft_dirty) and not uffd_wp   # not pte_needs_soft_dirty_wp
+    # 6.1 dirties an exclusive page on a write fault before the uffd-wp pte_wrprotect
+    # (maybe_mkwrite(pte_mkdirty())); 6.12 and 7.2 only when they map it writable.
+    dirty = write and (writable or (uffd_wp and exclusive and
+                                    not world.profile.swapin_read_maps_writable))
+    if uffd_wp:
+        soft_dirty = pte.soft_dirty or dirty
+    mm.ptes[vpn] = Pte(Kind.PRESENT, folio, writable, clean=not dirty,
+                       soft_dirty=soft_dirty, uffd_wp=pte.uffd_wp)
 
 
 def _swap_in_shared(world: World, mm: Mm, vma: Vma, vpn: int) -> None:
@@ -193,8 +212,10 @@ def _swap_in_shared(world: World, mm: Mm, vma: Vma, vpn: int) -> None:
                          "exclusive or not depends on the LRU batch holding the folio")
     if slot.cache is None:
         folio_id = world.new_id()
-        node = slot.node if slot.swapcache else alloc_node(vma)
-        world.folios[folio_id] = Folio(slot.content, 0, False, node=node, swap_slot=slot_id)
+        world.folios[folio_id] = Folio(slot.content, 0, False, node=_swapin_node(slot, vma),
+                                       swap_slot=slot_id)
+        if world.profile.swapin_skips_swapcache and not slot.swapcache:
+            _readahead(world, mm, vma, vpn)
     else:
         folio_id = slot.cache
     folio = world.folios[folio_id]
@@ -202,6 +223,38 @@ def _swap_in_shared(world: World, mm: Mm, vma: Vma, vpn: int) -> None:
     world.folios[slot_id] = replace(slot, cache=folio_id, swapcache=True)
     mm.ptes[vpn] = Pte(Kind.PRESENT, folio_id, False, clean=True, soft_dirty=pte.soft_dirty)
     world.unmap_folio(slot_id)   # the entry's swap count; the last one lets the folio go
+
+
+def _swapin_node(slot: Folio, vma: Vma) -> int | None:
+    """The node of the folio a swap-in maps: the swap-cache folio's (willneed or readahead
+    allocated it), else a new one by the VMA's policy; None when readahead may or may not
+    have allocated it and the two differ."""
+    if slot.swapcache:
+        return slot.node
+    if slot.maybe_cached and slot.node != alloc_node(vma):
+        return None
+    return alloc_node(vma)
+
+
+# page_cluster = 3: swap_vma_ra_win's largest window, 8 pages, in the VMA and the PMD
+READAHEAD_MAX_WINDOW = 8
+
+
+def _readahead(world: World, mm: Mm, vma: Vma, vpn: int) -> None:
+    """6.x swapin_readahead -> swap_vma_readahead: read_swap_cache_async of the swap
+    entries of the faulting VMA around the address (at most 8 pages, within the PMD),
+    allocating by the VMA's policy. The window (swap_vma_ra_win) follows the VMA's
+    readahead history, so every slot in reach only may be in the swap cache."""
+    pmd = vpn - vpn % 512
+    low = max(vma.start, pmd, vpn - READAHEAD_MAX_WINDOW + 1)
+    high = min(vma.end, pmd + 512, vpn + READAHEAD_MAX_WINDOW)
+    for near in range(low, high):
+        pte = mm.ptes.get(near)
+        if near == vpn or pte is None or pte.kind is not Kind.SWAP:
+            continue
+        slot = world.folios[pte.folio]
+        if not slot.swapcache and slot.cache is None and not slot.maybe_cached:
+            world.folios[pte.folio] = replace(slot, maybe_cached=True, node=alloc_node(vma))
 
 
 def mark_lazyfree(world: World, mm: Mm, start: int, end: int) -> None:

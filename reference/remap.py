@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import mm as cpu, shmem, vma as vmas
+from . import ksm, mm as cpu, shmem, vma as vmas
 from .expect import EFAULT, EINVAL, ENOMEM, Expect, done, fail
 from .places import Places
+from .refuse import Unmodelled
 from .state import Mm, Vma, World
 
 Outcome = tuple[Expect, World]
@@ -185,6 +186,8 @@ def _move_vma(world: World, mm_id: int, mm: Mm, start: int, old_len: int, new_st
     flags; MREMAP_DONTUNMAP of a VM_LOCKED VMA first splits the range off), then
     copy_vma_and_data (copy_vma, move_page_tables), then dontunmap_complete or
     unmap_source_vma."""
+    # prep_move_vma: ksm_madvise(MADV_UNMERGEABLE) over the old range breaks its KSM pages
+    ksm.unmerge(world, mm_id, mm, start, start + old_len)
     vma = mm.vma_at(start)
     if dontunmap and "locked" in vma.flags:
         for edge in (start, start + old_len):   # needs_pre_split
@@ -229,12 +232,38 @@ def _move_page_tables(world: World, mm_id: int, mm: Mm, start: int, length: int,
     moves as it is (move_ptes)."""
     cpu.invalidate(world, mm_id, start, start + length)
     moved = {vpn: pte for vpn, pte in mm.ptes.items() if start <= vpn < start + length}
+    if _pmd_move_may_keep_soft_dirty_clear(mm, moved, start, length, new_start):
+        raise Unmodelled("mremap of a whole 2 MiB page table with soft-dirty bits clear",
+                         "move_normal_pmd moves the PTE table as it is (no "
+                         "move_soft_dirty_pte) when the target's PMD is empty, which "
+                         "depends on page tables the model does not keep")
     for vpn in moved:
         del mm.ptes[vpn]
     for vpn, pte in moved.items():
         # move_soft_dirty_pte: "Set soft dirty bit so we can notice in userspace when vma
         # was moved"
         mm.ptes[new_start + vpn - start] = replace(pte, soft_dirty=True)
+
+
+def _pmd_move_may_keep_soft_dirty_clear(mm: Mm, moved: dict, start: int, length: int,
+                                        new_start: int) -> bool:
+    """move_page_tables moves a whole PTE table (move_normal_pmd, CONFIG_HAVE_MOVE_PMD)
+    when old and new address are both PMD-aligned for a full PMD extent (get_extent;
+    try_realign_addr may align the first one down) and the new PMD is empty; its PTEs then
+    keep their soft-dirty bits instead of getting move_soft_dirty_pte's. That matters
+    only for a PTE without the bit once soft-dirty tracking is on somewhere (a VMA
+    without VM_SOFTDIRTY)."""
+    if (start - new_start) % cpu.PMD_PAGES or all(vma.softdirty for vma in mm.vmas):
+        return False
+    end = start + length
+    first = start - start % cpu.PMD_PAGES
+    for block in range(first, end, cpu.PMD_PAGES):
+        if block + cpu.PMD_PAGES > end:
+            break
+        if any(not moved[vpn].soft_dirty for vpn in moved
+               if block <= vpn < block + cpu.PMD_PAGES):
+            return True
+    return False
 
 
 def _dontunmap_complete(mm: Mm, start: int, length: int) -> None:

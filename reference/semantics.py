@@ -15,15 +15,19 @@ from harness.prog import (
 )
 from harness.prog.ops import (
     COHERENT_DEVICES, Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev,
-    ClearSoftDirty, Compact, Mbind, MigrateToSys, Mlock, MovePages, Mremap, Munlock, Pagemap,
-    Release, Thp,
+    ClearSoftDirty, Compact, KsmMerge, Mbind, MigrateToSys, Mlock, MovePages, Mremap, Munlock,
+    Pagemap, Release, Smaps, Thp, UffdRegister, UffdUnregister, UffdWriteprotect,
 )
 
-from . import device, hmm, mm as cpu, numa, pagemap, reclaim, remap, shmem, thp, vma as vmas
-from .expect import EEXIST, EINVAL, ENOMEM, SEGV, WRITTEN, Expect, done, fail, read_page
+from . import (
+    device, hmm, ksm, mm as cpu, numa, pagemap, reclaim, remap, shmem, smaps, thp, uffd,
+    vma as vmas,
+)
+from .expect import EEXIST, EINVAL, ENOMEM, SEGV, SIGBUS, WRITTEN, Expect, done, fail, read_page
 from .places import Places
 from .refuse import Unmodelled
 from .state import Dmirror, Kind, World
+from .uffd_wp import UffdWriteProtected
 
 __all__ = ["Unmodelled", "step"]
 
@@ -95,7 +99,11 @@ def _cpu_access(world: World, op, places: Places, kind: str, permitted, access) 
 
 def _write(world: World, op: CpuWrite, places: Places) -> list[Outcome]:
     def store(mm_id, mm, vma, vpn):
-        cpu.write_fault(world, mm_id, mm, vma, vpn)
+        try:
+            cpu.write_fault(world, mm_id, mm, vma, vpn)
+        except UffdWriteProtected:
+            return SIGBUS, (f"{places.name(vpn)} is uffd-wp: do_wp_page -> handle_userfault "
+                            "-> VM_FAULT_SIGBUS (UFFD_FEATURE_SIGBUS)")
         reclaim.dirtied(world, mm, vpn)  # the store sets the PTE's dirty bit
         world.set_content(mm.ptes[vpn].folio, Content(op.seed, vpn))
         return WRITTEN, f"{places.name(vpn)} is in a writable VMA"
@@ -126,6 +134,7 @@ def _fork(world: World, op: Fork, places: Places) -> list[Outcome]:
     child = world.new_id()
     world.procs[op.child] = child
     cpu.fork(world, parent, child)
+    ksm.fork(world, parent, child)
     for (proc, name), mirror_id in list(world.fds.items()):
         if proc == op.proc:
             # The child shares the parent's open files: the same dmirror, still bound to the
@@ -150,8 +159,8 @@ def _open(world: World, op: OpenDevice, places: Places) -> list[Outcome]:
 _FLAG_ADVICE = {
     Advice.DONTFORK: ("dontcopy", True, ()), Advice.DOFORK: ("dontcopy", False, ()),
     Advice.WIPEONFORK: ("wipeonfork", True, ()), Advice.KEEPONFORK: ("wipeonfork", False, ()),
-    # ksm_madvise: VM_MERGEABLE only (ksmd does not run: /sys/kernel/mm/ksm/run is 0, so
-    # nothing is merged); UNMERGEABLE first breaks KSM pages, of which there are none.
+    # ksm_madvise: MERGEABLE registers the mm with KSM, UNMERGEABLE first breaks the KSM
+    # pages of VM_MERGEABLE VMAs (ksm.py); ksmd merges only during a ksm_merge op.
     Advice.MERGEABLE: ("mergeable", True, ()), Advice.UNMERGEABLE: ("mergeable", False, ()),
     # hugepage_madvise: the two flags exclude each other; with THP "never" (the runner's
     # setting) neither changes what a fault maps, and khugepaged_enter_vma does nothing.
@@ -188,6 +197,10 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
             einval = max(start, vma.start)
             break
         pieces.append((max(start, vma.start), min(end, vma.end)))
+    if advice in (Advice.FREE, Advice.PAGEOUT):
+        for piece_start, piece_end in pieces:
+            ksm.refuse_ksm_pages(world, mm, piece_start, piece_end, f"madvise {advice.value} "
+                                 "of a KSM page", "a KSM folio made lazyfree or reclaimed")
     worlds = [world]
     for piece_start, piece_end in pieces:
         if advice is Advice.DONTNEED:
@@ -233,6 +246,10 @@ def _madvise_hole() -> Expect:
 def _madvise_flag(world: World, mm_id: int, mm, start: int, end: int,
                   advice: Advice, places: Places) -> list[Outcome]:
     flag, setting, cleared = _FLAG_ADVICE[advice]
+    if advice is Advice.MERGEABLE:
+        ksm.madvise_mergeable(world, mm_id, mm, start, end)
+    elif advice is Advice.UNMERGEABLE:
+        ksm.unmerge(world, mm_id, mm, start, end)
 
     def update(vma):
         if shmem.ignores_advice(advice, vma):
@@ -335,14 +352,6 @@ def _clear_soft_dirty(world: World, op, places: Places) -> list[Outcome]:
 
 # ------------------------------------------------------------------ compaction
 
-def _soft_dirty_hidden(mm, vpn: int) -> bool:
-    """A shmem VMA with VM_SOFTDIRTY: pagemap shows soft-dirty whatever the PTE's bit, and
-    the next clear_soft_dirty clears the bit anyway, so whether a migration set it is
-    never seen (shmem.py; the PTEs of shmem read faults are clean and not soft-dirty)."""
-    vma = mm.vma_at(vpn)
-    return vma.obj is not None and vma.softdirty
-
-
 def _compact(world: World, op, places: Places) -> list[Outcome]:
     """echo 1 > /proc/sys/vm/compact_memory: compact_nodes() migrates movable pages of
     every zone; which ones is the kernel's choice (free page layout, per-CPU batches,
@@ -359,13 +368,15 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
             # entry and the folio would come back as a present PTE.
             raise Unmodelled("compact with device-exclusive entries",
                              "a migrated folio would lose its device-exclusive entry")
-        if world.profile.migration_dirty_sets_soft_dirty and \
-                any(numa.migration_marks_soft_dirty(pte) and not _soft_dirty_hidden(mm, vpn)
-                    for vpn, pte in mm.ptes.items()):
-            # 6.1: a dirty page that moves comes back soft-dirty (remove_migration_pte's
-            # pte_mkdirty), one that stays does not; which ones move is the kernel's choice.
-            raise Unmodelled("compact on 6.1 with a dirty page whose soft-dirty bit is clear",
-                             "whether compaction moves it decides its soft-dirty bit")
+    # 6.1: a dirty page that moves comes back soft-dirty (remove_migration_pte's
+    # pte_mkdirty), one that stays does not; which ones move is the kernel's choice, so each
+    # such folio branches (only where soft-dirty tracking is on: a VMA without
+    # VM_SOFTDIRTY; elsewhere the next clear_soft_dirty resets the bit unseen).
+    marked = _soft_dirty_if_moved(world) if world.profile.migration_dirty_sets_soft_dirty \
+        else set()
+    if len(marked) > MAX_SOFT_DIRTY_BRANCHES:
+        raise Unmodelled("compact on 6.1 with many dirty pages whose soft-dirty bit is clear",
+                         "whether compaction moves each decides its soft-dirty bit")
     for mm_id, mm in world.mms.items():
         mirrors = world.mirrors_of(mm_id)
         for vpn, pte in mm.ptes.items():
@@ -383,7 +394,32 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
         elif folio.page_cache:
             # page-cache folios move too, mapped or not (shmem folios are movable)
             world.pfns.pop(("pfn", folio_id), None)
-    return [(done("compact_memory: compaction always reports success"), world)]
+    worlds = [world]
+    for folio_id in sorted(marked):
+        worlds = [branch for w in worlds for branch in (w, _moved_soft_dirty(w, folio_id))]
+    return [(done("compact_memory: compaction always reports success"), w) for w in worlds]
+
+
+MAX_SOFT_DIRTY_BRANCHES = 3
+
+
+def _soft_dirty_if_moved(world: World) -> set[int]:
+    """The folios whose migration would set a PTE's soft-dirty bit that matters (6.1): in a
+    VMA with VM_SOFTDIRTY pagemap shows the bit anyway and the next clear_soft_dirty
+    clears it, so only PTEs of VMAs without it count (shmem VMAs included)."""
+    return {pte.folio for mm in world.mms.values()
+            if not all(vma.softdirty for vma in mm.vmas)
+            for vpn, pte in mm.ptes.items()
+            if numa.migration_marks_soft_dirty(pte) and not mm.vma_at(vpn).softdirty}
+
+
+def _moved_soft_dirty(world: World, folio_id: int) -> World:
+    moved = world.clone()
+    for mm in moved.mms.values():
+        for vpn, pte in mm.ptes.items():
+            if pte.folio == folio_id and numa.migration_marks_soft_dirty(pte):
+                mm.ptes[vpn] = replace(pte, soft_dirty=True)
+    return moved
 
 
 _STEPS = {
@@ -395,7 +431,9 @@ _STEPS = {
     Exit: device.exit_process, Madvise: _madvise, Pagemap: pagemap.pagemap,
     Mlock: _mlock, Munlock: _munlock, Mremap: remap.mremap,
     ClearSoftDirty: _clear_soft_dirty, Compact: _compact,
-    MovePages: numa.move_pages, Mbind: numa.mbind, Thp: thp.set_mode,
+    MovePages: numa.move_pages, Mbind: numa.mbind, Thp: thp.set_mode, KsmMerge: ksm.ksm_merge,
+    Smaps: smaps.smaps, UffdRegister: uffd.register, UffdUnregister: uffd.unregister,
+    UffdWriteprotect: uffd.writeprotect,
 }
 
 
@@ -411,16 +449,22 @@ def _refuse_on_backed(op: Op, world: World, places: Places) -> None:
 
 def step(world: World, op: Op, places: Places) -> list[Outcome]:
     """The allowed outcomes of `op`; raises Unmodelled for an op (or a case of one) the
-    model does not model (mremap before 7.2, THP, uffd, ...)."""
+    model does not model (shared mappings under some ops, uffd, ...)."""
     function = _STEPS.get(type(op))
     if function is None:
         raise Unmodelled(op.keyword)
     thp.guard(world, op, places)
-    if places.thp_programmed:
-        thp.note_tables(world)
+    uffd.refuse_unfollowed(world, op, places)
+    thp.note_tables(world)
     if world.objects:
         _refuse_on_backed(op, world, places)
-    outcomes = function(world, op, places)
+    try:
+        outcomes = thp.with_allocation_choices(world, lambda w: function(w, op, places))
+    except UffdWriteProtected as fault:
+        # A write fault on a uffd-wp page where the op does not state the outcome (GUP of
+        # populate_write, mlock or mprotect's populate): VM_FAULT_SIGBUS -> -EFAULT there.
+        raise Unmodelled(f"{op.keyword} with a GUP write fault on a uffd-wp page",
+                         f"{fault}: -EFAULT from populate is not stated") from None
     if isinstance(op, Mremap):
         for after in {id(w): w for _, w in outcomes}.values():
             thp.forget_mremap_tables(after, op, places)

@@ -49,6 +49,9 @@ class Pte:
     # nothing makes the PTE writable without a fault while it is clear
     # (pte_needs_soft_dirty_wp).
     soft_dirty: bool = True
+    # The uffd-wp bit (pte_uffd_wp), set by UFFDIO_WRITEPROTECT on present PTEs (the zero
+    # page included); see uffd.py. Such a PTE is read-only.
+    uffd_wp: bool = False
 
 
 # do_anonymous_page maps the zero page for a read: no pte_mkdirty, so no soft-dirty bit.
@@ -98,6 +101,11 @@ class Folio:
     # fails while folio_maybe_swapped), which decides do_wp_page and madvise free.
     cache: int | None = None
     swap_slot: int | None = None
+    # 6.x only: swap readahead (swapin_readahead -> swap_vma_readahead, on a swap-in that
+    # misses the swap cache) may have read this slot into the swap cache; its window
+    # depends on the VMA's readahead history, which the model does not keep. `node` is
+    # then where that folio would be.
+    maybe_cached: bool = False
     # The NUMA node of the page (numa.py): where it was allocated (the VMA's mbind policy,
     # else the local node of CPU 0, where the runner pins every program process) or where a
     # migration put it. None: the kernel may have placed it on either of two nodes (a
@@ -105,6 +113,10 @@ class Folio:
     # query then allows both and the model learns the answer (World.learn). For a swap
     # slot in the swap cache: the node of that swap-cache folio.
     node: int | None = 0
+    # A KSM folio (folio_test_ksm): ksmd merged identical pages into it (ksm.py). It is
+    # mapped read-only wherever it is mapped and never PageAnonExclusive; a write or an
+    # unshare fault copies it (wp_can_reuse_anon_folio refuses KSM folios).
+    ksm: bool = False
     # A page of a transparent huge page (thp.py): the model folio id of its head page and
     # its index in the 2 MiB folio. Each page keeps its own content and mapcount (the
     # precise page mapcount kpagecount shows); PFNs are the head's plus the index.
@@ -244,6 +256,10 @@ class World:
     # What `pagemap` ops showed of physical frames, learned from the kernel's answers (see
     # pagemap.py): folio id -> PFN, device folio id -> device PFN, and the zero page's PFN.
     pfns: dict = field(default_factory=dict)
+    # The mms KSM has an mm_slot for (ksm.py): registered by madvise(MADV_MERGEABLE)
+    # (__ksm_enter) or by fork of a registered mm (ksm_fork), dropped by ksmd's scan once
+    # the mm has no VM_MERGEABLE VMA left or has exited. Dead mms may stay in it.
+    ksm_slots: frozenset = frozenset()
     # shmem objects (shmem.py): object -> {object page: page-cache folio id}; and the
     # objects' shared memory policies (mbind: shmem_set_policy): (object, page) -> node
     objects: dict = field(default_factory=dict)
@@ -267,6 +283,7 @@ class World:
             next_id=self.next_id,
             profile=self.profile,
             pfns=dict(self.pfns),
+            ksm_slots=self.ksm_slots,
             objects={k: dict(pages) for k, pages in self.objects.items()},
             object_policy=dict(self.object_policy),
             thp=self.thp,
@@ -337,6 +354,7 @@ class World:
             tuple((k, d.device, d.mm, d.flags, tuple(sorted(d.table.items(), key=_key0)))
                   for k, d in sorted(self.mirrors.items())),
             tuple(sorted(self.pfns.items(), key=repr)),
+            tuple(sorted(self.ksm_slots)),
             tuple((k, tuple(sorted(pages.items()))) for k, pages in sorted(self.objects.items())),
             tuple(sorted(self.object_policy.items())),
             self.thp,

@@ -37,8 +37,9 @@ from dataclasses import dataclass, replace
 from harness.prog import ZERO
 from harness.prog.ops import (
     Advice, CheckExclusive, ClearSoftDirty, CloseDevice, Compact, CpuRead, CpuWrite,
-    DeviceOp, DevRead, DevWrite, Exit, Flags, Fork, Madvise, Map, Mlock, Mprotect, Mremap,
-    Munlock, Munmap, OpenDevice, Pagemap, Release, Snapshot, Thp, ThpEnabled,
+    DeviceOp, DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge, Madvise, Map, Mlock,
+    MovePages, Mprotect, Mremap, Munlock, Munmap, OpenDevice, Pagemap, Release, Snapshot, Thp,
+    ThpEnabled,
 )
 
 from .expect import done
@@ -66,6 +67,11 @@ HUGE_ZERO = Pmd()
 
 def pmd_of(vpn: int) -> int:
     return vpn // PMD_PAGES
+
+
+def pmd_span(start: int, end: int) -> tuple[int, int]:
+    """[start, end) widened to whole PMDs."""
+    return start - start % PMD_PAGES, -(-end // PMD_PAGES) * PMD_PAGES
 
 
 def pmd_range(index: int) -> range:
@@ -141,13 +147,17 @@ def forget_tables(mm: Mm, start: int, end: int) -> None:
         mm.tables[index] = None
 
 
-def fork_tables(parent: Mm, child: Mm, copied: list[Vma]) -> None:
+def fork_pmds_and_tables(parent: Mm, child: Mm, copied: list[Vma]) -> None:
     """copy_pmd_range gives the child a PTE table wherever the parent has one in a VMA
-    whose page tables are copied."""
+    whose page tables are copied, and copies PMD mappings (copy_huge_pmd: the huge zero
+    PMD as it is; a THP PMD write-protected in both, folio_try_dup_anon_rmap_pmd clearing
+    PageAnonExclusive -- the per-page entries, already copied, say the same)."""
     for vma in copied:
         for index in range(pmd_of(vma.start), pmd_of(vma.end - 1) + 1):
             if index in parent.tables:
                 child.tables[index] = parent.tables[index]
+            if index in parent.pmds:
+                child.pmds[index] = parent.pmds[index]
 
 
 # ------------------------------------------------------------------ faults
@@ -158,6 +168,11 @@ def huge_fault_allowed(world: World, mm: Mm, vma: Vma, vpn: int) -> bool:
     PMD order by default) and thp_vma_suitable_order (the aligned 2 MiB inside the VMA)."""
     enabled = world.thp[0]
     if enabled is ThpEnabled.NEVER or "nohugepage" in vma.flags:
+        return False
+    if vma.obj is not None:
+        # A shmem or file VMA: create_huge_pmd asks vm_ops->huge_fault, which shmem has
+        # not (its huge folios follow shmem_enabled and the huge= mount option, "never" by
+        # default), so VM_FAULT_FALLBACK; a private file mapping COWs 4 KiB pages.
         return False
     if enabled is ThpEnabled.MADVISE and "hugepage" not in vma.flags:
         return False
@@ -187,13 +202,16 @@ def huge_read_fault(world: World, mm: Mm, vpn: int) -> None:
     mm.tables.pop(index, None)
 
 
-def huge_write_fault(world: World, mm: Mm, vma: Vma, vpn: int) -> None:
+def huge_write_fault(world: World, mm: Mm, vma: Vma, vpn: int) -> bool:
     """__do_huge_pmd_anonymous_page: vma_alloc_anon_folio_pmd (zeroed), then
     map_anon_folio_pmd_nopf: maybe_pmd_mkwrite(pmd_mkdirty) -- writable (the write fault
-    implies VM_WRITE), dirty and so soft-dirty -- and RMAP_EXCLUSIVE."""
+    implies VM_WRITE), dirty and so soft-dirty -- and RMAP_EXCLUSIVE. False when the
+    allocation fails (see allocated): VM_FAULT_FALLBACK, the caller maps a 4 KiB page."""
     from . import vma as vmas
     vmas.anon_prepare(world, mm, vpn)
     index = pmd_of(vpn)
+    if not allocated(world, mm, index):
+        return False
     node = vmas.alloc_node(vma)
     head = None
     for i, page in enumerate(pmd_range(index)):
@@ -203,27 +221,123 @@ def huge_write_fault(world: World, mm: Mm, vma: Vma, vpn: int) -> None:
         mm.ptes[page] = Pte(Kind.PRESENT, folio, True)
     mm.pmds[index] = Pmd(head)
     mm.tables.pop(index, None)
+    return True
 
 
-def pmd_write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
-    """A write fault on a PMD mapping (wp_huge_pmd -> do_huge_pmd_wp_page)."""
+def pmd_write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> bool:
+    """A write fault on a PMD mapping (wp_huge_pmd -> do_huge_pmd_wp_page); False when it
+    falls back to a PTE fault."""
     from .mm import invalidate
     index = pmd_of(vpn)
     pmd = mm.pmds[index]
     if pmd.zero:
         # do_huge_zero_wp_pmd: a new THP replaces the huge zero page under MMU_NOTIFY_CLEAR
-        # over [haddr, haddr + HPAGE_PMD_SIZE).
+        # over [haddr, haddr + HPAGE_PMD_SIZE). If the allocation fails, do_huge_pmd_wp_page
+        # falls back to __split_huge_pmd (its own MMU_NOTIFY_CLEAR over the 2 MiB: 512
+        # small zero pages) and the fault goes on as a PTE fault (do_wp_page on the zero
+        # page): False, the caller takes it.
         invalidate(world, mm_id, index * PMD_PAGES, (index + 1) * PMD_PAGES)
+        if not allocated(world, mm, index):
+            split_pmd_mapping(mm, index)
+            return False
         del mm.pmds[index]
         huge_write_fault(world, mm, vma, vpn)
-        return
-    head = world.folios[mm.ptes[index * PMD_PAGES].folio]
-    if not head.exclusive:
-        raise Unmodelled("a write fault on a shared PMD-mapped THP",
-                         "do_huge_pmd_wp_page splits it and copies the page")
+        return True
+    pages = [mm.ptes[page].folio for page in pmd_range(index)]
+    if not world.folios[pages[0]].exclusive:
+        if any(world.folios[folio].mapcount != 1 for folio in pages):
+            # Mapped elsewhere too (after fork): folio_ref_count() > 1, so
+            # "goto unlock_fallback": __split_huge_pmd (MMU_NOTIFY_CLEAR over the 2 MiB)
+            # and VM_FAULT_FALLBACK; do_wp_page then copies the one page.
+            invalidate(world, mm_id, index * PMD_PAGES, (index + 1) * PMD_PAGES)
+            split_pmd_mapping(mm, index)
+            return False
+        # Only this PMD maps the folio (the other side unmapped it): folio_ref_count() == 1
+        # ("we always drain the LRU cache immediately after adding a THP"), so
+        # folio_move_anon_rmap, SetPageAnonExclusive and reuse.
+        for folio in pages:
+            world.folios[folio] = replace(world.folios[folio], exclusive=True)
     # PageAnonExclusive(head): reuse, maybe_pmd_mkwrite(pmd_mkdirty) -> writable, soft-dirty.
     for page in pmd_range(index):
         mm.ptes[page] = replace(mm.ptes[page], writable=True, soft_dirty=True)
+    return True
+
+
+# ------------------------------------------------------------------ allocation failure
+
+@dataclass
+class AllocationPlan:
+    """Which THP allocations of one op fail: the kernel's freedom. vma_alloc_anon_folio_pmd
+    may return NULL (no free 2 MiB block and, with defrag off for the VMA, no compaction
+    tried; or the memcg charge fails): THP_FAULT_FALLBACK. Each allocation of an op is its
+    own choice; `seen` collects the PMDs where the op allocates."""
+
+    failing: frozenset = frozenset()
+    seen: list = None
+
+    def __post_init__(self):
+        self.seen = []
+
+
+# The op being stepped (semantics.step sets it around every op while THP is on).
+_PLAN: list[AllocationPlan | None] = [None]
+
+
+def allocated(world: World, mm: Mm, index: int) -> bool:
+    """Does the THP allocation for PMD `index` succeed? Under the current plan; a PMD where
+    it fails gets a PTE table at once (the fallback fault installs it)."""
+    plan = _PLAN[0]
+    key = (id(mm), index)
+    if plan is None:
+        return True
+    plan.seen.append(key)
+    if key in plan.failing:
+        mm.tables[index] = True
+        return False
+    return True
+
+
+MAX_PLANS = 32   # check.MAX_STATES: more outcomes than the model keeps states
+
+
+def with_allocation_choices(world: World, run) -> list:
+    """The outcomes of `run(world)` (one op) for every choice of which of its THP
+    allocations fail: all succeed first (the usual case, and the state kept first when the
+    state set is cut at check.MAX_STATES), then one failing, two, ... The allocations an op
+    makes do not depend on one another's outcome (a fallback only fills its own PMD), so
+    the PMDs of the all-succeed run are the choices."""
+    if world.thp[0] is ThpEnabled.NEVER:
+        return run(world)
+    pristine = world.clone()
+    first = AllocationPlan()
+    _PLAN[0] = first
+    try:
+        outcomes = run(world)
+    finally:
+        _PLAN[0] = None
+    # the mms of a clone are other objects: name PMDs by mm id
+    ids = {id(mm): mm_id for mm_id, mm in world.mms.items()}
+    choices = [(ids[key[0]], key[1]) for key in dict.fromkeys(first.seen)]
+    for failing in _failure_sets(choices):
+        branch = pristine.clone()
+        mms = {mm_id: id(mm) for mm_id, mm in branch.mms.items()}
+        _PLAN[0] = AllocationPlan(frozenset((mms[m], i) for m, i in failing))
+        try:
+            outcomes += run(branch)
+        finally:
+            _PLAN[0] = None
+    return outcomes
+
+
+def _failure_sets(choices: list) -> list:
+    from itertools import combinations
+    sets = []
+    for size in range(1, len(choices) + 1):
+        for failing in combinations(choices, size):
+            if len(sets) + 1 >= MAX_PLANS:
+                return sets
+            sets.append(failing)
+    return sets
 
 
 # ------------------------------------------------------------------ splitting
@@ -237,6 +351,17 @@ def split_pmd_mapping(mm: Mm, index: int) -> None:
     model. The folio itself stays whole."""
     if mm.pmds.pop(index, None) is not None:
         mm.tables[index] = True
+
+
+def gup_split_pmd(world: World, mm_id: int, mm: Mm, vpn: int) -> None:
+    """GUP with FOLL_SPLIT_PMD (make_device_exclusive): follow_pmd_mask meets a PMD
+    mapping and calls split_huge_pmd (MMU_NOTIFY_CLEAR over the 2 MiB) before it follows
+    the PTE; the huge zero PMD too, so a write then copies one small zero page."""
+    from .mm import invalidate
+    index = pmd_of(vpn)
+    if index in mm.pmds:
+        invalidate(world, mm_id, index * PMD_PAGES, (index + 1) * PMD_PAGES)
+        split_pmd_mapping(mm, index)
 
 
 def zap_pmds(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
@@ -274,13 +399,15 @@ def snapshot_byte(mm: Mm, vpn: int, byte: int) -> int:
 # Ops stated for THPs (their functions call the hooks above).
 _THP_AWARE = (Map, Munmap, Mprotect, CpuRead, CpuWrite, Pagemap, Thp, OpenDevice,
               CloseDevice, Release, Flags, CheckExclusive, Exit, Mlock, Munlock,
-              DevRead, DevWrite, Snapshot)
+              DevRead, DevWrite, Snapshot, Fork, Exclusive)
 _THP_AWARE_ADVICE = {Advice.DONTNEED, Advice.POPULATE_READ, Advice.POPULATE_WRITE,
                      Advice.HUGEPAGE, Advice.NOHUGEPAGE, Advice.DONTFORK, Advice.DOFORK,
                      Advice.WIPEONFORK, Advice.KEEPONFORK, Advice.MERGEABLE,
-                     Advice.UNMERGEABLE}
-# Ops that fault pages in through GUP (a fault may map a THP).
-_FAULTING = ("exclusive",)
+                     Advice.UNMERGEABLE,
+                     # madvise_willneed on anonymous memory reads swap entries in
+                     # (swapin_walk_pmd_entry: pte_offset_map_lock finds no table under a
+                     # PMD mapping, and a THP page is no swap entry): nothing to do here
+                     Advice.WILLNEED}
 
 
 def has_huge(world: World, mm: Mm, start: int | None = None, end: int | None = None) -> bool:
@@ -297,17 +424,6 @@ def has_huge(world: World, mm: Mm, start: int | None = None, end: int | None = N
     return False
 
 
-def _may_fault_huge(world: World, mm: Mm, start: int, end: int) -> bool:
-    if world.thp[0] is ThpEnabled.NEVER:
-        return False
-    for index in range(pmd_of(start), pmd_of(end - 1) + 1):
-        vpn = max(start, index * PMD_PAGES)
-        vma = mm.vma_at(vpn)
-        if vma is not None and huge_fault_allowed(world, mm, vma, vpn):
-            return True
-    return False
-
-
 def guard(world: World, op, places) -> None:
     """Refuse an op the model does not state for THPs yet when it meets one (or, for ops
     that fault pages in, when a fault may map one)."""
@@ -316,20 +432,33 @@ def guard(world: World, op, places) -> None:
     if isinstance(op, Madvise) and op.advice in _THP_AWARE_ADVICE:
         return
     if isinstance(op, Mremap):
+        # Without a PMD mapping or a THP page in the source or the target, mremap moves
+        # 4 KiB entries only; the PMDs it touched are forgotten (forget_mremap_tables).
         mm = world.mms[world.procs[op.proc]]
-        if world.thp[0] is not ThpEnabled.NEVER or has_huge(world, mm):
-            raise Unmodelled(f"{op.keyword} with THP enabled",
-                             "move_page_tables of PMD mappings and PTE tables is not followed")
+        start, end = places.vpns(op.range)
+        ranges = [(start, max(end, start + op.new_npages))]
+        if op.to is not None:
+            ranges.append(places.vpns(op.to))
+        if any(has_huge(world, mm, *pmd_span(first, last)) for first, last in ranges):
+            raise Unmodelled(f"{op.keyword} of a THP",
+                             "move_page_tables of PMD mappings is not stated yet")
         return
-    if isinstance(op, (Fork, ClearSoftDirty)):
-        mm = world.mms[world.procs[op.proc]]
-        if has_huge(world, mm):
-            raise Unmodelled(f"{op.keyword} of a process with a THP",
-                             "not stated for PMD mappings yet")
+    if isinstance(op, ClearSoftDirty):
+        # clear_soft_dirty_pmd write-protects a PMD mapping and clears its soft-dirty bit,
+        # what the model's per-page entries of it get; the huge zero PMD has no bit.
+        return
+    if isinstance(op, MovePages) and op.node is None:
+        # do_pages_stat_array: folio_walk_start finds the THP at PMD or PTE level
+        # (folio_nid), the huge zero page is -EFAULT like the small one.
         return
     if isinstance(op, Compact):
         if any(has_huge(world, mm) for mm in world.mms.values() if mm.alive):
             raise Unmodelled("compact with a THP", "compaction may migrate THPs")
+        return
+    if isinstance(op, KsmMerge):
+        if any(has_huge(world, mm) for mm in world.mms.values() if mm.alive):
+            # ksmd splits a THP it wants to merge a page of (try_to_merge_one_page)
+            raise Unmodelled("ksm_merge with a THP", "ksmd may split THPs")
         return
     page_range = getattr(op, "range", None)
     if page_range is None:
@@ -345,13 +474,10 @@ def guard(world: World, op, places) -> None:
     name = op.keyword if not isinstance(op, Madvise) else f"madvise {op.advice.value}"
     if has_huge(world, mm, start, end):
         raise Unmodelled(f"{name} on a THP", "not stated for PMD-sized folios yet")
-    if op.keyword in _FAULTING and _may_fault_huge(world, mm, start, end):
-        raise Unmodelled(f"{name} where a fault may map a THP",
-                         "hmm_range_fault and GUP faults are not stated for THPs yet")
 
 
 def forget_mremap_tables(world: World, op: Mremap, places) -> None:
-    """After an mremap (only allowed while THP is off, see guard): move_page_tables may
+    """After an mremap (refused where a THP is, see guard): move_page_tables may
     have moved whole PTE tables (move_normal_pmd) or single PTEs, so whether the PMDs of the
     source and the target are none is unknown from here on."""
     mm = world.mms[world.procs[op.proc]]

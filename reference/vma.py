@@ -383,7 +383,9 @@ def fork_vmas(world: World, parent: Mm) -> list[Vma]:
     one is copied without anon_vma ("a clean slate in the child"); anon_vma_fork gives
     every other one with a parent anon_vma a new anon_vma whose chain also links the
     parent's (so the child's VMA is a fork child). The child's VMAs lose VM_LOCKED
-    (vm_flags_clear(tmp, VM_LOCKED_MASK))."""
+    (vm_flags_clear(tmp, VM_LOCKED_MASK)) and their userfaultfd registration
+    (dup_userfaultfd: the runner's contexts lack UFFD_FEATURE_EVENT_FORK, so
+    userfaultfd_reset_ctx clears VM_UFFD_WP)."""
     child = []
     for vma in parent.vmas:
         if "dontcopy" in vma.flags:
@@ -392,5 +394,5 @@ def fork_vmas(world: World, parent: Mm) -> list[Vma]:
             vma = replace(vma, anon=None, fork_child=False)
         elif vma.anon is not None:
             vma = replace(vma, anon=world.new_id(), fork_child=True)
-        child.append(replace(vma, flags=vma.flags - {"locked"}))
+        child.append(replace(vma, flags=vma.flags - {"locked", "uffd_wp"}))
     return child

@@ -228,3 +228,28 @@ def test_6_1_does_not_merge_an_unfaulted_copy_next_to_its_kept_source():
     assert final_vmas(prog, "6.12.117") == [(a, a + 2), (a + 2, a + 6)]
     assert final_vmas(prog, "7.2.13") == [(a, a + 2), (a + 2, a + 6)]
     assert final_vmas(prog, "6.1.192") == [(a, a + 2), (a + 2, a + 4), (a + 4, a + 6)]
+
+
+def test_moving_a_whole_page_table_with_soft_dirty_bits_clear_is_refused():
+    # move_normal_pmd would carry the PTE table without move_soft_dirty_pte when the
+    # target PMD is empty: page tables the model does not keep
+    prog = program("""
+        region a pages=1024
+        region b pages=1024
+        p0 map a[0:512]
+        p0 write a[0:512] seed=1
+        p0 clear_soft_dirty
+        p0 mremap a[0:512] b[0:512]
+    """)
+    verdict = check(prog, trace(ok(), wrote(512), ok(), ok()))
+    assert verdict.unmodelled_op == "mremap of a whole 2 MiB page table with soft-dirty bits clear"
+    # a move that is not PMD-aligned on both sides sets every moved PTE's bit
+    prog = program("""
+        region a pages=1024
+        region b pages=1024
+        p0 map a[0:512]
+        p0 write a[0:512] seed=1
+        p0 clear_soft_dirty
+        p0 mremap a[0:512] b[1:513]
+    """)
+    assert check(prog, trace(ok(), wrote(512), ok(), ok())).ok

@@ -228,3 +228,26 @@ def test_madvise_free_skips_a_swap_cache_folio_whose_slot_is_still_referenced():
     # not lazyfree: the pageout writes it back to its own slot instead of discarding it
     allowed = expected(prog)
     assert allowed[7][0].pages == data and allowed[8][0].pages == data
+
+
+def test_6x_swap_readahead_makes_a_neighbours_later_swap_in_uncertain():
+    # 6.x swapin_readahead (a swap-in that misses the swap cache, here of a shared slot)
+    # may read a[1] into the swap cache; a[1] then has swap count 1 and a clear exclusive
+    # bit: read outside the cache it is "certainly exclusive", from the cache it is not.
+    prog = program("""
+        region a pages=4
+        p0 map a[0:4]
+        p0 write a[0:4] seed=1
+        p0 madvise a[0:4] pageout
+        p0 fork p1
+        p1 munmap a[1:2]
+        p0 read a[0:1]
+        p0 read a[1:2]
+    """)
+    data = patterns(prog, 1, "a", 0, 2)
+    results = (ok(), wrote(4), ok(), ok(), ok(), cpu(data[0]), cpu(data[1]))
+    verdict = check(prog, trace(*results, release="6.12.117"))
+    assert verdict.unmodelled_op == ("a swap-in of a slot swap readahead may have read into "
+                                     "the swap cache (6.x)")
+    assert verdict.checked == 6
+    assert check(prog, trace(*results)).ok     # 7.2 reads zram synchronously (swapin_sync)

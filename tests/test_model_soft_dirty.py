@@ -156,3 +156,17 @@ def test_6_1_marks_a_dirty_page_soft_dirty_when_it_migrates():
     assert soft_dirty_bits(expected(prog)[4][0]) == [False]
     assert soft_dirty_bits(expected(prog, "6.12.117")[4][0]) == [False]
     assert soft_dirty_bits(expected(prog, "6.1.192")[4][0]) == [True]
+
+
+def test_6_1_compaction_may_or_may_not_mark_a_dirty_page_soft_dirty():
+    # remove_migration_pte's pte_mkdirty: only if compaction chose to move the page
+    prog = program("""
+        region a pages=1
+        p0 map a[0:1]
+        p0 write a[0:1] seed=1
+        p0 clear_soft_dirty
+        p0 compact
+        p0 pagemap a[0:1]
+    """)
+    assert sorted(soft_dirty_bits(e) for e in expected(prog, "6.1.192")[4]) == [[False], [True]]
+    assert [soft_dirty_bits(e) for e in expected(prog, "6.12.117")[4]] == [[False]]

@@ -183,28 +183,17 @@ def test_ops_not_stated_for_thps_yet_are_refused_on_them():
         p0 open d0 dmirror0
         p0 write a[0:1] seed=1
     """
-    for op, name in (("p0 fork p1", "fork of a process with a THP"),
-                     ("p0 exclusive d0 a[0:1]", "exclusive on a THP"),
-                     ("p0 move_pages a[0:1]", "move_pages on a THP"),
+    for op, name in (("p0 move_pages a[0:1] 1", "move_pages on a THP"),
+                     ("p0 mbind a[0:1] 1", "mbind on a THP"),
                      ("p0 madvise a[5:6] pageout", "madvise pageout on a THP"),
+                     ("p0 madvise a[5:6] cold", "madvise cold on a THP"),
+                     ("p0 madvise a[5:6] free", "madvise free on a THP"),
                      ("p0 migrate_to_dev d0 a[0:512]", "migrate_to_dev on a THP"),
                      ("p0 compact", "compact with a THP")):
         prog = program(base + "    " + op)
         verdict = check(prog, trace(ok(), ok(), ok(), wrote(1), ok()))
         assert verdict.unmodelled_op == name, (op, verdict)
         assert verdict.unmodelled_from == 4
-
-
-def test_a_gup_fault_that_may_map_a_thp_is_refused():
-    prog = program("""
-        region a pages=512
-        p0 thp always madvise
-        p0 map a[0:512]
-        p0 open d0 dmirror0
-        p0 exclusive d0 a[0:1]
-    """)
-    verdict = check(prog, trace(ok(), ok(), ok(), dev(1, 0)))
-    assert verdict.unmodelled_op == "exclusive where a fault may map a THP"
 
 
 def test_a_device_write_faults_a_thp_and_snapshot_shows_the_pmd():
@@ -239,3 +228,120 @@ def test_khugepaged_starting_again_and_older_kernels_are_refused():
     assert verdict.unmodelled_op == "thp enabled again" and verdict.unmodelled_from == 2
     verdict = check(prog, trace(ok(), ok(), ok(), release="6.12.117"))
     assert verdict.unmodelled_op == "thp on kernels before 7.2"
+
+
+def test_a_thp_allocation_may_fail_and_the_fault_maps_a_small_page():
+    """vma_alloc_anon_folio_pmd may return NULL (THP_FAULT_FALLBACK): the fault maps a 4 KiB
+    page, and the PMD has a PTE table from then on; for a write to the huge zero page,
+    do_huge_pmd_wp_page splits it into small zero pages and copies the one page."""
+    prog = program("""
+        region a pages=1024
+        p0 thp always madvise
+        p0 map a[0:1024]
+        p0 write a[0:1] seed=1
+        p0 read a[512:513]
+        p0 write a[513:514] seed=2
+        p0 write a[1:2] seed=3
+        p0 pagemap a[0:3]
+        p0 pagemap a[512:515]
+    """)
+    small_zero = PagemapEntry(PRESENT | SD | SMALL_ZERO, 0, ZERO_PAGE)
+    head = [ok(), ok(), wrote(1), cpu(*zeros(1)), wrote(1), wrote(1)]
+    # both allocations fell back
+    assert_accepts(prog, *head, pm(small(0x100), small(0x101), NONE),
+                   pm(small_zero, small(0x102), small_zero))
+    # the first one succeeded, the second fell back
+    assert_accepts(prog, *head, pm(thp_page(0x40000, 0), thp_page(0x40000, 1),
+                                   thp_page(0x40000, 2)),
+                   pm(small_zero, small(0x102), small_zero))
+    # both succeeded
+    assert_accepts(prog, *head, pm(thp_page(0x40000, 0), thp_page(0x40000, 1),
+                                   thp_page(0x40000, 2)),
+                   pm(thp_page(0x40200, 0), thp_page(0x40200, 1), thp_page(0x40200, 2)))
+
+
+def test_fork_shares_a_thp_and_a_cow_write_splits_the_pmd_and_copies_one_page():
+    """copy_huge_pmd write-protects the PMD in both and clears PageAnonExclusive; a write
+    then finds the folio mapped twice: do_huge_pmd_wp_page splits the PMD
+    (MMU_NOTIFY_CLEAR over the 2 MiB) and do_wp_page copies the one page. Once the child
+    is gone, a write to the parent's PMD reuses the whole folio."""
+    prog = program("""
+        region a pages=1024
+        p0 thp always madvise
+        p0 map a[0:1024]
+        p0 write a[0:1] seed=1
+        p0 write a[512:513] seed=2
+        p0 fork p1
+        p0 pagemap a[0:2]
+        p1 write a[1:2] seed=3
+        p1 pagemap a[0:3]
+        p0 pagemap a[0:2]
+        p1 exit
+        p0 write a[512:513] seed=4
+        p0 pagemap a[512:514]
+    """)
+    def shared(index, count=2):
+        return PagemapEntry(PRESENT | SD | (0x40000 + index), count,
+                            ANON | THP | compound(index))
+    copy = PagemapEntry(PRESENT | SD | EXCL | 0x9000, 1, ANON | ANON_EXCL)
+    # p0's page 1 is mapped once now, but p0 maps it by a PMD, and pagemap_pmd_range_thp
+    # asks __folio_page_mapped_exclusively of the head page, still mapped twice: no
+    # PM_MMAP_EXCLUSIVE (7.2 showed this)
+    results = [ok(), ok(), wrote(1), wrote(1), ok(), pm(shared(0), shared(1)),
+               wrote(1), pm(shared(0), copy, shared(2)), pm(shared(0), shared(1, 1)),
+               ok(), wrote(1), pm(thp_page(0x40200, 0), thp_page(0x40200, 1))]
+    assert_accepts(prog, *results)
+    results[8] = pm(shared(0), PagemapEntry(shared(1, 1).entry | EXCL, 1, shared(1).flags))
+    assert_rejects(prog, results, 8, "pagemap[1]")
+
+
+def test_an_empty_aligned_piece_with_a_pte_table_migrates_page_by_page():
+    """migrate_vma_collect_hole makes a 2 MiB-aligned hole one device THP only where the
+    PMD is none; after a 4 KiB fault and dontneed of part of it the table stays, the walk
+    goes to the PTEs and every pte_none is collected on its own."""
+    text = """
+        region a pages=512
+        p0 map a[0:512]
+        p0 write a[0:1] seed=1
+        p0 madvise a[0:1] dontneed
+        p0 open d0 dmirror0
+        p0 migrate_to_dev d0 a[0:512]
+    """
+    prog = program(text)
+    assert_accepts(prog, ok(), wrote(1), ok(), ok(), dev(512, 0, zeros(512)))
+    # dontneed of the whole 2 MiB frees the table (CONFIG_PT_RECLAIM): a device THP
+    prog = program(text.replace("madvise a[0:1] dontneed", "madvise a[0:512] dontneed"))
+    verdict = check(prog, trace(ok(), wrote(1), ok(), ok(), dev(512, 0, zeros(512))))
+    assert verdict.unmodelled_op == \
+        "migrate_to_dev of an empty 2 MiB-aligned range without a PTE table"
+
+
+def test_a_write_to_a_page_of_a_thp_mapped_once_but_not_exclusive_is_refused():
+    """After fork of a PTE-mapped THP and a COW copy of one page in the parent, the child's
+    page is mapped once but not PageAnonExclusive: do_wp_page asks
+    __wp_can_reuse_large_anon_folio (the folio's large mapcount and mm ids), not stated."""
+    prog = program("""
+        region a pages=1024
+        p0 thp always defer
+        p0 map a[0:1024]
+        p0 write a[3:56] seed=1
+        p0 mlock a[1:2]
+        p0 fork p1
+        p0 write a[2:3] seed=2
+        p1 write a[2:4] seed=3
+    """)
+    verdict = check(prog, trace(ok(), ok(), wrote(53), ok(), ok(), wrote(1), wrote(2)))
+    assert verdict.unmodelled_op == "a write to a page of a THP mapped once but not exclusive"
+    assert verdict.ok and verdict.unmodelled_from == 6
+
+
+def test_ksm_merge_with_a_thp_is_refused():
+    prog = program("""
+        region a pages=512
+        p0 thp always madvise
+        p0 map a[0:512]
+        p0 write a[0:1] seed=1
+        p0 ksm_merge
+    """)
+    verdict = check(prog, trace(ok(), ok(), wrote(1), ok()))
+    assert verdict.unmodelled_op == "ksm_merge with a THP"

@@ -1,0 +1,58 @@
+"""The `smaps` op on the real kernels (7.2, 6.12, 6.1), judged by the model: Rss, Pss,
+Anonymous, Swap, SwapPss and Locked per VMA over written, zero, shared, swapped,
+device-private and device-exclusive pages."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import kernel_fixture
+from test_vm_model_support import agrees
+
+pytestmark = pytest.mark.vm
+
+each_kernel = kernel_fixture()
+
+
+def test_smaps_counts_what_each_vma_maps(each_kernel):
+    _, trace, _ = agrees(each_kernel, """
+        region a pages=12
+        region b pages=4
+        p0 map a[0:12]
+        p0 write a[0:8] seed=1
+        p0 read a[8:10]
+        p0 mprotect a[10:12] r
+        p0 mlock a[6:8]
+        p0 smaps a[0:12]
+        p0 open d0 dmirror0
+        p0 migrate_to_dev d0 a[1:2]
+        p0 exclusive d0 a[2:3]
+        p0 madvise a[3:5] pageout
+        p0 smaps a[0:12]
+        p0 fork p1
+        p0 fork p2
+        p1 write a[5:6] seed=2
+        p0 smaps a[0:6]
+        p1 smaps a[0:6]
+        p2 smaps a[0:6]
+        p0 map b[0:4]
+        p0 write b[0:4] seed=3
+        p0 madvise b[1:2] free
+        p0 madvise b[1:2] pageout
+        p0 smaps b[0:4]
+        p0 exit
+        p1 smaps a[0:12]
+    """)
+    first = trace.results[5].smaps
+    assert [vma["Rss"] for vma in first] == [24, 8, 0, 0]   # a[0:6], a[6:8] locked, a[8:10], a[10:12] r
+    assert first[1]["Locked"] == 8
+
+
+def test_smaps_of_a_range_without_vmas(each_kernel):
+    _, trace, _ = agrees(each_kernel, """
+        region a pages=4
+        p0 smaps a[0:4]
+        p0 map a[1:2]
+        p0 smaps a[0:4]
+    """)
+    assert trace.results[0].smaps == ()
