@@ -333,8 +333,14 @@ def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int,
         if pte.kind is Kind.ZERO:
             continue
         if pte.kind is Kind.PRESENT and vma.shared:
-            # pte_modify(newprot): vm_page_prot has the write bit iff VM_WRITE (shmem.py)
-            ptes[vpn] = replace(pte, writable=writable)
+            # pte_modify(newprot): vm_page_prot has the write bit iff VM_WRITE without
+            # writenotify (shmem.py). With writenotify there is no MM_CP_TRY_CHANGE_WRITABLE
+            # either: vma_wants_manual_pte_write_upgrade -> vma_wants_writenotify(vma,
+            # vma->vm_page_prot) finds the write-protected vm_page_prot differ from
+            # vm_pgprot_modify(vm_page_prot, vm_flags) ("The open routine did something to
+            # the protections") and says no, so even a dirty soft-dirty PTE stays read-only
+            # (observed on 7.2.13, 6.12.117, 6.1.192)
+            ptes[vpn] = replace(pte, writable=shmem.prot_writable(vma))
         elif pte.kind is Kind.PRESENT:
             # 6.1 can_change_pte_writable also wants the PTE dirty.
             dirty_enough = not (world.profile.mprotect_writable_needs_dirty and pte.clean)

@@ -64,6 +64,7 @@ def _mprotect(world: World, op: Mprotect, places: Places) -> list[Outcome]:
     for vma, vpn in splits:
         cpu.split_pmd(world, mm_id, vma, vpn)
     for piece_start, piece_end in changed:
+        shmem.set_page_prot(mm, piece_start)   # mprotect_fixup: vma_set_page_prot
         cpu.change_protection(world, mm_id, mm, piece_start, piece_end)
         vma = mm.vma_at(piece_start)
         if op.prot.writable and "locked" in vma.flags and not vma.shared:
@@ -338,11 +339,8 @@ def _clear_soft_dirty(world: World, op, places: Places) -> list[Outcome]:
     7.2's "not none, not present")."""
     mm_id = world.procs[op.proc]
     mm = world.mms[mm_id]
-    if shmem.has_backed(mm):
-        raise Unmodelled("clear_soft_dirty with shmem or file mappings",
-                         "without VM_SOFTDIRTY vma_wants_writenotify write-protects shared "
-                         "PTEs (vma_set_page_prot), which the model does not follow")
-    mm.vmas[:] = [replace(vma, softdirty=False) for vma in mm.vmas]
+    # vma_set_page_prot: a shared VMA now wants writenotify (shmem.prot_writable)
+    mm.vmas[:] = [replace(vma, softdirty=False, writenotify=vma.shared) for vma in mm.vmas]
     for mirror in world.mirrors_of(mm_id):
         mirror.table.clear()
     for vpn, pte in list(mm.ptes.items()):
@@ -406,13 +404,13 @@ MAX_SOFT_DIRTY_BRANCHES = 3
 
 
 def _soft_dirty_if_moved(world: World) -> set[int]:
-    """The folios whose migration would set a PTE's soft-dirty bit that matters (6.1). A
-    shmem VMA keeps VM_SOFTDIRTY (clear_soft_dirty is refused with one), so its PTEs'
-    soft-dirty bits never show in pagemap."""
+    """The folios whose migration would set a PTE's soft-dirty bit that matters (6.1): in a
+    VMA with VM_SOFTDIRTY pagemap shows the bit anyway and the next clear_soft_dirty
+    clears it, so only PTEs of VMAs without it count (shmem VMAs included)."""
     return {pte.folio for mm in world.mms.values()
             if not all(vma.softdirty for vma in mm.vmas)
             for vpn, pte in mm.ptes.items()
-            if numa.migration_marks_soft_dirty(pte) and mm.vma_at(vpn).obj is None}
+            if numa.migration_marks_soft_dirty(pte) and not mm.vma_at(vpn).softdirty}
 
 
 def _moved_soft_dirty(world: World, folio_id: int) -> World:

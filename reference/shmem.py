@@ -20,10 +20,10 @@ maps them through shmem_vm_ops / shmem_anon_vm_ops (mm/shmem.c, 7.2):
   anonymous folio with its content is mapped; a write to a read-only page-cache PTE of a
   private mapping is wp_page_copy (MMU_NOTIFY_CLEAR over the page);
 - a PTE of a shared mapping takes vm_page_prot, which has the write bit whenever the VMA
-  has VM_WRITE (no vma_wants_writenotify: shmem has no page_mkwrite and every VMA keeps
-  VM_SOFTDIRTY, since clear_soft_dirty is refused with shmem VMAs), so it is writable iff
-  the VMA is, for a read fault, fault-around and mprotect alike (change_pte_range applies
-  pte_modify(newprot)); a page-cache PTE of a private mapping is never writable.
+  has VM_WRITE and VM_SOFTDIRTY (shmem has no page_mkwrite: only soft-dirty tracking after
+  clear_soft_dirty makes vma_wants_writenotify true, Vma.writenotify), so it is writable
+  iff the VMA is, for a read fault, fault-around and mprotect alike (change_pte_range
+  applies pte_modify(newprot)); a page-cache PTE of a private mapping is never writable.
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def map_backed(world: World, mm: Mm, start: int, end: int, kind: MapKind,
     fresh = Vma(start, end, Prot.RW, account=not shared, shift=shift, obj=obj,
                 shared=shared)
     merged = vmas.merge_new(mm, fresh, None, world.profile)
-    # __mmap_complete: "New (or expanded) vma always get soft dirty status."
-    mm.vmas[mm.vmas.index(merged)] = replace(merged, softdirty=True)
+    # __mmap_complete: "New (or expanded) vma always get soft dirty status.", then
+    # vma_set_page_prot: no writenotify with VM_SOFTDIRTY
+    mm.vmas[mm.vmas.index(merged)] = replace(merged, softdirty=True, writenotify=False)
 
 
 def forget_unreachable(world: World) -> None:
@@ -132,9 +133,23 @@ def _map_cache_page(world: World, mm: Mm, vma: Vma, vpn: int, folio: int,
     already dirty."""
     page = world.folios[folio]
     world.folios[folio] = replace(page, mapcount=page.mapcount + 1)
-    writable = vma.shared and vma.prot.writable
+    writable = write or prot_writable(vma)   # a write fault: maybe_mkwrite
     dirty = write or (writable and page.dirty)
     mm.ptes[vpn] = Pte(Kind.PRESENT, folio, writable, clean=not dirty, soft_dirty=dirty)
+
+
+def prot_writable(vma: Vma) -> bool:
+    """vm_page_prot has the write bit: a shared VMA with VM_WRITE, unless writenotify
+    (soft-dirty tracking after clear_soft_dirty) took it away."""
+    return vma.shared and vma.prot.writable and not vma.writenotify
+
+
+def set_page_prot(mm: Mm, vpn: int) -> None:
+    """vma_set_page_prot of the VMA at vpn: vma_wants_writenotify for a shared VMA without
+    VM_SOFTDIRTY (vma_soft_dirty_enabled)."""
+    i = next(k for k, v in enumerate(mm.vmas) if v.start <= vpn < v.end)
+    vma = mm.vmas[i]
+    mm.vmas[i] = replace(vma, writenotify=vma.shared and not vma.softdirty)
 
 
 def read_fault(world: World, mm: Mm, vma: Vma, vpn: int) -> None:
@@ -187,7 +202,8 @@ def write_protected(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> Non
     from .mm import invalidate
     pte = mm.ptes[vpn]
     if vma.shared:
-        mm.ptes[vpn] = replace(pte, writable=True)
+        # wp_page_reuse: maybe_mkwrite(pte_mkdirty())
+        mm.ptes[vpn] = replace(pte, writable=True, clean=False, soft_dirty=True)
         mark_dirty(world, pte.folio)
         return
     vmas.anon_prepare(world, mm, vpn)
@@ -289,6 +305,3 @@ def refuse_mbind(mm: Mm, start: int, end: int) -> None:
             raise Unmodelled("mbind of a private file mapping",
                              "its copies are placed by the file's shared policy")
 
-
-def has_backed(mm: Mm) -> bool:
-    return any(vma.obj is not None for vma in mm.vmas)

@@ -166,6 +166,10 @@ class Vma:
     # but COWs into anonymous folios. The object page of vpn is vpn + shift (vm_pgoff).
     obj: str | None = None
     shared: bool = False
+    # vm_page_prot lacks the write bit of a shared writable VMA: vma_wants_writenotify
+    # (soft-dirty tracking, VM_SOFTDIRTY clear) when vma_set_page_prot last ran (mmap,
+    # mprotect, clear_soft_dirty); other merges keep the surviving VMA's vm_page_prot.
+    writenotify: bool = False
 
     def __contains__(self, vpn: int) -> bool:
         return self.start <= vpn < self.end

@@ -8,7 +8,7 @@ import pytest
 
 from test_model_support import pattern, patterns, program, zeros
 
-from harness.prog.observation import PM_FILE, PM_MMAP_EXCLUSIVE, PM_PRESENT
+from harness.prog.observation import PM_FILE, PM_MMAP_EXCLUSIVE, PM_PRESENT, PM_SOFT_DIRTY
 from reference import check, expected
 from reference.uapi import PROT_NONE, PROT_READ, PROT_WRITE
 
@@ -403,6 +403,35 @@ def test_mbind_puts_the_policy_on_the_object_for_every_mapping_of_it():
     assert only(prog, 12).node_status == ((0,), (1,), (-ENOENT,), (-ENOENT,))
 
 
+def test_after_clear_soft_dirty_a_shared_mapping_maps_read_only_until_written():
+    # clear_refs_write: without VM_SOFTDIRTY, vma_wants_writenotify takes the write bit out
+    # of vm_page_prot; a read fault maps read-only, a write fault (wp_page_reuse) makes
+    # the page writable and soft-dirty; mprotect rw leaves every PTE read-only (no
+    # MM_CP_TRY_CHANGE_WRITABLE: vma_wants_manual_pte_write_upgrade says no once
+    # vm_page_prot is write-protected)
+    prog = program("""
+        region s pages=4
+        p0 open d dmirror0
+        p0 map s[0:2] shared
+        p0 write s[0:2] seed=1
+        p0 clear_soft_dirty
+        p0 snapshot d s[0:2]
+        p0 madvise s[1:2] dontneed
+        p0 read s[1:2]
+        p0 write s[0:1] seed=2
+        p0 snapshot d s[0:2]
+        p0 mprotect s[0:2] r
+        p0 mprotect s[0:2] rw
+        p0 snapshot d s[0:2]
+        p0 pagemap s[0:2]
+    """)
+    assert only(prog, 4).snapshot == bytes((PROT_READ, PROT_READ))
+    assert only(prog, 8).snapshot == bytes((PROT_WRITE, PROT_READ))
+    assert only(prog, 11).snapshot == bytes((PROT_READ, PROT_READ))
+    written, read = only(prog, 12).pagemap
+    assert written.flags & PM_SOFT_DIRTY and not read.flags & PM_SOFT_DIRTY
+
+
 # ---------------------------------------------------------------- mremap
 
 def test_mremap_moves_page_cache_ptes_and_keeps_the_object_offset():
@@ -455,7 +484,6 @@ def test_mremap_dontunmap_leaves_the_source_its_object():
     ("memfd", "p0 mremap s[0:2] t[0:4]",
      "mremap of a shmem or file mapping past the object's size"),
     ("file", "p0 mbind s[0:2] 1", "mbind of a private file mapping"),
-    ("shared", "p0 clear_soft_dirty", "clear_soft_dirty with shmem or file mappings"),
 ])
 def test_what_is_not_followed_on_shmem_mappings_is_refused_by_name(kind, op, refused):
     prog = program(f"region s pages=2\nregion t pages=4\np0 map s[0:2] {kind}\n{op}\n")

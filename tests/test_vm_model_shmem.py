@@ -300,8 +300,47 @@ def test_mbind_sets_the_objects_policy(each_kernel):
     """)
 
 
-@pytest.mark.parametrize("kind, op", [("file", "mbind s[0:2] 1"),
-                                      ("memfd", "clear_soft_dirty")])
+def test_clear_soft_dirty_write_protects_shared_mappings(each_kernel):
+    agrees(each_kernel, """
+        region s pages=4
+        region m pages=8
+        region f pages=2
+        p0 open d dmirror0
+        p0 map s[0:2] shared
+        p0 map m[0:4] memfd
+        p0 map f[0:2] file
+        p0 write s[0:2] seed=1
+        p0 write m[0:4] seed=2
+        p0 read f[0:1]
+        p0 write f[1:2] seed=3
+        p0 clear_soft_dirty
+        p0 snapshot d s[0:2]
+        p0 pagemap s[0:2]
+        p0 madvise s[1:2] dontneed
+        p0 read s[1:2]
+        p0 write s[0:1] seed=4
+        p0 snapshot d s[0:2]
+        p0 mprotect s[0:2] r
+        p0 mprotect s[0:2] rw
+        p0 snapshot d s[0:2]
+        p0 pagemap s[0:2]
+        p0 dev_write d m[0:2] seed=5
+        p0 snapshot d m[0:4]
+        p0 map m[4:8] memfd
+        p0 madvise m[0:8] dontneed
+        p0 read m[0:8]
+        p0 snapshot d m[0:8]
+        p0 pagemap m[0:8]
+        p0 fork p1
+        p1 read m[0:2]
+        p1 write f[0:2] seed=6
+        p0 read f[0:2]
+        p0 snapshot d f[0:2]
+        p0 pagemap f[0:2]
+    """)
+
+
+@pytest.mark.parametrize("kind, op", [("file", "mbind s[0:2] 1")])
 def test_ops_not_followed_on_shmem_mappings_stop_the_check_there(each_kernel, kind, op):
     program, _, verdict = agrees(each_kernel, f"""
         region s pages=2
