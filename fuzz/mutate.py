@@ -16,7 +16,7 @@ from harness.prog import ParseError, Program, format_program, parse_program
 from harness.prog.ops import (
     DEVICES, MAX_NODE, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, ClearSoftDirty,
     CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, KsmMerge,
-    Located, Madvise, Map, Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap,
+    Located, Madvise, Map, MapKind, Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap,
     Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot, Region, Release, Smaps, Snapshot,
     Switch, Thp, ThpDefrag, ThpEnabled, UffdRegister, UffdUnregister, UffdWriteprotect,
 )
@@ -28,6 +28,9 @@ RANGE_OPS = (Map, Munmap, Mprotect, CpuWrite, CpuRead, Madvise, Pagemap, Mlock, 
              Mremap, MovePages, Mbind, UffdRegister, UffdUnregister, UffdWriteprotect, Smaps)
 DEVICE_OPS = (DevRead, DevWrite, Snapshot, Exclusive, CheckExclusive, MigrateToDev, MigrateToSys)
 FD_OPS = (Release, CloseDevice)
+# The model states shared anonymous, memfd and private tmpfs-file mappings too: about one
+# region in three starts as one of them (page-cache folios, fault-around, no COW on fork).
+SHMEM_KINDS = (MapKind.SHARED, MapKind.MEMFD, MapKind.FILE)
 MODELLED_ADVICE = tuple(advice for advice in Advice if advice is not Advice.COLLAPSE)
 SEEDS_OF_INTEREST = (1, 2, 3, MAX_SEED)
 
@@ -186,7 +189,9 @@ def generate(chooser: Chooser, max_ops: int = 24) -> Program:
     if huge:
         ops.append(Thp("p0", chooser.pick((ThpEnabled.ALWAYS,) * 3 + (ThpEnabled.MADVISE,)),
                        chooser.pick(list(ThpDefrag))))
-    ops += [Map("p0", PageRange(r.name, 0, r.pages)) for r in regions]
+    ops += [Map("p0", PageRange(r.name, 0, r.pages),
+                MapKind.ANON if huge or chooser.chance(70) else chooser.pick(SHMEM_KINDS))
+            for r in regions]
     ops.append(OpenDevice("p0", "d0", chooser.pick(DEVICES)))
     for _ in range(chooser.integer(1, max_ops)):
         scope = Scope.after({r.name: r for r in regions}, ops)
