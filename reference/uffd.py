@@ -68,6 +68,15 @@ def _without_flag(vma: Vma) -> dict:
     return {"flags": vma.flags - {FLAG}}
 
 
+def _set_registration(world: World, mm_id, start: int, end: int, change) -> None:
+    """The VMA flag change of (un)registering, holes skipped; a VMA split inside a PMD
+    splits it (userfaultfd_register_range / userfaultfd_clear_vma -> vma_modify_flags)."""
+    _, _, splits = vmas.modify(world.mms[mm_id], start, end, change, world.profile,
+                               stop_at_hole=False)
+    for vma, vpn in splits:
+        cpu.split_pmd(world, mm_id, vma, vpn)
+
+
 def register(world: World, op: UffdRegister, places: Places):
     mm_id = world.procs[op.proc]
     mm = world.mms[mm_id]
@@ -75,9 +84,7 @@ def register(world: World, op: UffdRegister, places: Places):
     if not vmas.overlaps(mm, start, end):
         return [(fail(EINVAL, "userfaultfd_register: vma_find finds no VMA in the range "
                               "-> -EINVAL"), world)]
-    _, _, splits = vmas.modify(mm, start, end, _with_flag, world.profile, stop_at_hole=False)
-    for vma, vpn in splits:
-        cpu.split_pmd(world, mm_id, vma, vpn)
+    _set_registration(world, mm_id, start, end, _with_flag)
     return [(done("userfaultfd_register_range: every VMA in the range is private "
                   "anonymous with VM_MAYWRITE (vma_can_userfault)"), world)]
 
@@ -94,10 +101,7 @@ def unregister(world: World, op: UffdUnregister, places: Places):
             # userfaultfd_clear_vma: uffd_wp_range(..., false) before the flags change
             cpu.change_protection(world, mm_id, mm, max(start, vma.start),
                                   min(end, vma.end), uffd_wp=False)
-    _, _, splits = vmas.modify(mm, start, end, _without_flag, world.profile,
-                               stop_at_hole=False)
-    for vma, vpn in splits:
-        cpu.split_pmd(world, mm_id, vma, vpn)
+    _set_registration(world, mm_id, start, end, _without_flag)
     return [(done("userfaultfd_unregister: the registered VMAs of the range are "
                   "unprotected and lose VM_UFFD_WP"), world)]
 
