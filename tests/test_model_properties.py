@@ -42,7 +42,10 @@ def assert_coherent(world: World) -> None:
                 assert not pte.writable or vma.prot.writable, "writable PTE in a read-only VMA"
                 assert pte.folio in world.folios
             if pte.kind is not Kind.ZERO:
-                assert vma.anon is not None, "an anonymous folio in a VMA without anon_vma"
+                # a page-cache folio (shared or file mapping) is mapped without an anon_vma
+                # until a private write COWs it into an anonymous one
+                assert vma.anon is not None or world.folios[pte.folio].page_cache, \
+                    "an anonymous folio in a VMA without anon_vma"
                 mapped[pte.folio] += 1
         for mirror in world.mirrors_of(mm_id):
             for vpn, entry in mirror.table.items():
