@@ -68,6 +68,16 @@ def _without_flag(vma: Vma) -> dict:
     return {"flags": vma.flags - {FLAG}}
 
 
+def _target(world: World, op: UffdRegister | UffdUnregister, places: Places):
+    """The caller's mm and the range's page numbers."""
+    return (world.procs[op.proc], *places.vpns(op.range))
+
+
+def _no_vma(world: World, function: str):
+    return [(fail(EINVAL, f"{function}: vma_find finds no VMA in the range -> -EINVAL"),
+             world)]
+
+
 def _set_registration(world: World, mm_id, start: int, end: int, change) -> None:
     """The VMA flag change of (un)registering, holes skipped; a VMA split inside a PMD
     splits it (userfaultfd_register_range / userfaultfd_clear_vma -> vma_modify_flags)."""
@@ -78,24 +88,19 @@ def _set_registration(world: World, mm_id, start: int, end: int, change) -> None
 
 
 def register(world: World, op: UffdRegister, places: Places):
-    mm_id = world.procs[op.proc]
-    mm = world.mms[mm_id]
-    start, end = places.vpns(op.range)
-    if not vmas.overlaps(mm, start, end):
-        return [(fail(EINVAL, "userfaultfd_register: vma_find finds no VMA in the range "
-                              "-> -EINVAL"), world)]
+    mm_id, start, end = _target(world, op, places)
+    if not vmas.overlaps(world.mms[mm_id], start, end):
+        return _no_vma(world, "userfaultfd_register")
     _set_registration(world, mm_id, start, end, _with_flag)
     return [(done("userfaultfd_register_range: every VMA in the range is private "
                   "anonymous with VM_MAYWRITE (vma_can_userfault)"), world)]
 
 
 def unregister(world: World, op: UffdUnregister, places: Places):
-    mm_id = world.procs[op.proc]
+    mm_id, start, end = _target(world, op, places)
     mm = world.mms[mm_id]
-    start, end = places.vpns(op.range)
     if not vmas.overlaps(mm, start, end):
-        return [(fail(EINVAL, "userfaultfd_unregister: vma_find finds no VMA in the range "
-                              "-> -EINVAL"), world)]
+        return _no_vma(world, "userfaultfd_unregister")
     for vma in vmas.overlaps(mm, start, end):
         if FLAG in vma.flags:
             # userfaultfd_clear_vma: uffd_wp_range(..., false) before the flags change
