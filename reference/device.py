@@ -79,7 +79,8 @@ def _shared_device_page(world: World, vpn: int, folio: Folio, what: str) -> None
 def _other_mappings(world: World, mm_id: int, folio_id: int) -> list[tuple[int, int]]:
     """(mm, vpn) of every other PTE mapping the device folio (after fork)."""
     return [(other_id, vpn) for other_id, other in world.mms.items() if other_id != mm_id
-            for vpn, pte in other.ptes.items() if pte.kind is Kind.DEVICE and pte.folio == folio_id]
+            for vpn, pte in other.ptes.items()
+            if pte.kind is Kind.DEVICE and pte.folio == folio_id]
 
 
 def _fault_shared_device_page(world: World, mm_id: int, vpn: int,
