@@ -15,6 +15,7 @@ from harness.prog import ZERO
 from . import reclaim, shmem, thp, vma as vmas
 from .refuse import Unmodelled
 from .state import ZERO_PTE, Dmirror, Kind, Mm, Pte, Vma, World
+from .uffd_shmem import drop_markers
 from .uffd_wp import check_write, protected
 
 
@@ -264,6 +265,7 @@ def munmap(world: World, mm_id: int, start: int, end: int) -> None:
     for vma, vpn in vmas.unmap(mm, start, end):
         split_pmd(world, mm_id, vma, vpn)
     zap(world, mm_id, mm, start, end)
+    drop_markers(mm, start, end)   # unmap_vmas: ZAP_FLAG_DROP_MARKER
     thp.free_pgtables(mm, start, end)
 
 

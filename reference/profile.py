@@ -137,6 +137,10 @@ class Profile:
     # (faultin_page_range, FOLL_MADV_POPULATE) and stop at the first hole (-ENOMEM) or
     # unsuitable VMA (-EINVAL).
     populate_walks_vmas: bool = False
+    # swp_type() of a PTE marker (SWP_PTE_MARKER = MAX_SWAPFILES + SWP_HWPOISON_NUM +
+    # SWP_MIGRATION_NUM + SWP_DEVICE_NUM, include/linux/swap.h): the type after the device
+    # types, 31 on 7.2 and 6.12; 6.1 still has SWP_SWAPIN_ERROR after it, so 30.
+    swp_pte_marker: int = 31
 
 
 NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False,
@@ -151,7 +155,7 @@ V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,
                migration_dirty_sets_soft_dirty=True, ksm_merge=True,
                ksm_unmerge_write_fault=True, smaps_exclusive_entry_private=True,
                uffd_wp_single_vma=True, uffd_unprotect_read_only=True,
-               exclusive_entry_unmapped=True, populate_walks_vmas=True)
+               exclusive_entry_unmapped=True, populate_walks_vmas=True, swp_pte_marker=30)
 
 
 def profile_for(kernel_release: str) -> Profile:

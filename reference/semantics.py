@@ -21,7 +21,7 @@ from harness.prog.ops import (
 
 from . import (
     device, hmm, ksm, mm as cpu, numa, pagemap, reclaim, remap, shmem, smaps, thp, uffd,
-    vma as vmas,
+    uffd_shmem, vma as vmas,
 )
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, SIGBUS, WRITTEN, Expect, done, fail, read_page
 from .places import Places
@@ -207,7 +207,9 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
             # madvise_dontneed_single_vma -> zap_page_range_single_batched: the PTEs
             # (device-private, device-exclusive and swap entries included) are zapped under
             # one MMU_NOTIFY_CLEAR over the VMA's part of the range.
+            protected = uffd_shmem.protected_entries(mm, piece_start, piece_end)
             cpu.zap(world, mm_id, mm, piece_start, piece_end)
+            mm.markers.update(protected)   # zap_install_uffd_wp_if_needed
             thp.reclaim_empty_tables(mm, piece_start, piece_end)
         elif advice is Advice.FREE:
             # madvise_free_single_vma: MMU_NOTIFY_CLEAR over the VMA's part of the range,
