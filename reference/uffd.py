@@ -9,7 +9,8 @@ compares vm_userfaultfd_ctx) and anon_vma sharing.
 
 - `uffd_register` (userfaultfd_register, UFFDIO_REGISTER_MODE_WP): -EINVAL when no VMA
   lies in the range (vma_find); every VMA in it passes vma_can_userfault (private
-  anonymous, VM_MAYWRITE even for PROT_NONE); userfaultfd_register_range then gives each
+  anonymous, VM_MAYWRITE even for PROT_NONE; shmem and file VMAs too, with PTE markers:
+  uffd_shmem.py); userfaultfd_register_range then gives each
   VMA piece VM_UFFD_WP (vma_modify_flags_uffd: merge or split like mprotect, holes
   skipped). Nothing else: no PTE changes, no notifier.
 - `uffd_unregister` (userfaultfd_unregister): -EINVAL when no VMA lies in the range; each
