@@ -300,13 +300,14 @@ def allocated(world: World, mm: Mm, index: int) -> bool:
 MAX_PLANS = 32   # check.MAX_STATES: more outcomes than the model keeps states
 
 
-def with_allocation_choices(world: World, run) -> list:
+def with_allocation_choices(world: World, run, always: bool = False) -> list:
     """The outcomes of `run(world)` (one op) for every choice of which of its THP
     allocations fail: all succeed first (the usual case, and the state kept first when the
     state set is cut at check.MAX_STATES), then one failing, two, ... The allocations an op
     makes do not depend on one another's outcome (a fallback only fills its own PMD), so
-    the PMDs of the all-succeed run are the choices."""
-    if world.thp[0] is ThpEnabled.NEVER:
+    the PMDs of the all-succeed run are the choices. Ops allocate THPs only while THP is
+    on, except those `always` marks (madvise collapse ignores the mode)."""
+    if world.thp[0] is ThpEnabled.NEVER and not always:
         return run(world)
     pristine = world.clone()
     first = AllocationPlan()
@@ -407,7 +408,10 @@ _THP_AWARE_ADVICE = {Advice.DONTNEED, Advice.POPULATE_READ, Advice.POPULATE_WRIT
                      # madvise_willneed on anonymous memory reads swap entries in
                      # (swapin_walk_pmd_entry: pte_offset_map_lock finds no table under a
                      # PMD mapping, and a THP page is no swap entry): nothing to do here
-                     Advice.WILLNEED}
+                     Advice.WILLNEED,
+                     # collapse.py: a PMD mapping is SCAN_PMD_MAPPED, a PTE-mapped THP
+                     # is copied into a new one like any other folio
+                     Advice.COLLAPSE}
 
 
 def has_huge(world: World, mm: Mm, start: int | None = None, end: int | None = None) -> bool:

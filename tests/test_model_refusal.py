@@ -11,7 +11,7 @@ PROG = """
     region a pages=3
     p0 map a[0:2]
     p0 write a[0:2] seed=1
-    p0 madvise a[0:1] collapse
+    p0 open d dmirror2
     p0 read a[0:1]
 """
 
@@ -21,13 +21,13 @@ def test_an_unmodelled_op_stops_the_check_there_and_says_which():
     verdict = check(prog, trace(ok(), wrote(2), ok(), cpu(pattern(prog, 1, "a", 0))))
     assert verdict.ok
     assert verdict.unmodelled_from == 2
-    assert verdict.unmodelled_op == "madvise collapse"
-    assert verdict.unmodelled == "madvise collapse is not modelled"
+    assert verdict.unmodelled_op == "open dmirror2"
+    assert verdict.unmodelled == "open dmirror2 is not modelled"
     assert verdict.checked == 2
     assert verdict.describe(1) == "ok"
-    assert verdict.describe(2) == "unchecked: madvise collapse is not modelled"
+    assert verdict.describe(2) == "unchecked: open dmirror2 is not modelled"
     assert verdict.describe(3) == "unchecked"
-    assert "op 2 and later unchecked: madvise collapse is not modelled" in str(verdict)
+    assert "op 2 and later unchecked: open dmirror2 is not modelled" in str(verdict)
 
 
 def test_nothing_after_the_unmodelled_op_is_judged_even_a_wrong_value():
@@ -56,8 +56,9 @@ def test_a_case_of_a_modelled_op_can_be_refused_by_name():
         p0 mbind a[0:2] 1
     """)
     assert check(prog, trace(ok(), ok())).unmodelled_op == "mbind of a private file mapping"
-    prog = program("region a pages=1\np0 map a[0:1]\np0 madvise a[0:1] collapse\n")
-    assert check(prog, trace(ok(), ok())).unmodelled_op == "madvise collapse"
+    prog = program("region a pages=1\np0 map a[0:1] file\np0 madvise a[0:1] collapse\n")
+    assert check(prog, trace(ok(), ok())).unmodelled_op == \
+        "madvise collapse of a shmem or file mapping"
 
 
 def test_expected_stops_before_the_unmodelled_op():
@@ -69,5 +70,5 @@ def test_the_verdict_lines_say_unchecked_and_the_status_is_not_a_divergence():
     verdict = judge(prog, trace(ok(), wrote(2), ok(), cpu(pattern(prog, 1, "a", 0))))
     assert verdict.status is Status.OK
     lines = verdict.lines()
-    assert lines[2].endswith("unchecked: madvise collapse is not modelled")
+    assert lines[2].endswith("unchecked: open dmirror2 is not modelled")
     assert lines[3].endswith("unchecked") and "not modelled" not in lines[3]
