@@ -31,7 +31,7 @@ FD_OPS = (Release, CloseDevice)
 # The model states shared anonymous, memfd and private tmpfs-file mappings too: about one
 # region in three starts as one of them (page-cache folios, fault-around, no COW on fork).
 SHMEM_KINDS = (MapKind.SHARED, MapKind.MEMFD, MapKind.FILE)
-MODELLED_ADVICE = tuple(advice for advice in Advice if advice is not Advice.COLLAPSE)
+MODELLED_ADVICE = tuple(Advice)
 SEEDS_OF_INTEREST = (1, 2, 3, MAX_SEED)
 
 
@@ -109,6 +109,12 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
         if kind is Thp:
             return Thp(proc, chooser.pick(list(ThpEnabled)), chooser.pick(list(ThpDefrag)))
         return kind(proc)
+    huge = [r for r in scope.regions.values() if r.pages >= 512]
+    if huge and chooser.chance(2):
+        # madvise collapse over a whole region that holds an aligned 2 MiB: the advice pick
+        # below draws it too rarely, and mostly over ranges without a whole PMD
+        region = chooser.pick(sorted(huge, key=lambda r: r.slot))
+        return Madvise(proc, PageRange(region.name, 0, region.pages), Advice.COLLAPSE)
     kind = chooser.pick(kinds)
     if kind is Fork:
         taken = set(scope.fds) | {op.child for op in all_ops if isinstance(op, Fork)}
@@ -126,7 +132,11 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
     if kind is CpuWrite:
         return CpuWrite(proc, page_range, chooser.pick(SEEDS_OF_INTEREST))
     if kind is Madvise:
-        return Madvise(proc, page_range, chooser.pick(MODELLED_ADVICE))
+        advice = chooser.pick(MODELLED_ADVICE)
+        if advice is Advice.COLLAPSE and chooser.chance(50):
+            # MADV_COLLAPSE acts on the aligned 2 MiB inside the range only
+            page_range = PageRange(region.name, 0, region.pages)
+        return Madvise(proc, page_range, advice)
     if kind is Mremap:
         return _mremap(chooser, scope, proc, page_range)
     if kind is MovePages:

@@ -25,14 +25,14 @@ the walk; holes make the result -ENOMEM as for every advice):
   by the dmirror_do_update quirk, the page after it), __collapse_huge_page_isolate and
   __collapse_huge_page_copy: the new folio holds each page's content (zero for none and
   zero-page entries); the old folios lose this mapping (freed when it was the last one,
-  free_swap_cache; a folio shared with a fork child stays there). map_anon_folio_pmd_nopf
+  free_swap_cache; a folio shared with a fork child stays there, a KSM folio stays KSM
+  for its other mappings, as after a zap). map_anon_folio_pmd_nopf
   maps it by the PMD: maybe_pmd_mkwrite(pmd_mkdirty) -- writable iff VM_WRITE, soft-dirty --
   and RMAP_EXCLUSIVE.
 
 Refused by name: shmem and file mappings (collapse_scan_file / collapse_file), uffd
-registered memory (collapse_max_ptes_none is 0 there and uffd-wp PTEs stop the scan), KSM
-pages (not measured), a present page whose node the model does not know, and 6.1/6.12
-(profile `thp`).
+registered memory (collapse_max_ptes_none is 0 there and uffd-wp PTEs stop the scan), a
+present page whose node the model does not know, and 6.1/6.12 (profile `thp`).
 """
 
 from __future__ import annotations
@@ -162,8 +162,6 @@ def _target_node(world: World, mm: Mm, pages: range) -> int:
         if pte is None or pte.kind is not Kind.PRESENT:
             continue
         folio = world.folios[pte.folio]
-        if folio.ksm:
-            raise Unmodelled("madvise collapse of a KSM page", "not measured")
         if folio.node is None:
             raise Unmodelled("madvise collapse of a page whose node is open",
                              "collapse_find_target_node counts the pages' nodes")

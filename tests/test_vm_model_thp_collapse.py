@@ -161,3 +161,29 @@ def test_the_thp_goes_to_the_node_of_most_pages_and_a_huge_zero_pmd_stays(kernel
         p0 madvise z[0:512] collapse
         p0 pagemap z[0:2]
     """)
+
+
+def test_a_collapse_copies_ksm_pages_and_the_other_process_keeps_them(kernel_session):
+    _, trace, _ = agrees(kernel_session, """
+        region a pages=512
+        p0 map a[0:512]
+        p0 write a[0:512] seed=1
+        p0 fork p1
+        p1 write a[0:4] seed=1
+        p0 write a[0:4] seed=1
+        p0 madvise a[0:512] mergeable
+        p1 madvise a[0:512] mergeable
+        p0 ksm_merge
+        p0 pagemap a[0:2]
+        p0 madvise a[0:512] collapse
+        p0 pagemap a[0:2]
+        p1 pagemap a[0:2]
+        p0 read a[0:2]
+        p1 read a[0:2]
+        p1 write a[0:1] seed=3
+        p1 pagemap a[0:2]
+        p1 exit
+        p0 madvise a[0:512] collapse
+    """)
+    assert trace.results[8].pagemap[0].has_flag("KSM")
+    assert trace.results[11].pagemap[1].has_flag("KSM")
