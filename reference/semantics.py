@@ -21,7 +21,7 @@ from harness.prog.ops import (
 
 from . import (
     collapse, device, hmm, ksm, mm as cpu, numa, pagemap, reclaim, remap, shmem, smaps, thp,
-    uffd, vma as vmas,
+    thp_split, uffd, vma as vmas,
 )
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, SIGBUS, WRITTEN, Expect, done, fail, read_page
 from .places import Places
@@ -197,6 +197,9 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
             einval = max(start, vma.start)
             break
         pieces.append((max(start, vma.start), min(end, vma.end)))
+    if advice in thp_split.LRU_ADVICE:
+        for piece_start, piece_end in pieces:
+            thp_split.before_advice(world, mm_id, mm, advice, piece_start, piece_end)
     if advice in (Advice.FREE, Advice.PAGEOUT):
         for piece_start, piece_end in pieces:
             ksm.refuse_ksm_pages(world, mm, piece_start, piece_end, f"madvise {advice.value} "

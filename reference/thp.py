@@ -411,7 +411,9 @@ _THP_AWARE_ADVICE = {Advice.DONTNEED, Advice.POPULATE_READ, Advice.POPULATE_WRIT
                      Advice.WILLNEED,
                      # collapse.py: a PMD mapping is SCAN_PMD_MAPPED, a PTE-mapped THP
                      # is copied into a new one like any other folio
-                     Advice.COLLAPSE}
+                     Advice.COLLAPSE,
+                     # thp_split.py: the splits of a THP the range covers in part
+                     Advice.COLD, Advice.PAGEOUT, Advice.FREE}
 
 
 def has_huge(world: World, mm: Mm, start: int | None = None, end: int | None = None) -> bool:

@@ -185,9 +185,8 @@ def test_ops_not_stated_for_thps_yet_are_refused_on_them():
     """
     for op, name in (("p0 move_pages a[0:1] 1", "move_pages on a THP"),
                      ("p0 mbind a[0:1] 1", "mbind on a THP"),
-                     ("p0 madvise a[5:6] pageout", "madvise pageout on a THP"),
-                     ("p0 madvise a[5:6] cold", "madvise cold on a THP"),
-                     ("p0 madvise a[5:6] free", "madvise free on a THP"),
+                     ("p0 madvise a[0:512] pageout", "madvise pageout of a whole THP"),
+                     ("p0 madvise a[0:512] free", "madvise free of a whole THP"),
                      ("p0 migrate_to_dev d0 a[0:512]", "migrate_to_dev on a THP"),
                      ("p0 compact", "compact with a THP")):
         prog = program(base + "    " + op)
