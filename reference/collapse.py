@@ -40,7 +40,7 @@ from __future__ import annotations
 from enum import Enum
 
 from harness.prog import ZERO
-from harness.prog.ops import Advice, Madvise
+from harness.prog.ops import Advice, Madvise, ThpEnabled
 
 from . import thp, vma as vmas
 from .expect import EINVAL, ENOMEM, Expect, done, fail
@@ -202,3 +202,34 @@ def _copy_into_thp(world: World, mm: Mm, vma: Vma, index: int, node: int) -> Non
 def allocates(op) -> bool:
     """madvise collapse allocates THPs whatever the sysfs mode (thp.with_allocation_choices)."""
     return isinstance(op, Madvise) and op.advice is Advice.COLLAPSE
+
+
+def refuse_khugepaged_start_scan(world: World, enabled: ThpEnabled) -> None:
+    """THP going from never to `enabled` starts khugepaged (start_stop_khugepaged), whose
+    thread scans the registered mms at once (khugepaged_do_scan before its first
+    khugepaged_wait_work), asynchronously to the program. Every program process is
+    registered from its birth: the runner's own mm is (hold_huge_zero_page's MADV_HUGEPAGE
+    and huge read fault while THP is `madvise`: khugepaged_enter_vma), and khugepaged_fork
+    registers each child of a registered mm (7.2 showed a program's pages collapsed after
+    `thp always`). So the scan may collapse any PMD khugepaged accepts: in a VMA
+    thp_vma_allowable_order(TVA_KHUGEPAGED) allows (anonymous, an anon_vma, the whole
+    aligned 2 MiB inside, no VM_NOHUGEPAGE, and THP `always` or VM_HUGEPAGE), a PTE table
+    with an entry other than none or the zero page (collapse_scan_pmd: max_ptes_none is
+    HPAGE_PMD_NR - 1). Refused then; the model assumes the scan is over before the next op
+    could make such a PMD."""
+    for mm in world.mms.values():
+        if not mm.alive:
+            continue
+        for vma in mm.vmas:
+            if vma.obj is not None or vma.anon is None or "nohugepage" in vma.flags:
+                continue
+            if enabled is ThpEnabled.MADVISE and "hugepage" not in vma.flags:
+                continue
+            for index in range(-(-vma.start // PMD_PAGES), vma.end // PMD_PAGES):
+                if index in mm.pmds or index not in mm.tables:
+                    continue
+                if any(vpn in mm.ptes and mm.ptes[vpn].kind is not Kind.ZERO
+                       for vpn in pmd_range(index)):
+                    raise Unmodelled("thp turned on where khugepaged may collapse",
+                                     "khugepaged's start scan covers every program mm "
+                                     "(khugepaged_fork from the runner's registered mm)")

@@ -81,11 +81,11 @@ def pmd_range(index: int) -> range:
 # ------------------------------------------------------------------ the thp op
 
 def set_mode(world: World, op: Thp, places) -> list:
-    """enabled_store -> start_stop_khugepaged. khugepaged is off for the model's purposes:
-    the runner sets khugepaged/scan_sleep_millisecs to a day, so the thread scans only once,
-    when it starts (THP going from never to enabled), and then only mms registered before
-    (khugepaged_enter_vma registers an mm only while THP is enabled). A program whose mm
-    may be registered when khugepaged starts is refused: that scan may collapse its pages."""
+    """enabled_store -> start_stop_khugepaged. The runner sets khugepaged/
+    scan_sleep_millisecs to a day, so the thread scans only once, when it starts (THP going
+    from never to enabled). Every program mm is registered with khugepaged from its fork
+    (collapse.refuse_khugepaged_start_scan): turning THP on where that scan may collapse
+    something is refused, and so is turning it on a second time."""
     enabled, _, ever_enabled = world.thp
     turning_on = op.enabled is not ThpEnabled.NEVER
     if turning_on and not world.profile.thp:
@@ -94,6 +94,9 @@ def set_mode(world: World, op: Thp, places) -> list:
     if turning_on and enabled is ThpEnabled.NEVER and ever_enabled:
         raise Unmodelled("thp enabled again",
                          "khugepaged starts and scans the mms registered while THP was on")
+    if turning_on and enabled is ThpEnabled.NEVER:
+        from .collapse import refuse_khugepaged_start_scan
+        refuse_khugepaged_start_scan(world, op.enabled)
     world.thp = (op.enabled, op.defrag, ever_enabled or turning_on)
     return [(done("the sysfs files accept every mode"), world)]
 

@@ -109,7 +109,7 @@ def test_a_simulation_of_a_program_stops_at_its_first_refused_op():
 def test_turning_thp_on_later_replays_the_simulation_with_page_tables_followed():
     prog = program("region a pages=512\np0 map a[0:512]\np0 write a[0:1] seed=1\n")
     simulation = Simulation(prog)
-    thp_on = program("region a pages=1\np0 thp always never\n").ops[0]
+    thp_on = program("region a pages=1\np0 thp madvise never\n").ops[0]
     assert simulation.admits(thp_on)
     assert simulation.places.thp_programmed
     assert simulation.allowed == expected(prog.with_ops(prog.ops + (thp_on,)))

@@ -226,3 +226,36 @@ def test_the_uffd_ops_are_refused_once_a_collapse_made_a_thp():
     """)
     verdict = check(prog, trace(ok(), ok(), wrote(512), ok(), ok()))
     assert verdict.unmodelled_op == "uffd_register with THP enabled in the program"
+
+
+def test_turning_thp_on_where_khugepaged_may_collapse_is_refused():
+    """Program mms are registered with khugepaged from their fork (the runner's mm is),
+    so its start scan may collapse a PMD with a PTE table holding a page, in a VMA it may
+    collapse: 7.2 collapsed a[0:512] with two pages written, after `thp always`."""
+    refused = program("""
+        region a pages=512
+        p0 map a[0:512]
+        p0 write a[4:6] seed=1
+        p0 thp always never
+    """)
+    verdict = check(refused, trace(ok(), wrote(2), ok()))
+    assert verdict.unmodelled_op == "thp turned on where khugepaged may collapse"
+    for text in ("""
+            region a pages=512
+            p0 map a[0:512]
+            p0 write a[4:6] seed=1
+            p0 thp madvise never
+        """, """
+            region a pages=512
+            p0 map a[0:512]
+            p0 read a[4:6]
+            p0 thp always never
+        """, """
+            region a pages=512
+            p0 map a[0:511]
+            p0 write a[4:6] seed=1
+            p0 thp always never
+        """):
+        prog = program(text)
+        read = cpu(*zeros(2)) if "read" in text else wrote(2)
+        assert_accepts(prog, ok(), read, ok())
