@@ -17,7 +17,9 @@ splits a THP the range covers in part, and leaves alone one mapped by another pr
   mapping in place (split_huge_pmd_locked) and replaces each PTE by a migration entry;
   remap_page -> remove_migration_pte maps every page again as its own order-0 folio, with
   the PTE's write and soft-dirty bits and PageAnonExclusive (RMAP_EXCLUSIVE unless a read
-  migration entry), at the same PFN. can_split_folio holds: an anonymous THP has no
+  migration entry), at the same PFN -- except a zero-filled page, which
+  try_to_map_unused_to_zeropage (TTU_USE_SHARED_ZEROPAGE) maps as the shared zero page and
+  frees. can_split_folio holds: an anonymous THP has no
   references beyond its mappings and the caller's (it is never left in an LRU batch, the
   test driver keeps no reference), so the split succeeds.
 
@@ -27,7 +29,8 @@ are not stated) and of a THP another process maps; a THP mapped by this process 
 whose pages are not PageAnonExclusive (after a fork: whether folio_maybe_mapped_shared
 still says shared depends on the folio's mm-id slots); a split where another process has a
 VMA over the 2 MiB (its anon_vma chain may put it in the rmap walk, notifier included) or
-this process's VMAs there have other anon_vmas; a THP with a device-exclusive entry.
+this process's VMAs there have other anon_vmas or one is VM_LOCKED; a THP with a
+device-exclusive entry.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ from dataclasses import replace
 
 from harness.prog.ops import Advice
 
+from harness.prog import ZERO
+
 from . import vma as vmas
 from .refuse import Unmodelled
-from .state import Kind, Mm, World
+from .state import ZERO_PTE, Kind, Mm, World
 from .thp import PMD_PAGES, pmd_of, split_pmd_mapping
 
 LRU_ADVICE = {Advice.COLD, Advice.PAGEOUT, Advice.FREE}
@@ -149,6 +154,12 @@ def split_folio(world: World, mm_id: int, mm: Mm, head: int) -> None:
     base = vpn - world.folios[folio_id].thp_index
     index = pmd_of(base)
     overlapping = vmas.overlaps(mm, base, base + PMD_PAGES)
+    if any("locked" in vma.flags for vma in overlapping):
+        # try_to_map_unused_to_zeropage keeps the zero-filled pages of an mlocked folio
+        # (folio_test_mlocked, VM_LOCKED), and PG_mlocked of a THP straddling a locked
+        # VMA is not followed
+        raise Unmodelled("a THP split beside a VM_LOCKED VMA",
+                         "PG_mlocked of the folio decides the zero-page remap")
     if {vma.anon for vma in overlapping if vma.anon is not None} != \
             {mm.vma_at(pages[0][1]).anon} or any(
             vmas.overlaps(other, base, base + PMD_PAGES)
@@ -166,6 +177,15 @@ def split_folio(world: World, mm_id: int, mm: Mm, head: int) -> None:
     head_pfn = world.pfns.pop(("thp", head), None)   # each page is its own folio now
     for _, vpn, folio_id in pages:
         folio = world.folios[folio_id]
+        pte = mm.ptes[vpn]
+        if folio.content == ZERO:
+            # remap_page with TTU_USE_SHARED_ZEROPAGE after a successful split of an
+            # anonymous folio: try_to_map_unused_to_zeropage maps a zero-filled page as
+            # the shared zero page (pte_mkspecial of vm_page_prot: read-only; the
+            # soft-dirty and uffd-wp bits carried over) and the page is freed
+            mm.ptes[vpn] = replace(ZERO_PTE, soft_dirty=pte.soft_dirty, uffd_wp=pte.uffd_wp)
+            del world.folios[folio_id]
+            continue
         if head_pfn is not None:
             world.pfns[("pfn", folio_id)] = head_pfn + folio.thp_index
         world.folios[folio_id] = replace(folio, thp=None, thp_index=0)

@@ -137,3 +137,26 @@ def test_cold_leaves_a_thp_another_process_maps_alone():
     """)
     shared = PagemapEntry(SD | (1 << 63) | 0x3c00, 2, thp_page(0x3c00, 0).flags & ~(1 << 34))
     assert_accepts(prog, ok(), ok(), wrote(512), ok(), ok(), pm(shared))
+
+
+def test_a_split_maps_the_zero_filled_pages_as_the_shared_zero_page():
+    """remap_page(TTU_USE_SHARED_ZEROPAGE): try_to_map_unused_to_zeropage frees a page of
+    the split folio that holds only zeroes and maps the zero page there (7.2: move_pages
+    then says -EFAULT, as for every zero page)."""
+    prog = program("""
+        region a pages=512
+        p0 thp always madvise
+        p0 map a[0:512]
+        p0 write a[4:5] seed=1
+        p0 pagemap a[4:5]
+        p0 madvise a[67:81] free
+        p0 move_pages a[3:6]
+        p0 read a[3:6]
+    """)
+    efault = -14
+    results = [ok(), ok(), wrote(1), pm(thp_page(0x3a00, 4)), ok(),
+               OpResult(node_status=(efault, 0, efault)),
+               cpu(zeros(1)[0], patterns(prog, 1, "a", 4, 5)[0], zeros(1)[0])]
+    assert_accepts(prog, *results)
+    results[5] = OpResult(node_status=(0, 0, 0))
+    assert_rejects(prog, results, 5, "node_status[0]")

@@ -98,3 +98,23 @@ def test_cold_leaves_a_thp_another_process_maps(kernel_session):
         p1 madvise a[0:100] cold
         p1 pagemap a[0:2]
     """)
+
+
+def test_a_split_maps_zero_filled_pages_as_the_zero_page(kernel_session):
+    _, trace, _ = agrees(kernel_session, """
+        region a pages=1024
+        p0 thp always madvise
+        p0 map a[0:1024]
+        p0 write a[4:5] seed=1
+        p0 mprotect a[0:1024] r
+        p0 madvise a[67:81] free
+        p0 move_pages a[3:6]
+        p0 pagemap a[3:6]
+        p0 read a[2:35]
+        p0 mprotect a[0:1024] rw
+        p0 write a[5:7] seed=3
+        p0 madvise a[654:715] cold
+        p0 pagemap a[3:8]
+    """)
+    assert trace.results[6].pagemap[0].has_flag("ZERO_PAGE")
+    assert not trace.results[6].pagemap[1].has_flag("THP")
