@@ -16,7 +16,7 @@ from harness.prog import ParseError, Program, format_program, parse_program
 from reference import Simulation
 from harness.prog.ops import (
     DEVICES, MAX_NODE, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, ClearSoftDirty,
-    CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, KsmMerge,
+    CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge,
     Located, Madvise, Map, MapKind, Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap,
     Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot, Region, Release, Smaps, Snapshot,
     Switch, Thp, ThpDefrag, ThpEnabled, UffdRegister, UffdUnregister, UffdWriteprotect,
@@ -28,7 +28,7 @@ MAX_OPS = 64
 RANGE_OPS = (Map, Munmap, Mprotect, CpuWrite, CpuRead, Madvise, Pagemap, Mlock, Munlock,
              Mremap, MovePages, Mbind, UffdRegister, UffdUnregister, UffdWriteprotect, Smaps)
 DEVICE_OPS = (DevRead, DevWrite, Snapshot, Exclusive, CheckExclusive, MigrateToDev, MigrateToSys)
-FD_OPS = (Release, CloseDevice)
+FD_OPS = (Release, CloseDevice, Flags)
 # The model states shared anonymous, memfd and private tmpfs-file mappings too: about one
 # region in three starts as one of them (page-cache folios, fault-around, no COW on fork).
 SHMEM_KINDS = (MapKind.SHARED, MapKind.MEMFD, MapKind.FILE)
@@ -124,6 +124,8 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
         taken = {op.fd for op in all_ops if isinstance(op, OpenDevice)}
         name = next(f"d{i}" for i in range(64) if f"d{i}" not in taken)
         return OpenDevice(proc, fd=name, device=chooser.pick(DEVICES))
+    if kind is Flags:  # FAIL_ALLOC (bit 0) or clear
+        return Flags(proc, chooser.pick(fds), chooser.integer(0, 1))
     if kind in FD_OPS:
         return kind(proc, chooser.pick(fds))
     region = chooser.pick(sorted(scope.regions.values(), key=lambda r: r.slot))
