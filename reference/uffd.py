@@ -52,7 +52,7 @@ from harness.prog.ops import (
     UffdWriteprotect,
 )
 
-from . import mm as cpu, shmem, uffd_shmem as markers, vma as vmas
+from . import mm as cpu, shmem, thp, uffd_shmem as markers, vma as vmas
 from .expect import EINVAL, ENOENT, done, fail
 from .places import Places
 from .refuse import Unmodelled
@@ -188,7 +188,9 @@ def refuse_unfollowed(world: World, op, places: Places) -> None:
 
 
 def _refuse_beyond_anonymous_order_0(world: World, op, places: Places) -> None:
-    if world.thp[0] is not ThpEnabled.NEVER or world.thp[2]:
+    if world.thp[0] is not ThpEnabled.NEVER or world.thp[2] or any(
+            thp.has_huge(world, mm) for mm in world.mms.values() if mm.alive):
+        # (madvise collapse makes THPs whatever the mode)
         raise Unmodelled(f"{op.keyword} with THP enabled in the program",
                          "stated for order-0 folios only")
     mm = world.mms[world.procs[op.proc]]
