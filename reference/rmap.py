@@ -1,0 +1,73 @@
+"""try_to_migrate()'s walk over the reverse map of an anonymous folio (mm/rmap.c), as the
+device-migration code uses it (mm/migrate_device.c: migrate_device_unmap) for a folio that
+is still mapped after the collect step: a page shared by fork that one process migrates to
+or from device memory or faults back, and every device page that eviction takes back.
+
+rmap_walk_anon visits the VMAs of the folio's anon_vma that cover its page offset
+(anon_vma_interval_tree_foreach) in interval-tree order, and stops as soon as the folio is
+no longer mapped (folio_not_mapped, try_to_migrate's `done`). try_to_migrate_one fires
+MMU_NOTIFY_CLEAR (owner NULL, so every dmirror of that mm erases the page and, by the
+dmirror_do_update quirk, the next) over the page in each VMA it visits, before
+page_vma_mapped_walk looks for a mapping there. So:
+
+- every VMA that still maps the folio is visited: a certain CLEAR at its address;
+- a VMA that covers the page offset but does not map the folio (the process that unmapped
+  it itself in migrate_vma_collect_pmd, a process whose write copied the page, a process
+  that was forked before the page was faulted in) is visited only if it comes before the
+  last mapping VMA in the tree: the order depends on the VMAs' vm_pgoff and on when each
+  anon_vma_chain was (re)inserted (fork, VMA splits and merges re-insert), which the model
+  does not follow, so those entries may or may not go (Entry.maybe_gone, resolved by the
+  ops that read the mirror: hmm.settle). The model does not follow anon_vma chains
+  either: every private VMA covering the offset counts, a superset of the walk's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .mm import invalidate
+from .state import Kind, World
+
+# The entries that map a folio (a device-exclusive entry keeps the rmap too).
+MAPPING_KINDS = (Kind.PRESENT, Kind.DEVICE, Kind.EXCLUSIVE)
+
+
+def page_offset(world: World, mm_id: int, vpn: int) -> int:
+    """The folio's index (folio_pgoff): linear_page_index of the VMA mapping it at vpn."""
+    return vpn + world.mms[mm_id].vma_at(vpn).shift
+
+
+def mappings(world: World, folio_id: int) -> list[tuple[int, int]]:
+    """(mm, vpn) of every PTE mapping the folio, in every live mm."""
+    return [(mm_id, vpn) for mm_id, mm in world.mms.items() if mm.alive
+            for vpn, pte in mm.ptes.items()
+            if pte.folio == folio_id and pte.kind in MAPPING_KINDS]
+
+
+def try_to_migrate(world: World, offset: int, mapped: list[tuple[int, int]]) -> None:
+    """The MMU_NOTIFY_CLEARs of try_to_migrate() over a folio at page offset `offset` that
+    is still mapped at `mapped` ((mm, vpn) pairs). Nothing when it is mapped nowhere
+    (migrate_device_unmap calls try_to_migrate only if folio_mapped)."""
+    if not mapped:
+        return
+    for mm_id, vpn in mapped:
+        invalidate(world, mm_id, vpn, vpn + 1)
+    for mm_id, mm in world.mms.items():
+        if not mm.alive:
+            continue
+        for vma in mm.vmas:
+            vpn = offset - vma.shift
+            if vma.shared or vpn not in vma or (mm_id, vpn) in mapped:
+                continue
+            maybe_invalidate(world, mm_id, vpn)
+
+
+def maybe_invalidate(world: World, mm_id: int, vpn: int) -> None:
+    """An MMU_NOTIFY_CLEAR over the page at vpn that may or may not have happened: the
+    entries it would erase (the page's and, by the dmirror_do_update quirk, the next
+    page's) in every dmirror of the mm are maybe gone."""
+    for mirror in world.mirrors_of(mm_id):
+        for page in (vpn, vpn + 1):
+            entry = mirror.table.get(page)
+            if entry is not None and not entry.maybe_gone:
+                mirror.table[page] = replace(entry, maybe_gone=True)
