@@ -131,6 +131,12 @@ class Profile:
     # reference more than expected (-EAGAIN), so the entry always stays. 7.2's entries keep
     # the mapcount, and try_to_migrate_one takes them (semantics._exclusive_taken).
     exclusive_entry_unmapped: bool = False
+    # 6.1 madvise(MADV_POPULATE_*) goes through madvise_walk_vmas: holes are skipped (the
+    # result is -ENOMEM once every VMA was populated) and a VMA check_vma_flags refuses
+    # ends it with -EINVAL; 6.12 and 7.2 fault the range page by page
+    # (faultin_page_range, FOLL_MADV_POPULATE) and stop at the first hole (-ENOMEM) or
+    # unsuitable VMA (-EINVAL).
+    populate_walks_vmas: bool = False
 
 
 NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False,
@@ -145,7 +151,7 @@ V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,
                migration_dirty_sets_soft_dirty=True, ksm_merge=True,
                ksm_unmerge_write_fault=True, smaps_exclusive_entry_private=True,
                uffd_wp_single_vma=True, uffd_unprotect_read_only=True,
-               exclusive_entry_unmapped=True)
+               exclusive_entry_unmapped=True, populate_walks_vmas=True)
 
 
 def profile_for(kernel_release: str) -> Profile:

@@ -183,7 +183,7 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
     mm = world.mms[mm_id]
     start, end = places.vpns(op.range)
     if advice in (Advice.POPULATE_READ, Advice.POPULATE_WRITE):
-        return _populate(world, mm_id, mm, start, end, advice is Advice.POPULATE_WRITE, op)
+        return _populate(world, mm_id, mm, start, end, advice is Advice.POPULATE_WRITE, op, places)
     if advice in _FLAG_ADVICE:
         return _madvise_flag(world, mm_id, mm, start, end, advice, places)
     pieces = []
@@ -272,16 +272,51 @@ def _madvise_flag(world: World, mm_id: int, mm, start: int, end: int,
 
 
 def _populate(world: World, mm_id: int, mm, start: int, end: int, write: bool,
-              op: Madvise) -> list[Outcome]:
+              op: Madvise, places: Places) -> list[Outcome]:
     """madvise_populate -> faultin_page_range: GUP (FOLL_WRITE for POPULATE_WRITE) faults
-    every page in like a CPU access of that kind."""
+    the pages in one by one, like a CPU access of that kind, and stops at the first page
+    it cannot: __get_user_pages with FOLL_MADV_POPULATE looks up each VMA it enters, no
+    VMA -> -ENOMEM, a VMA check_vma_flags refuses (no VM_READ, or no VM_WRITE for a
+    write) -> -EINVAL; the pages before it stay populated. (6.1 walks the VMAs instead:
+    profile populate_walks_vmas.)"""
+    if world.profile.populate_walks_vmas:
+        return _populate_vma_by_vma(world, mm_id, mm, start, end, write, op, places)
     for vpn in range(start, end):
         vma = mm.vma_at(vpn)
-        if vma is None or not (vma.prot.writable if write else vma.prot.readable):
-            raise Unmodelled(f"madvise {op.advice.value} over a page without a suitable VMA")
-    for vpn in range(start, end):
-        cpu.populate_page(world, mm_id, mm, mm.vma_at(vpn), vpn, write)
+        refused = _populate_refused(vma, write, op, places.name(vpn))
+        if refused is not None:
+            return [(refused, world)]
+        cpu.populate_page(world, mm_id, mm, vma, vpn, write)
     return [(done("madvise_populate: every page of the range can be faulted in"), world)]
+
+
+def _populate_vma_by_vma(world: World, mm_id: int, mm, start: int, end: int, write: bool,
+                         op: Madvise, places: Places) -> list[Outcome]:
+    """6.1: madvise_walk_vmas visits the VMAs of the range, skipping holes, and
+    madvise_populate -> faultin_vma_page_range faults each one in; a VMA check_vma_flags
+    refuses ends the walk with -EINVAL; holes make the result -ENOMEM once every VMA was
+    populated."""
+    for vma in vmas.overlaps(mm, start, end):
+        first = max(start, vma.start)
+        refused = _populate_refused(vma, write, op, places.name(first))
+        if refused is not None:
+            return [(refused, world)]
+        for vpn in range(first, min(end, vma.end)):
+            cpu.populate_page(world, mm_id, mm, vma, vpn, write)
+    if any(mm.vma_at(vpn) is None for vpn in range(start, end)):
+        return [(_madvise_hole(), world)]
+    return [(done("madvise_populate: every VMA of the range could be faulted in"), world)]
+
+
+def _populate_refused(vma, write: bool, op: Madvise, page: str) -> Expect | None:
+    if vma is None:
+        return fail(ENOMEM, f"madvise {op.advice.value}: {page} has no VMA "
+                            "(vma_lookup) -> -ENOMEM; the pages before it were faulted in")
+    if not (vma.prot.writable if write else vma.prot.readable):
+        return fail(EINVAL, f"madvise {op.advice.value}: check_vma_flags refuses {page}'s "
+                            f"{vma.prot.value} VMA -> -EINVAL; the pages before it were "
+                            "faulted in")
+    return None
 
 
 # ------------------------------------------------------------------ mlock
