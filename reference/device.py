@@ -83,7 +83,7 @@ def _unmap_shared(world: World, mm_id: int, vpn: int, folio_id: int,
               if (other_id, other_vpn) != (mm_id, vpn)]
     if len(others) != folio.mapcount - 1:
         raise Unmodelled(what, "a page mapped where the model does not find it")
-    rmap.try_to_migrate(world, rmap.page_offset(world, mm_id, vpn), others)
+    rmap.unmap_walk(world, mm_id, vpn, others)
     return others
 
 
@@ -368,7 +368,7 @@ def evict_device(world: World, device: str) -> None:
         mapped = rmap.mappings(world, folio_id)
         if len(mapped) != world.folios[folio_id].mapcount:
             raise Unmodelled("evicting a device page mapped where the model does not find it")
-        rmap.try_to_migrate(world, rmap.page_offset(world, mm_id, vpn), mapped)
+        rmap.unmap_walk(world, mm_id, vpn, mapped)
         # dmirror_device_evict_chunk: alloc_page without a VMA, the caller's (default)
         # policy: the local node
         _back_to_system(world, world.mms[mm_id], vpn, vmas.LOCAL_NODE,

@@ -1,14 +1,15 @@
-"""try_to_migrate()'s walk over the reverse map of an anonymous folio (mm/rmap.c), as the
-device-migration code uses it (mm/migrate_device.c: migrate_device_unmap) for a folio that
-is still mapped after the collect step: a page shared by fork that one process migrates to
-or from device memory or faults back, and every device page that eviction takes back.
+"""The walk of try_to_migrate() and try_to_unmap() over the reverse map of an anonymous
+folio (mm/rmap.c): the device-migration code (mm/migrate_device.c: migrate_device_unmap)
+for a folio still mapped after its collect step (a page shared by fork that one process
+migrates to or from device memory or faults back) and for every device page eviction
+takes back; NUMA migration (move_pages, mbind) and reclaim (madvise pageout) of any page.
 
 rmap_walk_anon visits the VMAs of the folio's anon_vma that cover its page offset
 (anon_vma_interval_tree_foreach) in interval-tree order, and stops as soon as the folio is
-no longer mapped (folio_not_mapped, try_to_migrate's `done`). try_to_migrate_one fires
-MMU_NOTIFY_CLEAR (owner NULL, so every dmirror of that mm erases the page and, by the
-dmirror_do_update quirk, the next) over the page in each VMA it visits, before
-page_vma_mapped_walk looks for a mapping there. So:
+no longer mapped (folio_not_mapped, the walks' `done`). try_to_migrate_one and
+try_to_unmap_one fire MMU_NOTIFY_CLEAR (owner NULL, so every dmirror of that mm erases the
+page and, by the dmirror_do_update quirk, the next) over the page in each VMA they visit,
+before page_vma_mapped_walk looks for a mapping there. So:
 
 - every VMA that still maps the folio is visited: a certain CLEAR at its address;
 - a VMA that covers the page offset but does not map the folio (the process that unmapped
@@ -32,11 +33,6 @@ from .state import Kind, World
 MAPPING_KINDS = (Kind.PRESENT, Kind.DEVICE, Kind.EXCLUSIVE)
 
 
-def page_offset(world: World, mm_id: int, vpn: int) -> int:
-    """The folio's index (folio_pgoff): linear_page_index of the VMA mapping it at vpn."""
-    return vpn + world.mms[mm_id].vma_at(vpn).shift
-
-
 def mappings(world: World, folio_id: int) -> list[tuple[int, int]]:
     """(mm, vpn) of every PTE mapping the folio, in every live mm."""
     return [(mm_id, vpn) for mm_id, mm in world.mms.items() if mm.alive
@@ -44,22 +40,32 @@ def mappings(world: World, folio_id: int) -> list[tuple[int, int]]:
             if pte.folio == folio_id and pte.kind in MAPPING_KINDS]
 
 
-def try_to_migrate(world: World, offset: int, mapped: list[tuple[int, int]]) -> None:
-    """The MMU_NOTIFY_CLEARs of try_to_migrate() over a folio at page offset `offset` that
-    is still mapped at `mapped` ((mm, vpn) pairs). Nothing when it is mapped nowhere
-    (migrate_device_unmap calls try_to_migrate only if folio_mapped)."""
+def unmap_walk(world: World, mm_id: int, vpn: int, mapped: list[tuple[int, int]]) -> None:
+    """The MMU_NOTIFY_CLEARs of try_to_migrate()/try_to_unmap() over the folio the PTE at
+    vpn of mm_id maps (or mapped until the caller unmapped it itself), which is still mapped
+    at `mapped` ((mm, vpn) pairs). Nothing when it is mapped nowhere (migrate_device_unmap
+    calls try_to_migrate only if folio_mapped).
+
+    The VMAs the walk may visit: for an anonymous folio those that can be in its anon_vma
+    (private ones), for a page-cache folio those mapping its object (rmap_walk_file: the
+    file's i_mmap tree, shared and private mappings); either covering the folio's page
+    offset (folio_pgoff: linear_page_index of the VMA at vpn, Vma.shift)."""
     if not mapped:
         return
-    for mm_id, vpn in mapped:
-        invalidate(world, mm_id, vpn, vpn + 1)
-    for mm_id, mm in world.mms.items():
-        if not mm.alive:
+    mm = world.mms[mm_id]
+    vma = mm.vma_at(vpn)
+    offset = vpn + vma.shift
+    obj = vma.obj if world.folios[mm.ptes[vpn].folio].page_cache else None
+    for other_id, other_vpn in mapped:
+        invalidate(world, other_id, other_vpn, other_vpn + 1)
+    for other_id, other in world.mms.items():
+        if not other.alive:
             continue
-        for vma in mm.vmas:
-            vpn = offset - vma.shift
-            if vma.shared or vpn not in vma or (mm_id, vpn) in mapped:
-                continue
-            maybe_invalidate(world, mm_id, vpn)
+        for candidate in other.vmas:
+            address = offset - candidate.shift
+            walked = candidate.obj == obj if obj is not None else not candidate.shared
+            if walked and address in candidate and (other_id, address) not in mapped:
+                maybe_invalidate(world, other_id, address)
 
 
 def maybe_invalidate(world: World, mm_id: int, vpn: int) -> None:

@@ -4,13 +4,14 @@ notifiers of try_to_migrate()'s rmap walk (reference/rmap.py). Each trace is wha
 reported for the program under QEMU (6.12.117 and 6.1.192 agree: tests/
 test_vm_model_shared_device.py)."""
 
+import errno
+
 from test_model_support import (
     assert_accepts, assert_rejects, cpu, dev, err, ok, pattern, patterns, program, replaced,
     snap, wrote,
 )
 
-import errno
-
+from harness.prog import OpResult
 from reference import uapi
 
 R = uapi.PROT_READ
@@ -161,3 +162,28 @@ def test_fail_alloc_on_a_shared_page_restores_it_in_both_after_the_clear():
             err(errno.ENOENT), snap(R, DEV_R, R), dev(1, 1, data[2:])]
     assert_accepts(prog, *good)
     assert_rejects(prog, replaced(good, 8, snap(DEV_R, DEV_R, R)), 8, "snapshot[0]")
+
+
+def test_numa_migration_and_pageout_may_clear_a_process_that_copied_the_page():
+    # The same rmap walk in try_to_migrate (move_pages) and try_to_unmap (pageout): p1's
+    # page 0 and 1 are mapped once, in p0's anon_vma, where p0's VMA (p0 copied both pages)
+    # came first, so p0's d0 lost pages 0 and 1, then 1 and 2 (7.2, 6.1).
+    prog = program("""
+        region a pages=4
+        p0 map a[0:4]
+        p0 write a[0:4] seed=1
+        p0 fork p1
+        p0 write a[0:2] seed=2
+        p0 open d0 dmirror1
+        p0 dev_read d0 a[0:4]
+        p1 move_pages a[0:1] 1
+        p0 dev_read d0 a[0:4]
+        p1 madvise a[1:2] pageout
+        p0 dev_read d0 a[0:4]
+    """)
+    parent = patterns(prog, 2, "a", 0, 2) + patterns(prog, 1, "a", 2, 4)
+    observed = [ok(), wrote(4), ok(), wrote(2), ok(), dev(4, 1, parent),
+                OpResult(node_status=(1,)), dev(4, 1, parent), ok(), dev(4, 1, parent)]
+    assert_accepts(prog, *observed)
+    assert_accepts(prog, *replaced(replaced(observed, 7, dev(4, 0, parent)), 9,
+                                   dev(4, 0, parent)))

@@ -229,3 +229,26 @@ def test_uffd_wp_rides_through_shared_device_migration_and_fail_alloc(each_kerne
         p0 pagemap a[0:4]
         p1 pagemap a[0:4]
     """)
+
+
+def test_numa_migration_and_pageout_walk_the_same_rmap(each_kernel):
+    # move_pages and pageout of p1's pages (mapped once) CLEAR p0, which copied them first
+    # (its VMA comes first in the anon_vma); p0's move_pages of its copy may CLEAR p1.
+    agrees(each_kernel, """
+        region a pages=4
+        p0 map a[0:4]
+        p0 write a[0:4] seed=1
+        p0 fork p1
+        p0 write a[0:2] seed=2
+        p0 open d0 dmirror1
+        p0 dev_read d0 a[0:4]
+        p1 move_pages a[0:1] 1
+        p0 dev_read d0 a[0:4]
+        p1 madvise a[1:2] pageout
+        p0 dev_read d0 a[0:4]
+        p1 read a[0:2]
+        p1 open d1 dmirror1
+        p1 dev_read d1 a[0:4]
+        p0 move_pages a[0:1] 1
+        p1 dev_read d1 a[0:4]
+    """)
