@@ -43,29 +43,43 @@ def mappings(world: World, folio_id: int) -> list[tuple[int, int]]:
 def unmap_walk(world: World, mm_id: int, vpn: int, mapped: list[tuple[int, int]]) -> None:
     """The MMU_NOTIFY_CLEARs of try_to_migrate()/try_to_unmap() over the folio the PTE at
     vpn of mm_id maps (or mapped until the caller unmapped it itself), which is still mapped
-    at `mapped` ((mm, vpn) pairs). Nothing when it is mapped nowhere (migrate_device_unmap
-    calls try_to_migrate only if folio_mapped).
-
-    The VMAs the walk may visit: for an anonymous folio those that can be in its anon_vma
-    (private ones), for a page-cache folio those mapping its object (rmap_walk_file: the
-    file's i_mmap tree, shared and private mappings); either covering the folio's page
-    offset (folio_pgoff: linear_page_index of the VMA at vpn, Vma.shift)."""
+    at `mapped` ((mm, vpn) pairs): certain there, maybe in every other VMA the walk could
+    visit. Nothing when it is mapped nowhere (migrate_device_unmap calls try_to_migrate
+    only if folio_mapped)."""
     if not mapped:
         return
+    for other_id, other_vpn in mapped:
+        invalidate(world, other_id, other_vpn, other_vpn + 1)
+    for other_id, address in walked(world, mm_id, vpn):
+        if (other_id, address) not in mapped:
+            maybe_invalidate(world, other_id, address)
+
+
+def maybe_unmap_walk(world: World, mm_id: int, vpn: int) -> None:
+    """A walk that may or may not happen (compaction chooses the folios it migrates): every
+    VMA it could visit, the mapping at vpn included, may get the CLEAR."""
+    for other_id, address in walked(world, mm_id, vpn):
+        maybe_invalidate(world, other_id, address)
+
+
+def walked(world: World, mm_id: int, vpn: int):
+    """(mm, address) of every VMA the walk over the folio mapped at vpn of mm_id may visit:
+    for an anonymous folio those that can be in its anon_vma (private ones), for a
+    page-cache folio those mapping its object (rmap_walk_file: the file's i_mmap tree,
+    shared and private mappings); either covering the folio's page offset (folio_pgoff:
+    linear_page_index of the VMA at vpn, Vma.shift), at the address that offset has there."""
     mm = world.mms[mm_id]
     vma = mm.vma_at(vpn)
     offset = vpn + vma.shift
     obj = vma.obj if world.folios[mm.ptes[vpn].folio].page_cache else None
-    for other_id, other_vpn in mapped:
-        invalidate(world, other_id, other_vpn, other_vpn + 1)
     for other_id, other in world.mms.items():
         if not other.alive:
             continue
         for candidate in other.vmas:
             address = offset - candidate.shift
-            walked = candidate.obj == obj if obj is not None else not candidate.shared
-            if walked and address in candidate and (other_id, address) not in mapped:
-                maybe_invalidate(world, other_id, address)
+            covered = candidate.obj == obj if obj is not None else not candidate.shared
+            if covered and address in candidate:
+                yield other_id, address
 
 
 def maybe_invalidate(world: World, mm_id: int, vpn: int) -> None:
