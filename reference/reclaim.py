@@ -121,7 +121,9 @@ def _swap_out(world: World, mm: Mm, vpn: int) -> None:
         slot = world.folios[folio.swap_slot]
         world.folios[folio.swap_slot] = replace(slot, mapcount=slot.mapcount + 1, cache=None,
                                                 swapcache=False, exclusive=False)
-        mm.ptes[vpn] = Pte(Kind.SWAP, folio.swap_slot, soft_dirty=pte.soft_dirty)
+        # try_to_unmap_one: pte_swp_mksoft_dirty, pte_swp_mkuffd_wp, as below
+        mm.ptes[vpn] = Pte(Kind.SWAP, folio.swap_slot, soft_dirty=pte.soft_dirty,
+                           uffd_wp=pte.uffd_wp)
         return
     slot = world.new_id()
     world.folios[slot] = Folio(folio.content, 1, folio.exclusive, swapped=True)
@@ -223,7 +225,9 @@ def _swap_in_shared(world: World, mm: Mm, vma: Vma, vpn: int) -> None:
     folio = world.folios[folio_id]
     world.folios[folio_id] = replace(folio, mapcount=folio.mapcount + 1)
     world.folios[slot_id] = replace(slot, cache=folio_id, swapcache=True)
-    mm.ptes[vpn] = Pte(Kind.PRESENT, folio_id, False, clean=True, soft_dirty=pte.soft_dirty)
+    # do_swap_page: pte_swp_uffd_wp -> pte_mkuffd_wp, from the swap cache as elsewhere
+    mm.ptes[vpn] = Pte(Kind.PRESENT, folio_id, False, clean=True, soft_dirty=pte.soft_dirty,
+                       uffd_wp=pte.uffd_wp)
     world.unmap_folio(slot_id)   # the entry's swap count; the last one lets the folio go
 
 

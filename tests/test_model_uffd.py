@@ -12,7 +12,7 @@ from test_model_support import (
 
 from harness.prog import OpResult, Page
 from harness.prog.observation import PagemapEntry
-from reference import check, uapi
+from reference import check, expected, uapi
 
 BUS = Page(signal=int(signal.SIGBUS))
 W, R, Z = uapi.PROT_WRITE, uapi.PROT_READ, uapi.PROT_ZERO
@@ -312,3 +312,27 @@ def test_thp_and_ksm_cases_are_refused_by_name():
     """)
     assert check(prog, trace(ok(), ok(), ok())).unmodelled_op == \
         "ksm_merge with userfaultfd-wp registered memory"
+
+
+def test_a_swap_cache_folio_paged_out_again_keeps_the_bit_in_its_swap_entry():
+    # do_swap_page keeps the bit when it maps the swap-cache folio of a slot shared after
+    # fork (pte_swp_uffd_wp -> pte_mkuffd_wp), and try_to_unmap_one puts it back in the
+    # swap entry when that folio is paged out again; 7.2.13, 6.12.117, 6.1.192 show
+    # uffd_wp and SIGBUS
+    prog = program("""
+        region a pages=1
+        p0 map a[0:1]
+        p0 write a[0:1] seed=1
+        p0 madvise a[0:1] pageout
+        p0 fork p1
+        p0 uffd_register a[0:1]
+        p0 uffd_wp a[0:1] on
+        p0 read a[0:1]
+        p0 madvise a[0:1] pageout
+        p0 pagemap a[0:1]
+        p0 write a[0:1] seed=2
+    """)
+    (expect,) = expected(prog, "7.2.13")[8]
+    assert expect.pagemap[0].flags & UFFD_WP and expect.pagemap[0].flags & SWAP
+    (write,) = expected(prog, "7.2.13")[9]
+    assert write.pages == (BUS,)

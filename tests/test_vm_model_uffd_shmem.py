@@ -173,3 +173,21 @@ def test_soft_dirty_missed_after_uffd_unprotect_on_6_1(each_kernel):
     """)
     soft_dirty = bool(trace.results[6].pagemap[0].entry & (1 << 55))
     assert soft_dirty is not trace.kernel_release.startswith("6.1.")
+
+
+def test_a_swap_cache_folio_paged_out_again_keeps_its_protection(each_kernel):
+    # (anonymous memory) try_to_unmap_one: pte_swp_mkuffd_wp for a folio already in the
+    # swap cache, a slot shared after fork
+    agrees(each_kernel, """
+        region a pages=1
+        p0 map a[0:1]
+        p0 write a[0:1] seed=1
+        p0 madvise a[0:1] pageout
+        p0 fork p1
+        p0 uffd_register a[0:1]
+        p0 uffd_wp a[0:1] on
+        p0 read a[0:1]
+        p0 madvise a[0:1] pageout
+        p0 pagemap a[0:1]
+        p0 write a[0:1] seed=2
+    """)
