@@ -46,6 +46,7 @@ SWAP_TYPE = 0    # the runner's only swap device (zram0, swapon at boot) is swap
 ZERO_KEY = ("zero",)
 HUGE_ZERO_KEY = ("hzero",)
 THP_PAGES = 512  # the pages of a PMD-sized folio: its PFNs are the head's plus 0..511
+LARGE_KEYS = ("thp", "devthp")   # keys of PMD-sized folios: system memory, device memory
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ def _key_name(key) -> str:
     kind, folio = key
     if kind == "thp":
         return f"THP #{folio}"
+    if kind == "devthp":
+        return f"device THP #{folio}"
     return f"{ {'dev': 'device folio', 'swap': 'swap slot'}.get(kind, 'folio')} #{folio}"
 
 
@@ -105,7 +108,7 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
     heads = {f.thp for f in world.folios.values() if f.thp is not None}
     live = {key: pfn for key, pfn in world.pfns.items()
             if key in (ZERO_KEY, HUGE_ZERO_KEY) or key[1] in world.folios
-            or (key[0] == "thp" and key[1] in heads)}
+            or (key[0] in LARGE_KEYS and key[1] in heads)}
     specs = []
     for vpn in range(start, end):
         name = places.name(vpn)
@@ -175,6 +178,10 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
             why = f"{name} is a device-exclusive entry"
         else:
             key = ("dev", pte.folio)
+            if folio.thp is not None:
+                # a page of a device THP (by its PMD: pagemap_pmd_range_thp, the entry's
+                # PFN + the page's index; by a PTE after a split: its own PFN, the same)
+                key, offset = ("devthp", folio.thp), folio.thp_index
             swp_type = profile.swp_device_write if pte.writable else profile.swp_device_read
             if profile.pagemap_swap_exclusive and folio.mapcount == 1:
                 flags |= PM_MMAP_EXCLUSIVE
@@ -244,7 +251,8 @@ def thp_spec(world: World, mm, vpn: int, pte, sd: int, name: str) -> PageSpec | 
 
 def _space(key) -> str:
     """Which numbers a key's frame is drawn from: device PFNs, swap slots or system PFNs."""
-    return key[0] if key[0] in ("dev", "swap") else "pfn"
+    return {"devthp": "dev"}.get(key[0], key[0]) if key[0] in ("dev", "devthp", "swap") \
+        else "pfn"
 
 
 def _taken(live: dict, key) -> frozenset:
@@ -254,7 +262,7 @@ def _taken(live: dict, key) -> frozenset:
     taken = set()
     for other, pfn in live.items():
         if other != key and _space(other) == space:
-            if other == HUGE_ZERO_KEY or other[0] == "thp":
+            if other == HUGE_ZERO_KEY or other[0] in LARGE_KEYS:
                 taken.update(range(pfn, pfn + THP_PAGES))
             else:
                 taken.add(pfn)

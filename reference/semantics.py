@@ -20,7 +20,7 @@ from harness.prog.ops import (
 )
 
 from . import (
-    device, hmm, ksm, mm as cpu, numa, pagemap, reclaim, remap, shmem, smaps, thp, uffd,
+    device, device_thp, hmm, ksm, mm as cpu, numa, pagemap, reclaim, remap, shmem, smaps, thp, uffd,
     vma as vmas,
 )
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, SIGBUS, WRITTEN, Expect, done, fail, read_page
@@ -453,13 +453,15 @@ def step(world: World, op: Op, places: Places) -> list[Outcome]:
     function = _STEPS.get(type(op))
     if function is None:
         raise Unmodelled(op.keyword)
+    device_thp.guard(world, op, places)
     thp.guard(world, op, places)
     uffd.refuse_unfollowed(world, op, places)
     thp.note_tables(world)
     if world.objects:
         _refuse_on_backed(op, world, places)
     try:
-        outcomes = thp.with_allocation_choices(world, lambda w: function(w, op, places))
+        outcomes = thp.with_allocation_choices(world, lambda w: function(w, op, places),
+                                               device_thp.may_allocate_huge(world, op))
     except UffdWriteProtected as fault:
         # A write fault on a uffd-wp page where the op does not state the outcome (GUP of
         # populate_write, mlock or mprotect's populate): VM_FAULT_SIGBUS -> -EFAULT there.

@@ -37,9 +37,9 @@ from dataclasses import dataclass, replace
 from harness.prog import ZERO
 from harness.prog.ops import (
     Advice, CheckExclusive, ClearSoftDirty, CloseDevice, Compact, CpuRead, CpuWrite,
-    DeviceOp, DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge, Madvise, Map, Mlock,
-    MovePages, Mprotect, Mremap, Munlock, Munmap, OpenDevice, Pagemap, Release, Snapshot, Thp,
-    ThpEnabled,
+    DeviceOp, DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge, Madvise, Map,
+    MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap, Munlock, Munmap,
+    OpenDevice, Pagemap, Release, Snapshot, Thp, ThpEnabled,
 )
 
 from .expect import done
@@ -53,9 +53,11 @@ PMD_PAGES = 512
 @dataclass(frozen=True)
 class Pmd:
     """A PMD entry mapping 2 MiB at once: the huge zero page (`head` None) or the THP whose
-    head page is model folio `head`."""
+    head page is model folio `head`; with `device`, a device-private PMD entry of a device
+    THP (device_thp.py)."""
 
     head: int | None = None
+    device: bool = False
 
     @property
     def zero(self) -> bool:
@@ -300,13 +302,15 @@ def allocated(world: World, mm: Mm, index: int) -> bool:
 MAX_PLANS = 32   # check.MAX_STATES: more outcomes than the model keeps states
 
 
-def with_allocation_choices(world: World, run) -> list:
+def with_allocation_choices(world: World, run, device_huge: bool = False) -> list:
     """The outcomes of `run(world)` (one op) for every choice of which of its THP
     allocations fail: all succeed first (the usual case, and the state kept first when the
     state set is cut at check.MAX_STATES), then one failing, two, ... The allocations an op
     makes do not depend on one another's outcome (a fallback only fills its own PMD), so
-    the PMDs of the all-succeed run are the choices."""
-    if world.thp[0] is ThpEnabled.NEVER:
+    the PMDs of the all-succeed run are the choices. `device_huge`: the op may allocate a
+    PMD-sized folio for a device THP, which does not depend on the THP mode
+    (device_thp.may_allocate_huge)."""
+    if world.thp[0] is ThpEnabled.NEVER and not device_huge:
         return run(world)
     pristine = world.clone()
     first = AllocationPlan()
@@ -399,7 +403,9 @@ def snapshot_byte(mm: Mm, vpn: int, byte: int) -> int:
 # Ops stated for THPs (their functions call the hooks above).
 _THP_AWARE = (Map, Munmap, Mprotect, CpuRead, CpuWrite, Pagemap, Thp, OpenDevice,
               CloseDevice, Release, Flags, CheckExclusive, Exit, Mlock, Munlock,
-              DevRead, DevWrite, Snapshot, Fork, Exclusive)
+              DevRead, DevWrite, Snapshot, Fork, Exclusive,
+              # device_thp.py: whole PMDs migrate as device THPs, partial pieces split
+              MigrateToDev, MigrateToSys)
 _THP_AWARE_ADVICE = {Advice.DONTNEED, Advice.POPULATE_READ, Advice.POPULATE_WRITE,
                      Advice.HUGEPAGE, Advice.NOHUGEPAGE, Advice.DONTFORK, Advice.DOFORK,
                      Advice.WIPEONFORK, Advice.KEEPONFORK, Advice.MERGEABLE,
