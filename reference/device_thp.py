@@ -135,7 +135,7 @@ def migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
     (MIGRATE_VMA_SELECT_SYSTEM | MIGRATE_VMA_SELECT_COMPOUND). True when the piece is done
     (the whole aligned 2 MiB, collected as one entry); False when the caller goes on page
     by page, after the splits a partial piece causes."""
-    if vma.obj is not None:
+    if vma.obj is not None or not world.profile.device_thp:
         return False
     mirror = world.mirrors[mirror_id]
     index = pmd_of(start)
