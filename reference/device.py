@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .expect import EINVAL, ENOENT, ENOMEM, Expect, done, fail, read_page
-from .mm import PMD_PAGES, invalidate, zap
+from .mm import invalidate, zap
 from .places import Places
 from .refuse import Unmodelled
 from .uapi import FAIL_ALLOC

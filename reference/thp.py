@@ -27,7 +27,8 @@ What is stated:
   on either side); madvise dontneed of a whole 2 MiB inside one VMA frees its table (7.2
   CONFIG_PT_RECLAIM, zap_pte_range -> zap_empty_pte_table).
 
-Every op that is not stated for THPs yet is refused on a THP (`guard`).
+Every op that is not stated for THPs yet is refused on a THP (`guard`). THPs migrated to
+device memory (device THPs) are in device_thp.py.
 """
 
 from __future__ import annotations

@@ -43,6 +43,8 @@ def test_the_model_predicts_what_hmm_tests_asserts(path):
     predictions = expected(prog)
     checked = 0
     for index, located in enumerate(prog.located_ops):
+        if index == len(predictions):
+            break   # the model refuses this op: nothing from here on is predicted
         said = _assertions(located.comment or "")
         if said is None:
             continue
