@@ -255,7 +255,7 @@ def random_programs(count, seed, op_set, archive, kernel, source, bzimage, accel
     started = time.monotonic()
     with session:
         try:
-            for program in _random_programs(op_set, count, seed):
+            for program in _random_programs(op_set, count, seed, session.hello.release):
                 trace = session.run(program)
                 died = session.last_info.died_signal
                 if writer:
@@ -276,8 +276,9 @@ def random_programs(count, seed, op_set, archive, kernel, source, bzimage, accel
     sys.exit(tally.worst())
 
 
-def _random_programs(op_set: str, count: int, seed: int):
-    """`count` programs from the chosen generator, reproducible from `seed`."""
+def _random_programs(op_set: str, count: int, seed: int, kernel_release: str = "7.2.0"):
+    """`count` programs from the chosen generator, reproducible from `seed` (the modelled
+    generator also asks the model of `kernel_release` which ops it states)."""
     if op_set == "modelled":
         import random
 
@@ -285,7 +286,7 @@ def _random_programs(op_set: str, count: int, seed: int):
 
         chooser = Chooser(random.Random(seed))
         for _ in range(count):
-            yield generate(chooser)
+            yield generate(chooser, kernel_release=kernel_release)
         return
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hypothesis_seed
@@ -312,6 +313,7 @@ class Tally:
         self.statuses = {s: 0 for s in Status}
         self.programs = self.ops = self.checked_ops = self.fully_checked = 0
         self.signatures: dict[str, int] = {}
+        self.refusals: dict[str, int] = {}
 
     def add(self, verdict: ProgramVerdict):
         from .minimize import signature
@@ -321,6 +323,9 @@ class Tally:
         self.ops += len(verdict.program.ops)
         self.checked_ops += verdict.model.checked
         self.fully_checked += verdict.model.unmodelled_from is None
+        refused = verdict.model.unmodelled_op
+        if refused is not None:
+            self.refusals[refused] = self.refusals.get(refused, 0) + 1
         found = signature(verdict)
         if found:
             self.signatures[found] = self.signatures.get(found, 0) + 1
@@ -330,6 +335,12 @@ class Tally:
         return (f"{self.programs} programs: {s[Status.OK]} ok, {s[Status.DIVERGENCE]} diverged, "
                 f"{s[Status.KERNEL_CRASH]} crashed or hung; {self.fully_checked} checked to the "
                 f"end, {self.checked_ops}/{self.ops} ops checked")
+
+    def refusal_lines(self, top: int = 10) -> list[str]:
+        """Where checking stopped most often: the cases the model refuses, by name, as the
+        next things worth stating (or drawing less often)."""
+        ranked = sorted(self.refusals.items(), key=lambda item: -item[1])[:top]
+        return [f"{hits:6d}  stopped at: {what}" for what, hits in ranked]
 
     def worst(self) -> Status:
         return max((s for s in Status if self.statuses[s]), default=Status.OK)
@@ -348,6 +359,8 @@ def rejudge(archives):
             tally.add(judge(run.program, run.trace, run.died_signal))
     for found, hits in sorted(tally.signatures.items(), key=lambda item: -item[1]):
         click.echo(f"{hits:6d}  {found}")
+    for line in tally.refusal_lines():
+        click.echo(line)
     click.echo(tally.summary())
     sys.exit(tally.worst())
 

@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass, field, replace
 
 from harness.prog import ParseError, Program, format_program, parse_program
+from reference import Simulation
 from harness.prog.ops import (
     DEVICES, MAX_NODE, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, ClearSoftDirty,
     CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, KsmMerge,
@@ -179,25 +180,45 @@ def _regions(program: Program) -> tuple[Region, ...]:
     return tuple(s for s in program.statements if isinstance(s, Region))
 
 
-def generate(chooser: Chooser, max_ops: int = 24) -> Program:
-    """A fresh program: a region or two, mapped, then random ops."""
+# Draws for one op slot before the generator gives up on it when the model refuses each.
+REDRAWS = 4
+
+
+def generate(chooser: Chooser, max_ops: int = 24, kernel_release: str | None = "7.2.0") -> Program:
+    """A fresh program: a region or two, mapped, then random ops. With a `kernel_release`
+    the model is run alongside (reference.Simulation, that kernel's profile) and an op it
+    refuses is drawn again, so the program is checked to its end: a refused op leaves every
+    later one unchecked. `None` draws unguided (the refused cases stay reachable through
+    `hmmfuzz random --ops all` and through mutations)."""
     huge = chooser.chance(15)    # THP on from the start, over a region of whole PMDs
     regions = tuple(Region(name, chooser.pick((512, 1024) if huge and slot == 0 else
                                               (1, 4, 16, 64, 512, 1024)), slot)
                     for slot, name in enumerate("ab"[:chooser.integer(1, 2)]))
-    ops: list[Op] = []
+    prologue: list[Op] = []
     if huge:
-        ops.append(Thp("p0", chooser.pick((ThpEnabled.ALWAYS,) * 3 + (ThpEnabled.MADVISE,)),
-                       chooser.pick(list(ThpDefrag))))
-    ops += [Map("p0", PageRange(r.name, 0, r.pages),
-                MapKind.ANON if huge or chooser.chance(70) else chooser.pick(SHMEM_KINDS))
-            for r in regions]
-    ops.append(OpenDevice("p0", "d0", chooser.pick(DEVICES)))
+        prologue.append(Thp("p0", chooser.pick((ThpEnabled.ALWAYS,) * 3 + (ThpEnabled.MADVISE,)),
+                            chooser.pick(list(ThpDefrag))))
+    prologue += [Map("p0", PageRange(r.name, 0, r.pages),
+                     MapKind.ANON if huge or chooser.chance(70) else chooser.pick(SHMEM_KINDS))
+                 for r in regions]
+    prologue.append(OpenDevice("p0", "d0", chooser.pick(DEVICES)))
+    model = None
+    if kernel_release is not None:
+        model = Simulation(Program(regions, source="<generated>"), kernel_release)
+    ops: list[Op] = []
+
+    def take(op: Op) -> bool:
+        if valid(regions, ops + [op]) and (model is None or model.admits(op)):
+            ops.append(op)
+            return True
+        return False
+
+    for op in prologue:  # (an older kernel's model refuses turning THP on: then it stays off)
+        take(op)
     for _ in range(chooser.integer(1, max_ops)):
-        scope = Scope.after({r.name: r for r in regions}, ops)
-        candidate = ops + [random_op(chooser, scope, ops)]
-        if valid(regions, candidate):
-            ops = candidate
+        for _ in range(REDRAWS):
+            if take(random_op(chooser, Scope.after({r.name: r for r in regions}, ops), ops)):
+                break
     return valid(regions, ops, "<generated>")
 
 

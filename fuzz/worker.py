@@ -115,7 +115,8 @@ class Worker:
         chooser = Chooser(random.Random(self.config.index + 1))
         started = time.monotonic()
         while time.monotonic() - started < self.config.seconds:
-            self.test_program(generate(chooser))
+            hello = self.session.hello   # the booted kernel's model guides the generator
+            self.test_program(generate(chooser, kernel_release=hello.release if hello else "7.2.0"))
 
     def keep_error(self, program: Program):
         """Save the program that made the harness itself fail, with the traceback."""

@@ -9,10 +9,10 @@ mirror tables), computes for every op the set of outcomes the kernel may report,
 each observed field exactly (see check.py). Each rule names the kernel function it follows.
 """
 
-from .check import Divergence, Verdict, check, expected
+from .check import Divergence, Simulation, Verdict, check, expected
 from .expect import Expect
 from .profile import Profile, profile_for
 from .refuse import Unmodelled
 
-__all__ = ["Divergence", "Expect", "Profile", "Unmodelled", "Verdict", "check", "expected",
+__all__ = ["Divergence", "Expect", "Profile", "Simulation", "Unmodelled", "Verdict", "check", "expected",
            "profile_for"]

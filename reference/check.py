@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.prog import OpResult, Program, Trace, errno_name, format_op
+from harness.prog import Op, OpResult, Program, Trace, errno_name, format_op
 
 from .expect import Expect
 from .ksm import compare as compare_ksm
@@ -242,18 +242,57 @@ def check(program: Program, trace: Trace) -> Verdict:
     return Verdict(tuple(divergences), count, profile.name, tuple(notes))
 
 
+class Simulation:
+    """The model run forward without a kernel, op by op, keeping every allowed state: what a
+    program generator asks before it adds an op, since an op the model refuses would leave
+    the rest of the program unchecked."""
+
+    def __init__(self, program: Program, kernel_release: str = "7.2.0"):
+        self.kernel_release = kernel_release
+        self.places = Places(program)
+        self.states = [World.initial(profile_for(kernel_release))]
+        self.notes: list[str] = []
+        self.allowed: list[tuple[Expect, ...]] = []   # per op taken
+        self.refused: str | None = None              # the last op refused, if any
+        taken = 0
+        while taken < len(program.ops) and self._step(program.ops[taken]):
+            taken += 1
+        self.program = program.with_ops(program.ops[:taken])
+
+    def _step(self, op: Op) -> bool:
+        try:
+            outcomes = [o for world in self.states for o in step(world, op, self.places)]
+        except Unmodelled as refusal:
+            self.refused = refusal.what
+            return False
+        self.allowed.append(tuple(dict.fromkeys(expect for expect, _ in outcomes)))
+        self.states = _dedup([world for _, world in outcomes], self.notes, len(self.allowed) - 1)
+        return True
+
+    def admits(self, op: Op) -> bool:
+        """Take `op` and say True, or say False (the model refuses it) and stay where the
+        simulation was."""
+        candidate = self.program.with_ops(self.program.ops + (op,))
+        if Places(candidate).thp_programmed != self.places.thp_programmed:
+            # PMD tables are followed only in programs that turn THP on: start again
+            return self._adopt(Simulation(candidate, self.kernel_release))
+        if self._step(op):
+            self.program = candidate
+            return True
+        refused = self.refused
+        self._adopt(Simulation(self.program, self.kernel_release))  # step may have changed the states
+        self.refused = refused
+        return False
+
+    def _adopt(self, other: "Simulation") -> bool:
+        if other.refused is not None:
+            self.refused = other.refused
+            return False
+        self.__dict__.update(other.__dict__)
+        return True
+
+
 def expected(program: Program, kernel_release: str = "7.2.0") -> list[tuple[Expect, ...]]:
     """What the model allows for each op, without a kernel to compare with; the list stops
     before the first op the model does not model."""
-    places = Places(program)
-    states = [World.initial(profile_for(kernel_release))]
-    allowed: list[tuple[Expect, ...]] = []
-    notes: list[str] = []
-    for index, op in enumerate(program.ops):
-        try:
-            outcomes = [o for world in states for o in step(world, op, places)]
-        except Unmodelled:
-            break  # nothing is known from here on
-        allowed.append(tuple(dict.fromkeys(expect for expect, _ in outcomes)))
-        states = _dedup([world for _, world in outcomes], notes, index)
-    return allowed
+    return Simulation(program, kernel_release).allowed

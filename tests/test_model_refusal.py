@@ -5,7 +5,7 @@ from test_model_support import cpu, ok, pattern, program, trace, wrote
 
 from fuzz.judge import Status, judge
 from harness.prog import OpResult
-from reference import check, expected
+from reference import Simulation, check, expected
 
 PROG = """
     region a pages=3
@@ -71,3 +71,44 @@ def test_the_verdict_lines_say_unchecked_and_the_status_is_not_a_divergence():
     lines = verdict.lines()
     assert lines[2].endswith("unchecked: madvise collapse is not modelled")
     assert lines[3].endswith("unchecked") and "not modelled" not in lines[3]
+
+
+# The model run forward without a kernel (reference.Simulation): what the generator asks
+# before it adds an op, so that generated programs are checked to their end.
+
+EXCLUSIVE_THEN_COMPACT = """
+    region a pages=2
+    p0 map a[0:2]
+    p0 open d0 dmirror0
+    p0 write a[0:2] seed=1
+    p0 exclusive d0 a[0:1]
+"""
+
+
+def test_a_simulation_refuses_what_the_check_would_refuse_and_stays_where_it_was():
+    prog = program(EXCLUSIVE_THEN_COMPACT)
+    simulation = Simulation(prog)
+    assert simulation.refused is None and len(simulation.allowed) == 4
+    compact = program("region a pages=2\np0 compact\n").ops[0]
+    assert not simulation.admits(compact)
+    assert simulation.refused == "compact with device-exclusive entries"
+    assert simulation.program.ops == prog.ops
+    read = program("region a pages=2\np0 read a[0:2]\n").ops[0]
+    assert simulation.admits(read)
+    # what it allows for the read is what the model allows for the program read as a whole
+    assert simulation.allowed == expected(prog.with_ops(prog.ops + (read,)))
+
+
+def test_a_simulation_of_a_program_stops_at_its_first_refused_op():
+    simulation = Simulation(program(PROG))
+    assert simulation.refused == "madvise collapse"
+    assert len(simulation.program.ops) == len(simulation.allowed) == 2
+
+
+def test_turning_thp_on_later_replays_the_simulation_with_page_tables_followed():
+    prog = program("region a pages=512\np0 map a[0:512]\np0 write a[0:1] seed=1\n")
+    simulation = Simulation(prog)
+    thp_on = program("region a pages=1\np0 thp always never\n").ops[0]
+    assert simulation.admits(thp_on)
+    assert simulation.places.thp_programmed
+    assert simulation.allowed == expected(prog.with_ops(prog.ops + (thp_on,)))

@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from fuzz.mutate import Chooser, decode, encode, generate, mutate
 from harness.prog import format_program, load_program, parse_program
+from reference import Simulation
 
 from conftest import CORPUS
 
@@ -46,3 +47,17 @@ def test_encoding_respects_libfuzzers_size_limit():
     data = encode(big, 300)
     assert len(data) <= 300
     assert parse_program(data.decode()).ops == big.ops[:len(parse_program(data.decode()).ops)]
+
+
+def test_generated_programs_are_checked_to_their_end_by_the_model_of_their_kernel():
+    for release in ("7.2.0", "6.1.0"):
+        chooser = Chooser(random.Random(release))
+        for _ in range(20):
+            program = generate(chooser, kernel_release=release)
+            assert Simulation(program, release).refused is None, format_program(program)
+
+
+def test_unguided_generation_still_reaches_ops_the_model_refuses():
+    chooser = Chooser(random.Random(3))
+    refused = [Simulation(generate(chooser, kernel_release=None)).refused for _ in range(40)]
+    assert any(refused)
