@@ -31,8 +31,8 @@ from dataclasses import replace
 from harness.prog import ZERO
 from harness.prog.ops import (
     Advice, CheckExclusive, CloseDevice, CpuRead, CpuWrite, DeviceOp, DevRead, DevWrite, Exit,
-    Flags, Madvise, Map, MigrateToDev, MigrateToSys, Munmap, OpenDevice, Pagemap, Release,
-    Snapshot, Thp,
+    Flags, Fork, Madvise, Map, MigrateToDev, MigrateToSys, Mprotect, Munmap, OpenDevice,
+    Pagemap, Release, Snapshot, Thp,
 )
 
 from .mm import invalidate
@@ -416,9 +416,13 @@ def snapshot_byte(world: World, mirror, mm: Mm, vpn: int, byte: int) -> int:
 
 # ------------------------------------------------------------------ what is not stated yet
 
+# fork: copy_huge_non_present_pmd shares the device folio (folio_try_dup_anon_rmap_pmd) and
+# makes a writable entry readable in both, as copy_nonpresent_pte does per page; mprotect:
+# change_non_present_huge_pmd makes a writable entry readable (without its soft-dirty bit),
+# as change_softleaf_pte does per page; a VMA boundary inside splits the PMD first.
 _STATED = (MigrateToDev, MigrateToSys, CpuRead, CpuWrite, DevRead, DevWrite, Snapshot,
            Pagemap, Release, CloseDevice, Exit, Munmap, Map, OpenDevice, Flags,
-           CheckExclusive, Thp)
+           CheckExclusive, Thp, Fork, Mprotect)
 
 
 def _meets(world: World, mm: Mm, start: int | None, end: int | None) -> bool:

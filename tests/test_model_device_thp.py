@@ -12,7 +12,7 @@ from test_model_support import (
 
 from harness.prog import OpResult
 from harness.prog.observation import KPF, PagemapEntry
-from reference import check, uapi
+from reference import check, expected, uapi
 
 SD, SWAP, EXCL, PRESENT = 1 << 55, 1 << 62, 1 << 56, 1 << 63
 ANON, ANON_EXCL, THP = KPF["ANON"], 1 << 34, KPF["THP"]
@@ -139,3 +139,49 @@ def test_with_fail_alloc_the_device_takes_512_small_pages():
     results = empty_and_fail_alloc_results(prog)
     assert_rejects(prog, replaced(results, 11, snap(LOCAL | W | PMD, LOCAL | W | PMD)), 11,
                    "snapshot[0]")
+
+
+def test_a_piece_over_part_of_a_thp_splits_it_and_every_mirror_loses_the_2mib():
+    """migrate_vma_collect_huge_pmd's fallback: split_folio -> try_to_migrate_one fires
+    MMU_NOTIFY_CLEAR (no owner) over the folio's 2 MiB, so another device's mirror of pages
+    outside the piece is gone too; the pages migrate as small device pages (no PMD flag)."""
+    prog = program("""
+        region a pages=1024
+        p0 open d0 dmirror0
+        p0 open d1 dmirror1
+        p0 thp madvise madvise
+        p0 map a[0:1024]
+        p0 madvise a[0:512] hugepage
+        p0 write a[0:512] seed=1
+        p0 dev_read d1 a[0:4]
+        p0 migrate_to_dev d0 a[100:200]
+        p0 dev_read d1 a[0:4]
+        p0 snapshot d0 a[99:101]
+    """)
+    predicted = expected(prog)
+    # with the THP one fault; had the write's THP allocation failed (4 KiB pages, an allowed
+    # outcome kept second), nothing splits and the mirror keeps a[0:4]
+    assert [o.faults for o in predicted[8]] == [(1,), (0,)]
+    assert [o.snapshot for o in predicted[9]] == [bytes([W, LOCAL | W])]
+
+
+def test_a_fault_on_a_page_of_a_split_device_thp_splits_the_device_folio():
+    """After munmap of the middle the device-private PMD is 512 PTEs of one device folio; a
+    CPU read of one page takes order 0 and migrate_vma_split_folio splits the folio first:
+    the page comes back alone, the others stay small device pages."""
+    prog = program("""
+        region b pages=1024
+        p0 open d0 dmirror0
+        p0 thp madvise madvise
+        p0 map b[0:1024]
+        p0 madvise b[0:512] hugepage
+        p0 write b[0:512] seed=2
+        p0 migrate_to_dev d0 b[0:512]
+        p0 munmap b[128:384]
+        p0 snapshot d0 b[126:128]
+        p0 read b[10:11]
+        p0 snapshot d0 b[9:12]
+    """)
+    predicted = expected(prog)
+    assert [o.snapshot for o in predicted[7]] == [bytes([LOCAL | W] * 2)]
+    assert [o.snapshot for o in predicted[9]] == [bytes([LOCAL | W, W, LOCAL | W])]

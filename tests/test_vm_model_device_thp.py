@@ -145,3 +145,42 @@ def test_release_close_and_exit_evict_device_thps(kernel_session):
         p0 pagemap b[0:2]
         p0 exit
     """)
+
+
+def test_mprotect_fork_and_dontneed_of_device_thps(kernel_session):
+    agrees(kernel_session, """
+        region a pages=1024
+        region b pages=1024
+        p0 open d0 dmirror0
+        p0 open d1 dmirror1
+        p0 map a[0:1024]
+        p0 migrate_to_dev d0 a[0:512]
+        p0 mprotect a[0:512] r
+        p0 pagemap a[0:2]
+        p0 snapshot d0 a[0:2]
+        p0 mprotect a[0:512] rw
+        p0 snapshot d0 a[0:2]
+        p0 write a[5:6] seed=1
+        p0 pagemap a[4:7]
+        p0 snapshot d0 a[4:6]
+        p0 migrate_to_dev d0 a[0:512]
+        p0 mprotect a[100:200] r
+        p0 snapshot d0 a[99:101]
+        p0 pagemap a[99:101]
+        p0 dev_read d1 a[150:152]
+        p0 snapshot d0 a[148:152]
+        p0 map b[0:512]
+        p0 migrate_to_dev d0 b[0:512]
+        p0 fork p1
+        p0 snapshot d0 b[0:2]
+        p0 pagemap b[0:2]
+        p1 pagemap b[0:2]
+        p1 munmap b[0:512]
+        p0 pagemap b[0:2]
+        p0 madvise b[0:10] dontneed
+        p0 pagemap b[9:11]
+        p0 madvise b[0:512] dontneed
+        p0 pagemap b[9:11]
+        p1 exit
+        p0 exit
+    """)
