@@ -93,18 +93,7 @@ def split_folio(world: World, mm_id: int, vpn: int) -> None:
             raise Unmodelled("splitting a THP mapped by several processes or through a "
                              "device-exclusive entry",
                              "try_to_migrate of those mappings is not followed")
-    _refuse_other_mms(world, mm_id, base)
-    anon = {mm.vma_at(v).anon for v in mapped}
-    covering = [v for v in mm.vmas if v.start < base + PMD_PAGES and base < v.end
-                and v.anon is not None]
-    if len(anon) != 1 or any(v.anon not in anon for v in covering):
-        raise Unmodelled("splitting a THP whose range lies in VMAs of several anon_vmas",
-                         "the order of the anon_vma walk is not followed")
-    last = mapped[-1]
-    for vma in covering:
-        invalidate(world, mm_id, max(base, vma.start), min(base + PMD_PAGES, vma.end))
-        if last < vma.end:
-            break       # try_to_migrate's rwc.done: folio_not_mapped
+    _try_to_migrate(world, mm_id, mm, base, mapped)
     split_pmd_mapping(mm, pmd_of(base))
     device = world.folios[pte.folio].device is not None
     head_pfn = world.pfns.pop(("devthp" if device else "thp", head), None)
@@ -114,6 +103,26 @@ def split_folio(world: World, mm_id: int, vpn: int) -> None:
         if head_pfn is not None:
             world.pfns[("dev" if device else "pfn", folio_id)] = head_pfn + folio.thp_index
         world.folios[folio_id] = replace(folio, thp=None, thp_index=0)
+
+
+def _try_to_migrate(world: World, mm_id: int, mm: Mm, base: int, mapped: list) -> None:
+    """The notifiers of try_to_migrate on a large folio at [base, base + 512) whose pages
+    `mapped` this mm maps: rmap_walk_anon visits the VMAs of the folio's anon_vma over its
+    range in address order, and try_to_migrate_one fires MMU_NOTIFY_CLEAR over each one's
+    part of the 2 MiB (vma_address_end), until the folio is no longer mapped (rwc.done:
+    folio_not_mapped)."""
+    _refuse_other_mms(world, mm_id, base)
+    anon = {mm.vma_at(v).anon for v in mapped}
+    covering = [v for v in mm.vmas if v.start < base + PMD_PAGES and base < v.end
+                and v.anon is not None]
+    if len(anon) != 1 or any(v.anon not in anon for v in covering):
+        raise Unmodelled("splitting or evicting a THP whose range lies in VMAs of several "
+                         "anon_vmas", "the order of the anon_vma walk is not followed")
+    last = mapped[-1]
+    for vma in covering:
+        invalidate(world, mm_id, max(base, vma.start), min(base + PMD_PAGES, vma.end))
+        if last < vma.end:
+            break
 
 
 def _refuse_other_mms(world: World, mm_id: int, base: int) -> None:
@@ -150,7 +159,9 @@ def migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             if mm.tables[index] is None:
                 raise Unmodelled("migrate_to_dev of a 2 MiB-aligned piece that may or may "
                                  "not have a PTE table", "mremap may have moved the table")
-            return False     # a PTE table: walk_pmd_range goes to the PTEs
+            # a PTE table: walk_pmd_range goes to the PTEs (THP pages there split)
+            _split_for_piece(world, mirror, mm, start, end)
+            return False
         if pmd is not None and not pmd.zero:
             _thp_to_device(world, mirror_id, mm, index)
         else:
@@ -385,7 +396,8 @@ def evict(world: World, device: str) -> None:
     folio_alloc(GFP_HIGHUSER_MOVABLE, order) with MIGRATE_PFN_COMPOUND ("TODO Support
     splitting here": no fallback, the model states the allocation succeeds), on the local
     node, and remove_migration_pmd maps a THP by its PMD. A device THP whose PMD was split
-    is refused."""
+    comes back as a THP mapped by the same PTEs (remove_migration_pte per page; the
+    notifiers of try_to_migrate over its VMAs)."""
     for mm_id, mm in world.mms.items():
         for index in sorted(i for i, pmd in mm.pmds.items() if pmd.device):
             head = world.folios[mm.pmds[index].head]
@@ -396,10 +408,32 @@ def evict(world: World, device: str) -> None:
             _shared_device_page(world, base, head, "evicting a device THP")
             invalidate(world, mm_id, base, base + PMD_PAGES)
             _to_system(world, mm_id, mm, index, True, vmas.LOCAL_NODE, None)
-        for vpn, pte in list(mm.ptes.items()):
+        heads = {}
+        for vpn, pte in sorted(mm.ptes.items()):
             if _large_device_page(world, pte) and world.folios[pte.folio].device == device:
-                raise Unmodelled("evicting a device THP mapped by PTEs",
-                                 "try_to_migrate of a PTE-mapped device folio is not followed")
+                heads.setdefault(world.folios[pte.folio].thp, []).append(vpn)
+        for mapped in heads.values():
+            _evict_pte_mapped(world, mm_id, mm, mapped)
+
+
+def _evict_pte_mapped(world: World, mm_id: int, mm: Mm, mapped: list) -> None:
+    from .device import _shared_device_page, _stale_other_entries
+    base = _base(world, mapped[0], mm.ptes[mapped[0]])
+    for vpn in mapped:
+        _shared_device_page(world, vpn, world.folios[mm.ptes[vpn].folio],
+                            "evicting a device THP")
+    _try_to_migrate(world, mm_id, mm, base, mapped)
+    head = world.new_id()
+    for vpn in mapped:
+        pte = mm.ptes[vpn]
+        old = world.folios[pte.folio]
+        folio = head if vpn == mapped[0] else world.new_id()
+        world.folios[folio] = Folio(old.content, 1, old.exclusive, node=vmas.LOCAL_NODE,
+                                    thp=head, thp_index=vpn - base)
+        mm.ptes[vpn] = Pte(Kind.PRESENT, folio, pte.writable, clean=True,
+                           soft_dirty=pte.soft_dirty, uffd_wp=pte.uffd_wp)
+        _stale_other_entries(world, mm_id, None, vpn, pte.folio)
+        del world.folios[pte.folio]
 
 
 # ------------------------------------------------------------------ the device's view

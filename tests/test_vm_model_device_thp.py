@@ -184,3 +184,37 @@ def test_mprotect_fork_and_dontneed_of_device_thps(kernel_session):
         p1 exit
         p0 exit
     """)
+
+
+def test_a_pte_table_splits_the_thp_and_eviction_keeps_a_split_device_thp_large(
+        kernel_session):
+    agrees(kernel_session, """
+        region a pages=1024
+        region b pages=1024
+        p0 open d0 dmirror0
+        p0 open d1 dmirror1
+        p0 thp madvise madvise
+        p0 map a[0:1024]
+        p0 madvise a[0:512] hugepage
+        p0 write a[0:512] seed=1
+        p0 madvise a[0:10] dontneed
+        p0 dev_read d1 a[500:514]
+        p0 migrate_to_dev d0 a[0:512]
+        p0 dev_read d1 a[500:514]
+        p0 snapshot d0 a[9:11]
+        p0 pagemap a[9:11]
+        p0 map b[0:1024]
+        p0 madvise b[0:512] hugepage
+        p0 write b[0:512] seed=2
+        p0 migrate_to_dev d0 b[0:512]
+        p0 munmap b[100:200]
+        p0 dev_read d1 b[500:514]
+        p0 release d0
+        p0 pagemap b[0:2]
+        p0 pagemap b[300:302]
+        p0 snapshot d0 b[0:2]
+        p0 dev_read d1 b[500:514]
+        p0 read b[0:100]
+        p0 read b[200:512]
+        p0 exit
+    """)
