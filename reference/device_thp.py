@@ -59,6 +59,8 @@ def may_allocate_huge(world: World, op) -> bool:
     """Whether `op` may allocate a PMD-sized folio whatever the THP mode: migrate_to_dev
     (a device THP's backing folio) and whatever brings a device THP back (vma_alloc_folio
     of its order in dmirror_devmem_fault_alloc_and_copy)."""
+    if not world.profile.device_thp:
+        return False
     return isinstance(op, MigrateToDev) or any_device_pmd(world)
 
 
