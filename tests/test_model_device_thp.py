@@ -185,3 +185,23 @@ def test_a_fault_on_a_page_of_a_split_device_thp_splits_the_device_folio():
     predicted = expected(prog)
     assert [o.snapshot for o in predicted[7]] == [bytes([LOCAL | W] * 2)]
     assert [o.snapshot for o in predicted[9]] == [bytes([LOCAL | W, W, LOCAL | W])]
+
+
+def test_older_drivers_migrate_an_empty_pmd_page_by_page():
+    """6.12's and 6.1's test_hmm select no compound entries (profile device_thp): the hole
+    becomes 512 small device pages, which SNAPSHOT shows without the PMD flag."""
+    prog = program("""
+        region b pages=1024
+        p0 open d0 dmirror0
+        p0 map b[0:512]
+        p0 migrate_to_dev d0 b[0:512]
+        p0 snapshot d0 b[0:1]
+    """)
+    results = [ok(), ok(), dev(512, 0, zeros(512)), snap(LOCAL | W)]
+    for release in ("6.12.117", "6.1.192"):
+        verdict = check(prog, trace(*results, release=release))
+        assert verdict.ok and verdict.checked == 4, str(verdict)
+    huge = results[:3] + [snap(LOCAL | W | PMD)]
+    verdict = check(prog, trace(*huge, release="6.12.117"))
+    assert [d.field for d in verdict.divergences] == ["snapshot[0]"]
+    assert_accepts(prog, *huge)     # 7.2: a device THP (or small pages, had its allocation failed)
