@@ -151,14 +151,17 @@ def save_crash(verdict: ProgramVerdict, workdir: Path, serial: int) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     (target / "program.txt").write_text(format_program(verdict.program))
     (target / "console.log").write_text(verdict.trace.console)
-    (target / "report.txt").write_text("\n".join(verdict.lines()) + "\n")
+    (target / "report.txt").write_text("\n".join(verdict.lines(observations=True)) + "\n")
     return target
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--observations", is_flag=True,
+              help="Print what the kernel reported for each op under its verdict (errno, "
+                   "cpages, faults, pages, snapshot, pagemap, ...), checked or not.")
 @kernel_options
-def run(paths, kernel, source, bzimage, accel, workdir):
+def run(paths, observations, kernel, source, bzimage, accel, workdir):
     """Run programs (files, or directories of *.txt) on the kernel and judge them."""
     programs, errors = collect_programs(paths)
     for error in errors:
@@ -179,7 +182,7 @@ def run(paths, kernel, source, bzimage, accel, workdir):
                        f"{verdict.model.profile}): {verdict.status.name.lower().replace('_', ' ')}")
             if verdict.status is Status.KERNEL_CRASH:
                 click.echo(f"  saved to {save_crash(verdict, workdir, serial)}")
-            for line in verdict.lines():
+            for line in verdict.lines(observations):
                 click.echo(line)
             status = max(status, verdict.status)
     except MachineError as error:

@@ -50,7 +50,7 @@ class FindingStore:
         if new:
             directory.mkdir(parents=True, exist_ok=True)
             (directory / "program.txt").write_text(format_program(verdict.program))
-            (directory / "report.txt").write_text("\n".join(verdict.lines()) + "\n")
+            (directory / "report.txt").write_text("\n".join(verdict.lines(observations=True)) + "\n")
             (directory / "console.log").write_text(verdict.trace.console)
             meta = {"signature": wanted, "kernel": verdict.trace.kernel_release, "hits": 0,
                     "first_seen": now}

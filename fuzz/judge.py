@@ -61,8 +61,9 @@ class ProgramVerdict:
             return None
         return len(self.trace.results)
 
-    def lines(self) -> list[str]:
-        """Per-op verdicts for a person: `file:line  op  ok`, or the divergences of that op."""
+    def lines(self, observations: bool = False) -> list[str]:
+        """Per-op verdicts for a person: `file:line  op  ok`, or the divergences of that op;
+        with `observations`, each op's line is followed by what the kernel reported."""
         width = max((len(format_op(op)) for op in self.program.ops), default=0)
         divergences = {}
         for divergence in self.model.divergences:
@@ -75,21 +76,9 @@ class ProgramVerdict:
                 break
             if index >= len(self.trace.results):
                 break
-            if self.model.unmodelled_from is not None and index >= self.model.unmodelled_from:
-                # the model knows nothing from the first op it does not model on
-                out.append(f"{head}  unchecked: {self.model.unmodelled}"
-                           if index == self.model.unmodelled_from else f"{head}  unchecked")
-                continue
-            found = divergences.get(index)
-            if not found:
-                out.append(f"{head}  ok")
-                continue
-            for n, divergence in enumerate(found):
-                lead = head if n == 0 else " " * len(head)
-                out.append(f"{lead}  DIVERGENCE {divergence.field}: observed {divergence.observed}, "
-                           f"allowed only {' or '.join(divergence.allowed)}")
-                if divergence.reason:
-                    out.append(f"{' ' * len(head)}    because {divergence.reason}")
+            out += self._op_lines(index, head, divergences.get(index))
+            if observations:
+                out.append(f"{' ' * len(head)}    kernel: {self.trace.results[index].describe()}")
         if self.stopped_at is not None and self.stopped_at >= len(self.program.ops):
             out.append(f"  after the last op: {self._ending_text()}")
         for report in self.reports:
@@ -98,6 +87,22 @@ class ProgramVerdict:
             out.append(f"  after the program: LEAK pages leaked: {self.leak} (pages that left the "
                        f"allocator and came back neither free nor in any counter; more than "
                        f"{LEAK_THRESHOLD_PAGES} is never noise)")
+        return out
+
+    def _op_lines(self, index: int, head: str, found) -> list[str]:
+        if self.model.unmodelled_from is not None and index >= self.model.unmodelled_from:
+            # the model knows nothing from the first op it does not model on
+            return [f"{head}  unchecked: {self.model.unmodelled}"
+                    if index == self.model.unmodelled_from else f"{head}  unchecked"]
+        if not found:
+            return [f"{head}  ok"]
+        out = []
+        for n, divergence in enumerate(found):
+            lead = head if n == 0 else " " * len(head)
+            out.append(f"{lead}  DIVERGENCE {divergence.field}: observed {divergence.observed}, "
+                       f"allowed only {' or '.join(divergence.allowed)}")
+            if divergence.reason:
+                out.append(f"{' ' * len(head)}    because {divergence.reason}")
         return out
 
     def _ending_text(self) -> str:

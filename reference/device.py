@@ -43,31 +43,80 @@ def _free_folio(world: World, folio_id: int) -> None:
         world.folios.pop(folio_id, None)
 
 
-def _back_to_system(world: World, mm: Mm, vpn: int, node: int) -> None:
+def _back_to_system(world: World, mm: Mm, vpn: int, node: int,
+                    others: list[tuple[Mm, int]] = ()) -> None:
     """remove_migration_ptes(device folio -> new system folio on `node`): the PTE maps a
     new folio with the device entry's write permission (a writable migration entry maps
     writable); RMAP_EXCLUSIVE unless the entry was a plain readable one, i.e.
-    PageAnonExclusive carries over (remove_migration_pte)."""
+    PageAnonExclusive carries over (remove_migration_pte). `others`: the other mappings
+    try_to_migrate() unmapped (after fork), remapped to the same new folio."""
     pte = mm.ptes[vpn]
     old = world.folios[pte.folio]
     new = world.new_folio(old.content)
-    world.folios[new] = Folio(old.content, 1, old.exclusive, lazyfree=old.lazyfree, node=node)
+    world.folios[new] = Folio(old.content, 1 + len(others), old.exclusive,
+                              lazyfree=old.lazyfree, node=node)
     # remove_migration_pte: writable iff the migration entry was, the soft-dirty bit
     # carried over (no pte_needs_soft_dirty_wp check on this path); clean, as the migration
-    # entry made from a device-private one is never dirty (migrate_vma_collect_pmd). The
+    # entry made from a device-private one is never dirty (migrate_vma_collect_pmd, and
+    # try_to_migrate_one for the other mappings: pte_swp_soft_dirty/_uffd_wp only). The
     # uffd-wp bit rides along too (migrate_vma_collect_pmd: pte_swp_mkuffd_wp into the
     # migration entry; remove_migration_pte: pte_mkuffd_wp).
-    mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable, clean=True, soft_dirty=pte.soft_dirty,
-                       uffd_wp=pte.uffd_wp)
+    for where, page in [(mm, vpn), *others]:
+        entry = where.ptes[page]
+        where.ptes[page] = Pte(Kind.PRESENT, new, entry.writable, clean=True,
+                               soft_dirty=entry.soft_dirty, uffd_wp=entry.uffd_wp)
     del world.folios[pte.folio]
 
 
 def _shared_device_page(world: World, vpn: int, folio: Folio, what: str) -> None:
     if folio.mapcount > 1:
         # migrate_device_unmap() -> try_to_migrate() fires MMU_NOTIFY_CLEAR in every other
-        # mm mapping the folio and remaps them all (remove_migration_ptes); the model does
-        # not follow a device folio into several mms.
+        # mm mapping the folio and remaps them all (remove_migration_ptes); the model
+        # follows that only for a CPU fault (_fault_shared_device_page).
         raise Unmodelled(what, "a device-private page mapped by several processes")
+
+
+def _other_mappings(world: World, mm_id: int, folio_id: int) -> list[tuple[int, int]]:
+    """(mm, vpn) of every other PTE mapping the device folio (after fork)."""
+    return [(other_id, vpn) for other_id, other in world.mms.items() if other_id != mm_id
+            for vpn, pte in other.ptes.items()
+            if pte.kind is Kind.DEVICE and pte.folio == folio_id]
+
+
+def _fault_shared_device_page(world: World, mm_id: int, vpn: int,
+                              others: list[tuple[int, int]]) -> None:
+    """The other mappings of a device folio a CPU fault brings back (after fork).
+
+    migrate_vma_collect_pmd unmaps the faulting PTE itself (a migration entry,
+    folio_remove_rmap_pte); migrate_device_unmap then finds the folio still mapped and calls
+    try_to_migrate(): rmap_walk_anon visits the VMAs of the folio's anon_vma in interval-tree
+    order, and try_to_migrate_one fires MMU_NOTIFY_CLEAR over the page in each VMA it visits
+    (mmu_notifier_invalidate_range_start comes before page_vma_mapped_walk) and replaces
+    each mapping by a migration entry, until folio_not_mapped stops the walk.
+    remove_migration_ptes then maps the new system folio in every one of them.
+
+    Every process mapping the page gets the CLEAR at its address (+1: the dmirror_do_update
+    quirk). The faulting process's own VMA is visited or not depending on where it sits in
+    the interval tree relative to the last mapping, so its dmirrors' entries there may or
+    may not go (Entry.maybe_gone, resolved by the ops that read them: hmm.settle). A process
+    that maps the page no more but still has a VMA in the anon_vma could get the CLEAR too,
+    at an address the model does not follow: refused when such a process has a mirror
+    entry anywhere."""
+    mapping = {other_id for other_id, _ in others}
+    for other_id, other in world.mms.items():
+        if other_id in mapping or other_id == mm_id or not other.alive:
+            continue
+        if any(mirror.table for mirror in world.mirrors_of(other_id)):
+            raise Unmodelled("a CPU fault on a device-private page mapped by several "
+                             "processes while another process has mirror entries",
+                             "try_to_migrate may fire MMU_NOTIFY_CLEAR in its VMAs")
+    for other_id, other_vpn in others:
+        invalidate(world, other_id, other_vpn, other_vpn + 1)
+    for mirror in world.mirrors_of(mm_id):
+        for page in (vpn, vpn + 1):
+            entry = mirror.table.get(page)
+            if entry is not None:
+                mirror.table[page] = replace(entry, maybe_gone=True)
 
 
 # ------------------------------------------------------------------ CPU fault
@@ -85,7 +134,9 @@ def devmem_fault(world: World, mm_id: int, mm: Mm, vpn: int) -> None:
         return
     pte = mm.ptes[vpn]
     folio = world.folios[pte.folio]
-    _shared_device_page(world, vpn, folio, "a CPU fault on a device-private page")
+    others = _other_mappings(world, mm_id, pte.folio) if folio.mapcount > 1 else []
+    if len(others) != folio.mapcount - 1:
+        _shared_device_page(world, vpn, folio, "a CPU fault on a device-private page")
     owner = world.mirrors.get(folio.owner)
     if owner is not None and owner.flags & FAIL_ALLOC:
         raise Unmodelled("a CPU fault on a device-private page with FAIL_ALLOC set",
@@ -94,8 +145,11 @@ def devmem_fault(world: World, mm_id: int, mm: Mm, vpn: int) -> None:
         owner.table.pop(vpn, None)
     invalidate(world, mm_id, vpn, vpn + 1, migrating_device=folio.device)
     _stale_other_entries(world, mm_id, folio.owner, vpn, pte.folio)
+    if others:
+        _fault_shared_device_page(world, mm_id, vpn, others)
     # dmirror_devmem_fault_alloc_and_copy: alloc_page_vma, by the VMA's policy
-    _back_to_system(world, mm, vpn, vmas.alloc_node(mm.vma_at(vpn)))
+    _back_to_system(world, mm, vpn, vmas.alloc_node(mm.vma_at(vpn)),
+                    [(world.mms[other_id], other_vpn) for other_id, other_vpn in others])
 
 
 # ------------------------------------------------------------------ MIGRATE_TO_DEV

@@ -130,6 +130,18 @@ class Profile:
     # device-private PMD (device_thp.py). 6.12's and 6.1's drivers select no compound
     # entries, and their migrate_vma_collect_hole fills a hole page by page.
     device_thp: bool = False
+    # 6.1/6.12 page_make_device_exclusive_one drops the page's rmap (page_remove_rmap /
+    # folio_remove_rmap_pte) but keeps the mapping's reference: compaction isolates such a
+    # folio, finds it unmapped (no try_to_migrate), and folio_migrate_mapping sees one
+    # reference more than expected (-EAGAIN), so the entry always stays. 7.2's entries keep
+    # the mapcount, and try_to_migrate_one takes them (semantics._exclusive_taken).
+    exclusive_entry_unmapped: bool = False
+    # 6.1 madvise(MADV_POPULATE_*) goes through madvise_walk_vmas: holes are skipped (the
+    # result is -ENOMEM once every VMA was populated) and a VMA check_vma_flags refuses
+    # ends it with -EINVAL; 6.12 and 7.2 fault the range page by page
+    # (faultin_page_range, FOLL_MADV_POPULATE) and stop at the first hole (-ENOMEM) or
+    # unsuitable VMA (-EINVAL).
+    populate_walks_vmas: bool = False
 
 
 NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False,
@@ -137,14 +149,15 @@ NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False,
                  device_thp=True)
 V6_12 = Profile("6.12", 64, 64, True, False, False, False, 27, 28, 29, False,
                 swapin_skips_swapcache=True, mremap_moves_one_vma=True, ksm_merge=True,
-                kpf_ksm_on_every_anon_page=True)
+                kpf_ksm_on_every_anon_page=True, exclusive_entry_unmapped=True)
 V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,
                swapin_skips_swapcache=True, mprotect_writable_needs_dirty=True,
                swapin_read_maps_writable=False, move_pages_follow_page=True,
                mremap_moves_one_vma=True, copy_vma_no_merge_beside_kept_source=True,
                migration_dirty_sets_soft_dirty=True, ksm_merge=True,
                ksm_unmerge_write_fault=True, smaps_exclusive_entry_private=True,
-               uffd_wp_single_vma=True, uffd_unprotect_read_only=True)
+               uffd_wp_single_vma=True, uffd_unprotect_read_only=True,
+               exclusive_entry_unmapped=True, populate_walks_vmas=True)
 
 
 def profile_for(kernel_release: str) -> Profile:

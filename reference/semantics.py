@@ -26,7 +26,7 @@ from . import (
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, SIGBUS, WRITTEN, Expect, done, fail, read_page
 from .places import Places
 from .refuse import Unmodelled
-from .state import Dmirror, Kind, World
+from .state import Dmirror, Kind, Pte, World
 from .uffd_wp import UffdWriteProtected
 
 __all__ = ["Unmodelled", "step"]
@@ -183,7 +183,7 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
     mm = world.mms[mm_id]
     start, end = places.vpns(op.range)
     if advice in (Advice.POPULATE_READ, Advice.POPULATE_WRITE):
-        return _populate(world, mm_id, mm, start, end, advice is Advice.POPULATE_WRITE, op)
+        return _populate(world, mm_id, mm, start, end, advice is Advice.POPULATE_WRITE, op, places)
     if advice in _FLAG_ADVICE:
         return _madvise_flag(world, mm_id, mm, start, end, advice, places)
     pieces = []
@@ -272,16 +272,51 @@ def _madvise_flag(world: World, mm_id: int, mm, start: int, end: int,
 
 
 def _populate(world: World, mm_id: int, mm, start: int, end: int, write: bool,
-              op: Madvise) -> list[Outcome]:
+              op: Madvise, places: Places) -> list[Outcome]:
     """madvise_populate -> faultin_page_range: GUP (FOLL_WRITE for POPULATE_WRITE) faults
-    every page in like a CPU access of that kind."""
+    the pages in one by one, like a CPU access of that kind, and stops at the first page
+    it cannot: __get_user_pages with FOLL_MADV_POPULATE looks up each VMA it enters, no
+    VMA -> -ENOMEM, a VMA check_vma_flags refuses (no VM_READ, or no VM_WRITE for a
+    write) -> -EINVAL; the pages before it stay populated. (6.1 walks the VMAs instead:
+    profile populate_walks_vmas.)"""
+    if world.profile.populate_walks_vmas:
+        return _populate_vma_by_vma(world, mm_id, mm, start, end, write, op, places)
     for vpn in range(start, end):
         vma = mm.vma_at(vpn)
-        if vma is None or not (vma.prot.writable if write else vma.prot.readable):
-            raise Unmodelled(f"madvise {op.advice.value} over a page without a suitable VMA")
-    for vpn in range(start, end):
-        cpu.populate_page(world, mm_id, mm, mm.vma_at(vpn), vpn, write)
+        refused = _populate_refused(vma, write, op, places.name(vpn))
+        if refused is not None:
+            return [(refused, world)]
+        cpu.populate_page(world, mm_id, mm, vma, vpn, write)
     return [(done("madvise_populate: every page of the range can be faulted in"), world)]
+
+
+def _populate_vma_by_vma(world: World, mm_id: int, mm, start: int, end: int, write: bool,
+                         op: Madvise, places: Places) -> list[Outcome]:
+    """6.1: madvise_walk_vmas visits the VMAs of the range, skipping holes, and
+    madvise_populate -> faultin_vma_page_range faults each one in; a VMA check_vma_flags
+    refuses ends the walk with -EINVAL; holes make the result -ENOMEM once every VMA was
+    populated."""
+    for vma in vmas.overlaps(mm, start, end):
+        first = max(start, vma.start)
+        refused = _populate_refused(vma, write, op, places.name(first))
+        if refused is not None:
+            return [(refused, world)]
+        for vpn in range(first, min(end, vma.end)):
+            cpu.populate_page(world, mm_id, mm, vma, vpn, write)
+    if any(mm.vma_at(vpn) is None for vpn in range(start, end)):
+        return [(_madvise_hole(), world)]
+    return [(done("madvise_populate: every VMA of the range could be faulted in"), world)]
+
+
+def _populate_refused(vma, write: bool, op: Madvise, page: str) -> Expect | None:
+    if vma is None:
+        return fail(ENOMEM, f"madvise {op.advice.value}: {page} has no VMA "
+                            "(vma_lookup) -> -ENOMEM; the pages before it were faulted in")
+    if not (vma.prot.writable if write else vma.prot.readable):
+        return fail(EINVAL, f"madvise {op.advice.value}: check_vma_flags refuses {page}'s "
+                            f"{vma.prot.value} VMA -> -EINVAL; the pages before it were "
+                            "faulted in")
+    return None
 
 
 # ------------------------------------------------------------------ mlock
@@ -362,12 +397,11 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
     the next page's). So for every present folio: its PFN is forgotten and those entries
     are marked as maybe gone (resolved by the ops that read them, hmm.settle). The zero
     page, swap and device-private entries do not move."""
-    for mm in world.mms.values():
-        if any(pte.kind is Kind.EXCLUSIVE for pte in mm.ptes.values()):
-            # try_to_migrate_one would replace the device-exclusive entry by a migration
-            # entry and the folio would come back as a present PTE.
-            raise Unmodelled("compact with device-exclusive entries",
-                             "a migrated folio would lose its device-exclusive entry")
+    # (6.x: an entry compaction cannot take, see profile.exclusive_entry_unmapped)
+    exclusive = [] if world.profile.exclusive_entry_unmapped else _exclusive_entries(world)
+    if len(exclusive) > MAX_EXCLUSIVE_BRANCHES:
+        raise Unmodelled(f"compact with more than {MAX_EXCLUSIVE_BRANCHES} device-exclusive "
+                         "entries", "whether compaction takes each one is the kernel's choice")
     # 6.1: a dirty page that moves comes back soft-dirty (remove_migration_pte's
     # pte_mkdirty), one that stays does not; which ones move is the kernel's choice, so each
     # such folio branches (only where soft-dirty tracking is on: a VMA without
@@ -397,10 +431,42 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
     worlds = [world]
     for folio_id in sorted(marked):
         worlds = [branch for w in worlds for branch in (w, _moved_soft_dirty(w, folio_id))]
+    for mm_id, vpn in exclusive:
+        worlds = [branch for w in worlds for branch in (w, _exclusive_taken(w, mm_id, vpn))]
     return [(done("compact_memory: compaction always reports success"), w) for w in worlds]
 
 
 MAX_SOFT_DIRTY_BRANCHES = 3
+# Each device-exclusive entry compaction may or may not take doubles the states.
+MAX_EXCLUSIVE_BRANCHES = 3
+
+
+def _exclusive_entries(world: World) -> list[tuple[int, int]]:
+    return [(mm_id, vpn) for mm_id, mm in sorted(world.mms.items())
+            for vpn, pte in sorted(mm.ptes.items()) if pte.kind is Kind.EXCLUSIVE]
+
+
+def _exclusive_taken(world: World, mm_id: int, vpn: int) -> World:
+    """Compaction isolated the folio behind a device-exclusive entry (it holds no extra
+    reference once make_device_exclusive's caller put it) and unmapped it:
+    try_to_migrate_one clears the entry under MMU_NOTIFY_CLEAR over the page (the mirror's
+    ATOMIC entry goes, and the next page's by the driver quirk) and stores a readable
+    migration entry (softleaf_is_device_private_write is false for it), exclusive if the
+    page is PageAnonExclusive, with the entry's soft-dirty and uffd-wp bits. Whether the
+    folio then moved or the migration failed and remove_migration_ptes put the old one
+    back, remove_migration_pte maps a present PTE: read-only, clean (the migration entry
+    was made from a non-present PTE: not dirty), soft-dirty and uffd-wp as the entry had
+    them, PageAnonExclusive kept. Its PFN is unknown either way. (6.1's and 6.12's
+    try_to_migrate_one read this entry as if it were present: pte_pfn, pte_dirty and
+    pte_write of a swap PTE.)"""
+    taken = world.clone()
+    mm = taken.mms[mm_id]
+    pte = mm.ptes[vpn]
+    cpu.invalidate(taken, mm_id, vpn, vpn + 1)
+    mm.ptes[vpn] = Pte(Kind.PRESENT, pte.folio, False, clean=True, soft_dirty=pte.soft_dirty,
+                       uffd_wp=pte.uffd_wp)
+    taken.pfns.pop(("pfn", pte.folio), None)
+    return taken
 
 
 def _soft_dirty_if_moved(world: World) -> set[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fuzz.cli import save_crash
 from fuzz.judge import Status, judge
 from harness.prog import Ending, OpResult, Trace, parse_program
+from harness.prog.observation import KPF, PM_PRESENT, PM_SWAP, Page, PagemapEntry
 
 PROGRAM = parse_program("region a pages=1\np0 map a[0:1]\np0 read a[0:1]\n", "crashy.txt")
 CONSOLE = """[   12.1] BUG: kernel NULL pointer dereference, address: 0000000000000000
@@ -47,3 +48,24 @@ def test_a_hang_after_every_op_reported_is_titled_by_the_teardown():
     verdict = judge(PROGRAM, trace)
     assert signature(verdict) == "hung in program teardown"
     assert any("after the last op: KERNEL HANG" in line for line in verdict.lines())
+
+
+def test_the_lines_can_show_what_the_kernel_reported_even_for_unchecked_ops():
+    program = parse_program("region a pages=8\np0 map a[0:8]\np0 madvise a[0:8] collapse\n"
+                            "p0 pagemap a[0:8]\n", "seen.txt")
+    swapped = PagemapEntry(PM_SWAP | 30)
+    present = PagemapEntry(PM_PRESENT | 0x1234, 1, KPF["ANON"])
+    trace = Trace("7.2.13", (OpResult(), OpResult(errno=22),
+                             OpResult(pagemap=(swapped,) * 3 + (present,) * 5)))
+    lines = judge(program, trace).lines(observations=True)
+    assert lines[3].strip() == "kernel: errno=EINVAL"
+    assert lines[4].endswith("unchecked")
+    assert lines[5].strip() == ("kernel: errno=0 pagemap=[swapped x3, present count=1 "
+                                "flags=ANON x5]")
+    assert not any("kernel:" in line for line in judge(program, trace).lines())
+
+
+def test_long_per_page_observations_are_cut_to_their_first_and_last_runs():
+    pages = tuple(Page(signal=0 if n % 2 else 11) for n in range(40))   # ok, SIGSEGV, ...
+    shown = OpResult(pages=pages).describe()
+    assert shown == "errno=0 pages=[SIGSEGV, ok, SIGSEGV, ok, ... (40 in all), SIGSEGV, ok]"

@@ -174,3 +174,37 @@ def test_snapshot_without_migration():
     wrong = snap(uapi.PROT_NONE, uapi.PROT_ERROR, uapi.PROT_ZERO | uapi.PROT_READ,
                  uapi.PROT_READ, uapi.PROT_WRITE)
     assert_rejects(prog, replaced(good, 11, wrong), 11, "snapshot[0]", "0xff (ERROR)")
+
+
+def test_snapshot():
+    # hmm2/snapshot in full: page 5 migrated to device 0 (the snapshotting one), page 6 to
+    # device 1; hmm_range_fault reports another device's private page as not valid (NONE).
+    prog = program("""
+        region a pages=7
+        p0 open d0 dmirror0
+        p0 open d1 dmirror1
+        p0 map a[0:7]
+        p0 mprotect a[0:7] none
+        p0 munmap a[1:2]
+        p0 mprotect a[2:3] r
+        p0 read a[2:3]
+        p0 mprotect a[3:4] rw
+        p0 write a[3:4] seed=1
+        p0 mprotect a[3:4] r
+        p0 mprotect a[4:7] rw
+        p0 write a[4:5] seed=1
+        p0 migrate_to_dev d0 a[5:6]
+        p0 migrate_to_dev d1 a[6:7]
+        p0 snapshot d0 a[0:7]
+    """)
+    expected = snap(uapi.PROT_ERROR, uapi.PROT_ERROR, uapi.PROT_ZERO | uapi.PROT_READ,
+                    uapi.PROT_READ, uapi.PROT_WRITE,
+                    uapi.PROT_DEV_PRIVATE_LOCAL | uapi.PROT_WRITE, uapi.PROT_NONE)
+    good = [ok(), ok(), ok(), ok(), ok(), ok(), cpu(*zeros(1)), ok(), wrote(1), ok(), ok(),
+            wrote(1), dev(1, 0, zeros(1)), dev(1, 0, zeros(1)), expected]
+    assert_accepts(prog, *good)
+    remote = snap(uapi.PROT_ERROR, uapi.PROT_ERROR, uapi.PROT_ZERO | uapi.PROT_READ,
+                  uapi.PROT_READ, uapi.PROT_WRITE,
+                  uapi.PROT_DEV_PRIVATE_LOCAL | uapi.PROT_WRITE,
+                  uapi.PROT_DEV_PRIVATE_LOCAL | uapi.PROT_WRITE)
+    assert_rejects(prog, replaced(good, 14, remote), 14, "snapshot[6]")

@@ -60,6 +60,56 @@ def test_madvise_over_a_hole_is_enomem_and_still_advises_the_mapped_part():
                    ok(), ok(), snap(W, Z | R))
 
 
+POPULATE_PAST_A_HOLE_AND_A_READ_ONLY_VMA = """
+    region a pages=8
+    p0 map a[0:2]
+    p0 map a[3:8]
+    p0 mprotect a[5:6] r
+    p0 madvise a[0:8] populate_write
+    p0 open d0 dmirror0
+    p0 snapshot d0 a[0:8]
+"""
+
+
+def test_populate_stops_at_the_first_hole_on_72_and_612():
+    # faultin_page_range: a[0:2] populated, then no VMA at a[2] -> -ENOMEM; a[3:8] untouched
+    prog = program(POPULATE_PAST_A_HOLE_AND_A_READ_ONLY_VMA)
+    N, E = uapi.PROT_NONE, uapi.PROT_ERROR
+    for release in ("7.2.13", "6.12.117"):
+        verdict = check(prog, trace(ok(), ok(), ok(), OpResult(errno=errno.ENOMEM), ok(),
+                                    snap(W, W, E, N, N, N, N, N), release=release))
+        assert verdict.ok, str(verdict)
+
+
+def test_populate_on_61_walks_every_vma_and_stops_at_a_read_only_one():
+    # madvise_walk_vmas skips the hole, populates a[3:5], then check_vma_flags refuses the
+    # read-only a[5] -> -EINVAL before a[6:8]
+    prog = program(POPULATE_PAST_A_HOLE_AND_A_READ_ONLY_VMA)
+    N, E = uapi.PROT_NONE, uapi.PROT_ERROR
+    verdict = check(prog, trace(ok(), ok(), ok(), OpResult(errno=errno.EINVAL), ok(),
+                                snap(W, W, E, W, W, N, N, N), release="6.1.192"))
+    assert verdict.ok, str(verdict)
+    verdict = check(prog, trace(ok(), ok(), ok(), OpResult(errno=errno.ENOMEM), ok(),
+                                snap(W, W, E, N, N, N, N, N), release="6.1.192"))
+    assert [d.field for d in verdict.divergences][:1] == ["errno"]
+
+
+def test_populate_read_of_a_prot_none_vma_is_einval_after_the_pages_before_it():
+    prog = program("""
+        region a pages=4
+        p0 map a[0:3]
+        p0 mprotect a[1:2] none
+        p0 madvise a[0:4] populate_read
+        p0 open d0 dmirror0
+        p0 snapshot d0 a[0:4]
+    """)
+    N, E = uapi.PROT_NONE, uapi.PROT_ERROR
+    for release in ("7.2.13", "6.12.117", "6.1.192"):
+        verdict = check(prog, trace(ok(), ok(), OpResult(errno=errno.EINVAL), ok(),
+                                    snap(Z | R, E, N, E), release=release))
+        assert verdict.ok, str(verdict)
+
+
 def test_thp_collapse_is_refused_by_name():
     prog = program("region a pages=1\np0 map a[0:1]\np0 madvise a[0:1] collapse\n")
     verdict = check(prog, trace(ok(), ok()))

@@ -77,11 +77,11 @@ def test_the_verdict_lines_say_unchecked_and_the_status_is_not_a_divergence():
 # before it adds an op, so that generated programs are checked to their end.
 
 EXCLUSIVE_THEN_COMPACT = """
-    region a pages=2
-    p0 map a[0:2]
+    region a pages=4
+    p0 map a[0:4]
     p0 open d0 dmirror0
-    p0 write a[0:2] seed=1
-    p0 exclusive d0 a[0:1]
+    p0 write a[0:4] seed=1
+    p0 exclusive d0 a[0:4]
 """
 
 
@@ -89,11 +89,11 @@ def test_a_simulation_refuses_what_the_check_would_refuse_and_stays_where_it_was
     prog = program(EXCLUSIVE_THEN_COMPACT)
     simulation = Simulation(prog)
     assert simulation.refused is None and len(simulation.allowed) == 4
-    compact = program("region a pages=2\np0 compact\n").ops[0]
+    compact = program("region a pages=4\np0 compact\n").ops[0]
     assert not simulation.admits(compact)
-    assert simulation.refused == "compact with device-exclusive entries"
+    assert simulation.refused == "compact with more than 3 device-exclusive entries"
     assert simulation.program.ops == prog.ops
-    read = program("region a pages=2\np0 read a[0:2]\n").ops[0]
+    read = program("region a pages=4\np0 read a[0:4]\n").ops[0]
     assert simulation.admits(read)
     # what it allows for the read is what the model allows for the program read as a whole
     assert simulation.allowed == expected(prog.with_ops(prog.ops + (read,)))

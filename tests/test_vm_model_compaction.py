@@ -42,3 +42,23 @@ def test_compaction_moves_pages_and_the_mirror_faults_them_again(each_kernel):
         p0 pagemap b[0:8]
         p1 read a[0:4]
     """)
+
+
+def test_compaction_over_device_exclusive_entries(each_kernel):
+    # 7.2: each entry may be taken (the page comes back read-only, no longer atomic; 7.2.13
+    # took all three); 6.12 and 6.1 never take one (the entry holds the page unmapped)
+    agrees(each_kernel, """
+        region a pages=8
+        p0 map a[0:8]
+        p0 open d0 dmirror0
+        p0 write a[0:8] seed=1
+        p0 exclusive d0 a[1:4]
+        p0 compact
+        p0 pagemap a[0:8]
+        p0 check_exclusive d0 a[0:8]
+        p0 snapshot d0 a[0:8]
+        p0 dev_read d0 a[0:8]
+        p0 write a[0:8] seed=2
+        p0 pagemap a[0:8]
+        p0 dev_read d0 a[0:8]
+    """)

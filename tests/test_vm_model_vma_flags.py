@@ -104,3 +104,28 @@ def test_mlock_populates_and_locked_vmas_refuse_reclaim_advice(each_kernel):
     assert errnos[20] == errno.ENOMEM          # populate meets the PROT_NONE page
     assert errnos[24] == errno.ENOMEM          # a[8:10] is not mapped
     assert all(e.present for e in trace.results[8].pagemap)   # mlock populated
+
+
+def test_populate_stops_where_it_cannot_fault(each_kernel):
+    # 7.2/6.12: page by page, the first hole is -ENOMEM and a VMA without the access is
+    # -EINVAL, the pages before it populated; 6.1 walks the VMAs past holes first
+    agrees(each_kernel, """
+        region a pages=8
+        region b pages=4
+        p0 map a[0:2]
+        p0 map a[3:8]
+        p0 mprotect a[5:6] r
+        p0 madvise a[0:8] populate_read
+        p0 pagemap a[0:8]
+        p0 madvise a[0:8] populate_write
+        p0 pagemap a[0:8]
+        p0 munmap a[0:8]
+        p0 map a[0:3]
+        p0 mprotect a[1:2] none
+        p0 madvise a[0:4] populate_read
+        p0 pagemap a[0:4]
+        p0 madvise b[0:4] populate_write
+        p0 map b[1:3]
+        p0 madvise b[0:4] populate_write
+        p0 pagemap b[0:4]
+    """)

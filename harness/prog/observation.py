@@ -170,6 +170,40 @@ class OpResult:
     smaps: tuple[SmapsVma, ...] | None = None
     ksm: KsmScan | None = None
 
+    def describe(self) -> str:
+        """One line for a person, runs of equal per-page values folded ("ok x3"): what the
+        kernel reported, for ops whose verdict alone does not show it."""
+        parts = [f"errno={errno_name(self.errno)}"]
+        parts += [f"{name}={value}" for name, value in (("cpages", self.cpages),
+                                                       ("faults", self.faults))
+                  if value is not None]
+        for name, values in (("pages", self.pages), ("snapshot", self.snapshot),
+                             ("pagemap", self.pagemap), ("node_status", self.node_status)):
+            if values:
+                shown = (f"{b:#04x}" for b in values) if name == "snapshot" else map(str, values)
+                parts.append(f"{name}=[{', '.join(_runs(shown))}]")
+        if self.smaps is not None:
+            parts.append(f"smaps=[{'; '.join(map(str, self.smaps))}]")
+        if self.ksm is not None:
+            parts.append(f"ksm={self.ksm}")
+        return " ".join(parts)
+
+
+def _runs(values, keep: int = 6) -> list[str]:
+    """Equal neighbours folded ("ok x3"); past `keep` runs only the first and last few."""
+    folded: list[list] = []
+    total = 0
+    for value in values:
+        total += 1
+        if folded and folded[-1][0] == value:
+            folded[-1][1] += 1
+        else:
+            folded.append([value, 1])
+    shown = [value if count == 1 else f"{value} x{count}" for value, count in folded]
+    if len(shown) > keep:
+        shown = shown[:keep - 2] + [f"... ({total} in all)"] + shown[-2:]
+    return shown
+
 
 class Ending(Enum):
     COMPLETED = "completed"   # every op ran
