@@ -81,7 +81,8 @@ def split_folio(world: World, mm_id: int, vpn: int) -> None:
     order until the folio is no longer mapped, and try_to_migrate_one fires
     MMU_NOTIFY_CLEAR over each one's part of the folio's 2 MiB (vma_address_end); a PMD
     mapping is split (TTU_SPLIT_HUGE_PMD), and remove_migration_ptes maps every page again
-    as an order-0 folio with the same entry bits and PageAnonExclusive. The PFNs stay."""
+    as an order-0 folio with the same entry bits and PageAnonExclusive (the PFNs stay), or,
+    for a zero-filled page of a THP in system memory, the shared zero page."""
     mm = world.mms[mm_id]
     pte = mm.ptes[vpn]
     head = world.folios[pte.folio].thp
@@ -100,11 +101,19 @@ def split_folio(world: World, mm_id: int, vpn: int) -> None:
     device = world.folios[pte.folio].device is not None
     head_pfn = world.pfns.pop(("devthp" if device else "thp", head), None)
     for v in mapped:
-        folio_id = mm.ptes[v].folio
-        folio = world.folios[folio_id]
+        p = mm.ptes[v]
+        folio = world.folios[p.folio]
+        if not device and folio.content == ZERO and "locked" not in mm.vma_at(v).flags:
+            # __folio_split: remap_page with TTU_USE_SHARED_ZEROPAGE for an anonymous
+            # folio (not a device-private one): try_to_map_unused_to_zeropage maps a
+            # zero-filled page of a VMA without VM_LOCKED to the shared zero page, with
+            # the migration entry's soft-dirty and uffd-wp bits, and frees the page.
+            mm.ptes[v] = Pte(Kind.ZERO, soft_dirty=p.soft_dirty, uffd_wp=p.uffd_wp)
+            del world.folios[p.folio]
+            continue
         if head_pfn is not None:
-            world.pfns[("dev" if device else "pfn", folio_id)] = head_pfn + folio.thp_index
-        world.folios[folio_id] = replace(folio, thp=None, thp_index=0)
+            world.pfns[("dev" if device else "pfn", p.folio)] = head_pfn + folio.thp_index
+        world.folios[p.folio] = replace(folio, thp=None, thp_index=0)
 
 
 def _try_to_migrate(world: World, mm_id: int, mm: Mm, base: int, mapped: list) -> None:
@@ -425,11 +434,11 @@ def _evict_pte_mapped(world: World, mm_id: int, mm: Mm, mapped: list) -> None:
         _shared_device_page(world, vpn, world.folios[mm.ptes[vpn].folio],
                             "evicting a device THP")
     _try_to_migrate(world, mm_id, mm, base, mapped)
-    head = world.new_id()
+    head = world.new_id()      # page 0's, which may be unmapped
     for vpn in mapped:
         pte = mm.ptes[vpn]
         old = world.folios[pte.folio]
-        folio = head if vpn == mapped[0] else world.new_id()
+        folio = head if vpn == base else world.new_id()
         world.folios[folio] = Folio(old.content, 1, old.exclusive, node=vmas.LOCAL_NODE,
                                     thp=head, thp_index=vpn - base)
         mm.ptes[vpn] = Pte(Kind.PRESENT, folio, pte.writable, clean=True,

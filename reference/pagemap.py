@@ -35,6 +35,7 @@ from harness.prog.observation import (
 
 from .expect import Expect
 from .places import Places
+from .refuse import Unmodelled
 from .state import Kind, World
 
 FLAG_BITS = ((1 << 64) - 1) & ~((1 << 55) - 1)     # bits 55..63
@@ -240,10 +241,16 @@ def thp_spec(world: World, mm, vpn: int, pte, sd: int, name: str) -> PageSpec | 
         asked = world.folios[mm.ptes[index * THP_PAGES].folio]
     flags = PM_PRESENT | sd | (PM_MMAP_EXCLUSIVE if asked.mapcount == 1 else 0)
     how = "a PMD" if index in mm.pmds else "a PTE"
+    # stable_page_flags reads folio->flags: every page shows the head page's
+    # PG_anon_exclusive, which the model no longer knows once the head page is unmapped
+    head = world.folios.get(folio.thp)
+    if head is None:
+        raise Unmodelled("pagemap of a THP whose head page is unmapped",
+                         "kpageflags shows the head page's PG_anon_exclusive")
     return PageSpec(flags, "pfn", key, known=world.pfns.get(key), offset=folio.thp_index,
                     count=folio.mapcount,
                     kflags=KPF["ANON"] | KPF["THP"] | _compound(folio.thp_index)
-                    | (KPF_ANON_EXCLUSIVE if folio.exclusive else 0),
+                    | (KPF_ANON_EXCLUSIVE if head.exclusive else 0),
                     why=f"{name} is page {folio.thp_index} of THP #{folio.thp}, mapped by "
                         f"{how}, {folio.mapcount} time(s)"
                         f"{', PageAnonExclusive' if folio.exclusive else ''}")
