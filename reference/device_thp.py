@@ -8,13 +8,16 @@ dmirror_migrate_to_system) and mm/migrate_device.c then moves a whole aligned PM
   when the piece is the whole aligned 2 MiB; dmirror_migrate_alloc_and_copy allocates a
   device THP (dmirror_devmem_alloc_page(dmirror, is_large)) and the device-private PMD entry
   is installed (remove_migration_pmd for a THP, migrate_vma_insert_huge_pmd_page for the
-  others). With FAIL_ALLOC set, or when the backing folio_alloc(GFP_HIGHUSER,
-  HPAGE_PMD_ORDER) fails, the driver takes 512 small device pages instead and the PMD is
-  split (migrate_vma_split_unmapped_folio for a THP, migrate_vma_insert_page for the rest);
+  others). With FAIL_ALLOC set the driver takes 512 small device pages instead and the PMD
+  is split (migrate_vma_split_unmapped_folio for a THP, migrate_vma_insert_page for the
+  rest);
 - back: do_huge_pmd_device_private -> dmirror_devmem_fault (vmf->pte NULL: the folio's
   order), dmirror_migrate_to_system of the whole 2 MiB, eviction at RELEASE and close
   (dmirror_device_evict_chunk); dmirror_devmem_fault_alloc_and_copy allocates a THP
-  (vma_alloc_folio) or, when that fails or FAIL_ALLOC is set, 512 small pages;
+  (vma_alloc_folio) or, with FAIL_ALLOC set, 512 small pages;
+- the PMD-order allocations (folio_alloc(GFP_HIGHUSER) of the backing page,
+  vma_alloc_folio(GFP_HIGHUSER_MOVABLE) on the way back, folio_alloc at eviction) may
+  reclaim and compact; their failure is assumed away, as other allocation failures are;
 - a piece that covers part of a THP splits its folio (migrate_vma_split_folio, the
   fallback of migrate_vma_collect_huge_pmd: split_folio), and a CPU fault on a
   PTE-mapped page of a device THP splits the device folio first.
@@ -38,7 +41,7 @@ from harness.prog.ops import (
 from .mm import invalidate
 from .refuse import Unmodelled
 from .state import Entry, Folio, Kind, Mm, Pte, Tag, World
-from .thp import PMD_PAGES, Pmd, allocated, pmd_of, pmd_range, split_pmd_mapping
+from .thp import PMD_PAGES, Pmd, pmd_of, pmd_range, split_pmd_mapping
 from .uapi import FAIL_ALLOC, PROT_ERROR
 from . import vma as vmas
 
@@ -48,20 +51,6 @@ from . import vma as vmas
 def device_pmd(mm: Mm, index: int) -> Pmd | None:
     pmd = mm.pmds.get(index)
     return pmd if pmd is not None and pmd.device else None
-
-
-def any_device_pmd(world: World) -> bool:
-    return any(pmd.device for mm in world.mms.values() if mm.alive
-               for pmd in mm.pmds.values())
-
-
-def may_allocate_huge(world: World, op) -> bool:
-    """Whether `op` may allocate a PMD-sized folio whatever the THP mode: migrate_to_dev
-    (a device THP's backing folio) and whatever brings a device THP back (vma_alloc_folio
-    of its order in dmirror_devmem_fault_alloc_and_copy)."""
-    if not world.profile.device_thp:
-        return False
-    return isinstance(op, MigrateToDev) or any_device_pmd(world)
 
 
 def _large_device_page(world: World, pte: Pte | None) -> bool:
@@ -184,16 +173,16 @@ def migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
 
 def _device_allocation(world: World, mirror, mm: Mm, index: int) -> bool:
     """Does dmirror_migrate_alloc_and_copy get a device THP? FAIL_ALLOC makes the first
-    allocation fail (and clears itself); else dmirror_devmem_alloc_page's
-    folio_alloc(GFP_HIGHUSER, HPAGE_PMD_ORDER) for the backing page may fail like any THP
-    allocation (thp.allocated: the kernel's freedom). Either way the driver then takes
-    HPAGE_PMD_NR small device pages (dmirror_devmem_alloc_page(dmirror, false)) and copies
-    page by page: no MIGRATE_PFN_COMPOUND in dst."""
+    allocation fail (and clears itself): the driver then takes HPAGE_PMD_NR small device
+    pages (dmirror_devmem_alloc_page(dmirror, false)) and copies page by page, no
+    MIGRATE_PFN_COMPOUND in dst. Otherwise the backing folio_alloc(GFP_HIGHUSER,
+    HPAGE_PMD_ORDER) succeeds: it may reclaim and compact (__GFP_DIRECT_RECLAIM), and
+    allocation failures under memory pressure are assumed away (docs/model.md)."""
     if mirror.flags & FAIL_ALLOC:
         mirror.flags &= ~FAIL_ALLOC
         mm.tables[index] = True
         return False
-    return allocated(world, mm, index)
+    return True
 
 
 def _hole_to_device(world: World, mirror_id: int, mm: Mm, vma, index: int,
@@ -353,8 +342,8 @@ def _back(world: World, mm_id: int, mm: Mm, index: int, mirror, mirror_id) -> bo
     (owner the device: the other devices' dmirrors lose it), xa_erase of every page from
     `mirror`'s table, then vma_alloc_folio(order 9) by the VMA's policy; remove_migration_pmd
     maps the THP by its PMD with the entry's write, soft-dirty and uffd-wp bits, exclusive
-    unless the entry was a plain readable one, clean. FAIL_ALLOC (cleared) or a failed
-    allocation: 512 small pages, after migrate_vma_split_unmapped_folio split the PMD
+    unless the entry was a plain readable one, clean. FAIL_ALLOC (cleared): 512 small
+    pages, after migrate_vma_split_unmapped_folio split the PMD
     (MMU_NOTIFY_CLEAR over the 2 MiB). True for a THP."""
     from .device import _shared_device_page
     base = index * PMD_PAGES
@@ -365,12 +354,12 @@ def _back(world: World, mm_id: int, mm: Mm, index: int, mirror, mirror_id) -> bo
     if mirror is not None:
         for vpn in pmd_range(index):
             mirror.table.pop(vpn, None)
-    if mirror is not None and mirror.flags & FAIL_ALLOC:
+    # vma_alloc_folio(GFP_HIGHUSER_MOVABLE, order) may reclaim and compact: its failure
+    # (small pages, as with FAIL_ALLOC) is assumed away like other allocation failures
+    large = not (mirror is not None and mirror.flags & FAIL_ALLOC)
+    if not large:
         mirror.flags &= ~FAIL_ALLOC
         mm.tables[index] = True
-        large = False
-    else:
-        large = allocated(world, mm, index)
     if not large:
         invalidate(world, mm_id, base, base + PMD_PAGES)
     _to_system(world, mm_id, mm, index, large, vmas.alloc_node(mm.vma_at(base)), mirror_id)

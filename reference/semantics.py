@@ -526,8 +526,7 @@ def step(world: World, op: Op, places: Places) -> list[Outcome]:
     if world.objects:
         _refuse_on_backed(op, world, places)
     try:
-        outcomes = thp.with_allocation_choices(world, lambda w: function(w, op, places),
-                                               device_thp.may_allocate_huge(world, op))
+        outcomes = thp.with_allocation_choices(world, lambda w: function(w, op, places))
     except UffdWriteProtected as fault:
         # A write fault on a uffd-wp page where the op does not state the outcome (GUP of
         # populate_write, mlock or mprotect's populate): VM_FAULT_SIGBUS -> -EFAULT there.

@@ -303,15 +303,13 @@ def allocated(world: World, mm: Mm, index: int) -> bool:
 MAX_PLANS = 32   # check.MAX_STATES: more outcomes than the model keeps states
 
 
-def with_allocation_choices(world: World, run, device_huge: bool = False) -> list:
+def with_allocation_choices(world: World, run) -> list:
     """The outcomes of `run(world)` (one op) for every choice of which of its THP
     allocations fail: all succeed first (the usual case, and the state kept first when the
     state set is cut at check.MAX_STATES), then one failing, two, ... The allocations an op
     makes do not depend on one another's outcome (a fallback only fills its own PMD), so
-    the PMDs of the all-succeed run are the choices. `device_huge`: the op may allocate a
-    PMD-sized folio for a device THP, which does not depend on the THP mode
-    (device_thp.may_allocate_huge)."""
-    if world.thp[0] is ThpEnabled.NEVER and not device_huge:
+    the PMDs of the all-succeed run are the choices."""
+    if world.thp[0] is ThpEnabled.NEVER:
         return run(world)
     pristine = world.clone()
     first = AllocationPlan()
