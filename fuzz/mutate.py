@@ -16,7 +16,7 @@ from harness.prog import ParseError, Program, format_program, parse_program
 from reference import Simulation
 from harness.prog.ops import (
     DEVICES, MAX_NODE, MAX_PROCESSES, MAX_SEED, Advice, CheckExclusive, ClearSoftDirty,
-    CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Fork, KsmMerge,
+    CloseDevice, Compact, CpuRead, CpuWrite, DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge,
     Located, Madvise, Map, MapKind, Mbind, MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap,
     Munlock, Munmap, Op, OpenDevice, PageRange, Pagemap, Prot, Region, Release, Smaps, Snapshot,
     Switch, Thp, ThpDefrag, ThpEnabled, UffdRegister, UffdUnregister, UffdWriteprotect,
@@ -28,11 +28,11 @@ MAX_OPS = 64
 RANGE_OPS = (Map, Munmap, Mprotect, CpuWrite, CpuRead, Madvise, Pagemap, Mlock, Munlock,
              Mremap, MovePages, Mbind, UffdRegister, UffdUnregister, UffdWriteprotect, Smaps)
 DEVICE_OPS = (DevRead, DevWrite, Snapshot, Exclusive, CheckExclusive, MigrateToDev, MigrateToSys)
-FD_OPS = (Release, CloseDevice)
+FD_OPS = (Release, CloseDevice, Flags)
 # The model states shared anonymous, memfd and private tmpfs-file mappings too: about one
 # region in three starts as one of them (page-cache folios, fault-around, no COW on fork).
 SHMEM_KINDS = (MapKind.SHARED, MapKind.MEMFD, MapKind.FILE)
-MODELLED_ADVICE = tuple(advice for advice in Advice if advice is not Advice.COLLAPSE)
+MODELLED_ADVICE = tuple(Advice)
 SEEDS_OF_INTEREST = (1, 2, 3, MAX_SEED)
 
 
@@ -110,6 +110,12 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
         if kind is Thp:
             return Thp(proc, chooser.pick(list(ThpEnabled)), chooser.pick(list(ThpDefrag)))
         return kind(proc)
+    huge = [r for r in scope.regions.values() if r.pages >= 512]
+    if huge and chooser.chance(2):
+        # madvise collapse over a whole region that holds an aligned 2 MiB: the advice pick
+        # below draws it too rarely, and mostly over ranges without a whole PMD
+        region = chooser.pick(sorted(huge, key=lambda r: r.slot))
+        return Madvise(proc, PageRange(region.name, 0, region.pages), Advice.COLLAPSE)
     kind = chooser.pick(kinds)
     if kind is Fork:
         taken = set(scope.fds) | {op.child for op in all_ops if isinstance(op, Fork)}
@@ -118,6 +124,8 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
         taken = {op.fd for op in all_ops if isinstance(op, OpenDevice)}
         name = next(f"d{i}" for i in range(64) if f"d{i}" not in taken)
         return OpenDevice(proc, fd=name, device=chooser.pick(DEVICES))
+    if kind is Flags:  # FAIL_ALLOC (bit 0) or clear
+        return Flags(proc, chooser.pick(fds), chooser.integer(0, 1))
     if kind in FD_OPS:
         return kind(proc, chooser.pick(fds))
     region = chooser.pick(sorted(scope.regions.values(), key=lambda r: r.slot))
@@ -127,7 +135,11 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
     if kind is CpuWrite:
         return CpuWrite(proc, page_range, chooser.pick(SEEDS_OF_INTEREST))
     if kind is Madvise:
-        return Madvise(proc, page_range, chooser.pick(MODELLED_ADVICE))
+        advice = chooser.pick(MODELLED_ADVICE)
+        if advice is Advice.COLLAPSE and chooser.chance(50):
+            # MADV_COLLAPSE acts on the aligned 2 MiB inside the range only
+            page_range = PageRange(region.name, 0, region.pages)
+        return Madvise(proc, page_range, advice)
     if kind is Mremap:
         return _mremap(chooser, scope, proc, page_range)
     if kind is MovePages:

@@ -15,6 +15,7 @@ from harness.prog import ZERO
 from . import reclaim, shmem, thp, vma as vmas
 from .refuse import Unmodelled
 from .state import ZERO_PTE, Dmirror, Kind, Mm, Pte, Vma, World
+from .uffd_shmem import drop_markers
 from .uffd_wp import check_write, protected
 
 
@@ -274,6 +275,7 @@ def munmap(world: World, mm_id: int, start: int, end: int) -> None:
     for vma, vpn in vmas.unmap(mm, start, end):
         split_pmd(world, mm_id, vma, vpn)
     zap(world, mm_id, mm, start, end)
+    drop_markers(mm, start, end)   # unmap_vmas: ZAP_FLAG_DROP_MARKER
     thp.free_pgtables(mm, start, end)
 
 
@@ -350,7 +352,12 @@ def change_protection(world: World, mm_id: int, mm: Mm, start: int, end: int,
             # vm_pgprot_modify(vm_page_prot, vm_flags) ("The open routine did something to
             # the protections") and says no, so even a dirty soft-dirty PTE stays read-only
             # (observed on 7.2.13, 6.12.117, 6.1.192)
-            ptes[vpn] = replace(pte, writable=shmem.prot_writable(vma))
+            shared_writable = shmem.prot_writable(vma)
+            if uffd_wp is False and world.profile.uffd_unprotect_ignores_writenotify:
+                # 6.1 uffd_wp_range: newprot = vm_get_page_prot(vm_flags), without the
+                # writenotify of vm_page_prot (docs/findings.md #14)
+                shared_writable = vma.prot.writable
+            ptes[vpn] = replace(pte, writable=shared_writable)
         elif pte.kind is Kind.PRESENT:
             # 6.1 can_change_pte_writable also wants the PTE dirty.
             dirty_enough = not (world.profile.mprotect_writable_needs_dirty and pte.clean)

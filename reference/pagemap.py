@@ -37,6 +37,7 @@ from .expect import Expect
 from .places import Places
 from .refuse import Unmodelled
 from .state import Kind, World
+from .uffd_shmem import PTE_MARKER_UFFD_WP
 
 FLAG_BITS = ((1 << 64) - 1) & ~((1 << 55) - 1)     # bits 55..63
 SWP_TYPE_BITS = 5                                   # MAX_SWAPFILES_SHIFT
@@ -52,8 +53,9 @@ LARGE_KEYS = ("thp", "devthp")   # keys of PMD-sized folios: system memory, devi
 
 @dataclass(frozen=True)
 class PageSpec:
-    """What one pagemap record may be. `frame`: "none", "pfn" (present page of `key`) or
-    "swp" (type `swp_type`, offset the PFN of `key`). `known`: the PFN of `key` learned from
+    """What one pagemap record may be. `frame`: "none", "pfn" (present page of `key`),
+    "swp" (type `swp_type`, offset the PFN of `key`) or "marker" (type `swp_type`, offset
+    PTE_MARKER_UFFD_WP). `known`: the PFN of `key` learned from
     an earlier pagemap op, if any."""
 
     flags: int
@@ -80,6 +82,8 @@ class PageSpec:
             text += f" pfn of {_key_name(self.key)}"
             if self.offset:
                 text += f" + {self.offset}"
+        elif self.frame == "marker":
+            text += f" swap type {self.swp_type} offset PTE_MARKER_UFFD_WP"
         elif self.frame == "swp":
             text += f" swap type {self.swp_type} offset pfn of {_key_name(self.key)}"
             if self.offset:
@@ -119,6 +123,13 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
             continue
         pte = mm.ptes.get(vpn)
         vma_sd = PM_SOFT_DIRTY if vma.softdirty else 0
+        if pte is None and vpn in mm.markers:
+            # pte_to_pagemap_entry: a softleaf entry (PM_SWAP) that is a uffd-wp marker
+            # (PM_UFFD_WP); swp_type SWP_PTE_MARKER, offset PTE_MARKER_UFFD_WP
+            specs.append(PageSpec(PM_SWAP | PM_UFFD_WP | vma_sd, "marker",
+                                  swp_type=profile.swp_pte_marker,
+                                  why=f"{name} holds a uffd-wp PTE marker (uffd_shmem.py)"))
+            continue
         if pte is None:
             specs.append(PageSpec(vma_sd, why=f"{name} is pte_none: pagemap_pte_hole with "
                                               f"the VMA's VM_SOFTDIRTY ({vma.softdirty})"))
@@ -284,6 +295,9 @@ def _frame(spec: PageSpec, entry: int) -> int | None:
         return None if frame else 0
     if spec.frame == "pfn":
         return frame or None
+    if spec.frame == "marker":
+        expected = spec.swp_type | PTE_MARKER_UFFD_WP << SWP_TYPE_BITS
+        return 0 if frame == expected else None
     if frame & ((1 << SWP_TYPE_BITS) - 1) != spec.swp_type:
         return None
     return frame >> SWP_TYPE_BITS

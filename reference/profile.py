@@ -142,6 +142,17 @@ class Profile:
     # (faultin_page_range, FOLL_MADV_POPULATE) and stop at the first hole (-ENOMEM) or
     # unsuitable VMA (-EINVAL).
     populate_walks_vmas: bool = False
+    # swp_type() of a PTE marker (SWP_PTE_MARKER = MAX_SWAPFILES + SWP_HWPOISON_NUM +
+    # SWP_MIGRATION_NUM + SWP_DEVICE_NUM, include/linux/swap.h): the type after the device
+    # types, 31 on 7.2 and 6.12; 6.1 still has SWP_SWAPIN_ERROR after it, so 30.
+    swp_pte_marker: int = 31
+    # 6.1 uffd_wp_range un-protects with newprot = vm_get_page_prot(vm_flags), not the VMA's
+    # vm_page_prot: in a shared writable VMA every present PTE of the range becomes
+    # writable, even where writenotify wants a write fault (soft-dirty tracking after
+    # clear_soft_dirty, or the VMA still registered for uffd-wp). A bug
+    # (docs/findings.md #14, fixed in 6.2 by "mm/userfaultfd: rely on vma->vm_page_prot in
+    # uffd_wp_range()"); the model follows it so that 6.1 stays checked.
+    uffd_unprotect_ignores_writenotify: bool = False
 
 
 NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False,
@@ -157,7 +168,8 @@ V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,
                migration_dirty_sets_soft_dirty=True, ksm_merge=True,
                ksm_unmerge_write_fault=True, smaps_exclusive_entry_private=True,
                uffd_wp_single_vma=True, uffd_unprotect_read_only=True,
-               exclusive_entry_unmapped=True, populate_walks_vmas=True)
+               exclusive_entry_unmapped=True, populate_walks_vmas=True, swp_pte_marker=30,
+               uffd_unprotect_ignores_writenotify=True)
 
 
 def profile_for(kernel_release: str) -> Profile:

@@ -20,8 +20,8 @@ from harness.prog.ops import (
 )
 
 from . import (
-    device, device_thp, hmm, ksm, mm as cpu, numa, pagemap, reclaim, remap, shmem, smaps, thp, uffd,
-    vma as vmas,
+    collapse, device, device_thp, hmm, ksm, mm as cpu, numa, pagemap, reclaim, remap, shmem, smaps, thp,
+    thp_split, uffd, uffd_shmem, vma as vmas,
 )
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, SIGBUS, WRITTEN, Expect, done, fail, read_page
 from .places import Places
@@ -177,11 +177,11 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
     advises VMA by VMA; a hole makes the result -ENOMEM but the walk goes on; an error of
     one VMA ends it there."""
     advice = op.advice
-    if advice is Advice.COLLAPSE:
-        raise Unmodelled("madvise collapse", "THP collapse is not modelled")
     mm_id = world.procs[op.proc]
     mm = world.mms[mm_id]
     start, end = places.vpns(op.range)
+    if advice is Advice.COLLAPSE:
+        return [(collapse.madvise_collapse(world, mm_id, mm, start, end), world)]
     if advice in (Advice.POPULATE_READ, Advice.POPULATE_WRITE):
         return _populate(world, mm_id, mm, start, end, advice is Advice.POPULATE_WRITE, op, places)
     if advice in _FLAG_ADVICE:
@@ -197,6 +197,9 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
             einval = max(start, vma.start)
             break
         pieces.append((max(start, vma.start), min(end, vma.end)))
+    if advice in thp_split.LRU_ADVICE:
+        for piece_start, piece_end in pieces:
+            thp_split.before_advice(world, mm_id, mm, advice, piece_start, piece_end)
     if advice in (Advice.FREE, Advice.PAGEOUT):
         for piece_start, piece_end in pieces:
             ksm.refuse_ksm_pages(world, mm, piece_start, piece_end, f"madvise {advice.value} "
@@ -207,7 +210,9 @@ def _madvise(world: World, op: Madvise, places: Places) -> list[Outcome]:
             # madvise_dontneed_single_vma -> zap_page_range_single_batched: the PTEs
             # (device-private, device-exclusive and swap entries included) are zapped under
             # one MMU_NOTIFY_CLEAR over the VMA's part of the range.
+            protected = uffd_shmem.protected_entries(mm, piece_start, piece_end)
             cpu.zap(world, mm_id, mm, piece_start, piece_end)
+            mm.markers.update(protected)   # zap_install_uffd_wp_if_needed
             thp.reclaim_empty_tables(mm, piece_start, piece_end)
         elif advice is Advice.FREE:
             # madvise_free_single_vma: MMU_NOTIFY_CLEAR over the VMA's part of the range,
@@ -526,7 +531,8 @@ def step(world: World, op: Op, places: Places) -> list[Outcome]:
     if world.objects:
         _refuse_on_backed(op, world, places)
     try:
-        outcomes = thp.with_allocation_choices(world, lambda w: function(w, op, places))
+        outcomes = thp.with_allocation_choices(world, lambda w: function(w, op, places),
+                                               always=collapse.allocates(op))
     except UffdWriteProtected as fault:
         # A write fault on a uffd-wp page where the op does not state the outcome (GUP of
         # populate_write, mlock or mprotect's populate): VM_FAULT_SIGBUS -> -EFAULT there.

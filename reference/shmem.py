@@ -36,6 +36,8 @@ from harness.prog.ops import Advice, MapKind
 from . import vma as vmas
 from .refuse import Unmodelled
 from .state import Folio, Kind, Mm, Pte, Vma, World
+from .uffd_shmem import has_marker, marker_fault, unmap_keeps
+from .uffd_wp import FLAG
 
 FAULT_AROUND_PAGES = 16   # fault_around_bytes (64 KiB) >> PAGE_SHIFT: fault_around_pages
 PTRS_PER_PTE = 512
@@ -101,7 +103,7 @@ def _page_of(vma: Vma, vpn: int) -> int:
     return vpn + vma.shift
 
 
-def _get_folio(world: World, vma: Vma, vpn: int) -> int:
+def get_folio(world: World, vma: Vma, vpn: int) -> int:
     """shmem_fault -> shmem_get_folio_gfp(SGP_CACHE): the object's folio, allocated zeroed
     and uptodate when the page cache has none. A page in swap comes back through
     shmem_swapin_folio: a new folio with its content (zram is SWP_SYNCHRONOUS_IO:
@@ -148,15 +150,31 @@ def set_page_prot(mm: Mm, vpn: int) -> None:
     """vma_set_page_prot of the VMA at vpn: vma_wants_writenotify for a shared VMA without
     VM_SOFTDIRTY (vma_soft_dirty_enabled)."""
     i = next(k for k, v in enumerate(mm.vmas) if v.start <= vpn < v.end)
-    vma = mm.vmas[i]
-    mm.vmas[i] = replace(vma, writenotify=vma.shared and not vma.softdirty)
+    mm.vmas[i] = wants_writenotify(mm.vmas[i])
+
+
+def wants_writenotify(vma: Vma) -> Vma:
+    """vma_set_page_prot: vma_wants_writenotify for a shared VMA without VM_SOFTDIRTY
+    (vma_soft_dirty_enabled) or registered for uffd-wp (userfaultfd_wp)."""
+    return replace(vma, writenotify=vma.shared and (not vma.softdirty or FLAG in vma.flags))
 
 
 def read_fault(world: World, mm: Mm, vma: Vma, vpn: int) -> None:
-    """do_read_fault on pte_none: do_fault_around, then __do_fault + finish_fault."""
-    _fault_around(world, mm, vma, vpn)
+    """do_read_fault on pte_none (or a uffd-wp marker, uffd_shmem.py): do_fault_around,
+    then __do_fault + finish_fault. A VMA registered for uffd-wp does not fault around
+    (should_fault_around -> uffd_disable_fault_around)."""
+    if has_marker(mm, vpn):
+        marker_fault(world, mm, vma, vpn, write=False)
+        return
+    if FLAG not in vma.flags:
+        _fault_around(world, mm, vma, vpn)
     if vpn not in mm.ptes:
-        _map_cache_page(world, mm, vma, vpn, _get_folio(world, vma, vpn), write=False)
+        map_read(world, mm, vma, vpn)
+
+
+def map_read(world: World, mm: Mm, vma: Vma, vpn: int) -> None:
+    """__do_fault + finish_fault of a read fault: the object's folio mapped."""
+    _map_cache_page(world, mm, vma, vpn, get_folio(world, vma, vpn), write=False)
 
 
 def _fault_around(world: World, mm: Mm, vma: Vma, vpn: int) -> None:
@@ -184,7 +202,9 @@ def write_fault(world: World, mm: Mm, vma: Vma, vpn: int) -> None:
     object's folio writable and dirty. Private: do_cow_fault (vmf_anon_prepare, a new
     anonymous folio, __do_fault still finds or allocates the page-cache folio to copy
     from), mapped writable; no MMU notifier either way (the PTE was none)."""
-    folio = _get_folio(world, vma, vpn)
+    if has_marker(mm, vpn):
+        marker_fault(world, mm, vma, vpn, write=True)
+    folio = get_folio(world, vma, vpn)
     if vma.shared:
         _map_cache_page(world, mm, vma, vpn, folio, write=True)
         return
@@ -230,6 +250,7 @@ def reclaim_cache_page(world: World, mm: Mm, vpn: int) -> None:
     data is dropped with a clean folio (docs/findings.md)."""
     from .reclaim import SWAP_SLOTS_STATED, swap_slots_in_use
     pte = mm.ptes.pop(vpn)
+    unmap_keeps(mm, mm.vma_at(vpn), vpn, pte)
     folio = world.folios[pte.folio]
     world.folios[pte.folio] = folio = replace(folio, mapcount=folio.mapcount - 1)
     world.pfns.pop(("pfn", pte.folio), None)

@@ -38,6 +38,7 @@ from harness.prog.observation import SMAPS_FIELDS, SmapsVma
 from .expect import Expect
 from .places import Places
 from .state import Kind, Mm, Vma, World
+from .uffd_shmem import has_marker
 
 PSS_SHIFT = 12
 KB = 1024
@@ -85,10 +86,12 @@ class _Stats:
     pss_locked: int = 0
     swap_pss: int = 0
 
-    def account(self, pss: int, private: bool, locked: bool) -> None:
-        """smaps_account + smaps_page_accumulate of one anonymous order-0 page."""
+    def account(self, pss: int, private: bool, locked: bool, anonymous: bool = True) -> None:
+        """smaps_account + smaps_page_accumulate of one order-0 page (folio_test_anon: a
+        page-cache folio of a shmem object is not anonymous)."""
         self.resident += PAGE_SIZE
-        self.anonymous += PAGE_SIZE
+        if anonymous:
+            self.anonymous += PAGE_SIZE
         self.pss += pss
         if locked:
             self.pss_locked += pss
@@ -126,8 +129,32 @@ def vma_stats(world: World, mm: Mm, vma: Vma) -> SmapsSpec:
             private = world.profile.smaps_exclusive_entry_private
             stats.account(FULL_PSS, private, locked)
         else:  # present, or device-private ("fake-present")
-            stats.account(_shared_pss(folio.mapcount), folio.mapcount < 2, locked)
+            # A mapped page-cache folio has the page cache's reference besides the
+            # mapping's, so folio_ref_count() == 1 never decides: the mapcount does, as
+            # for an anonymous folio mapped more than once.
+            stats.account(_shared_pss(folio.mapcount), folio.mapcount < 2, locked,
+                          anonymous=not folio.page_cache)
+    if vma.obj is not None:
+        stats.swap += object_swap_pages(world, mm, vma) * PAGE_SIZE
     return stats.spec(vma)
+
+
+def object_swap_pages(world: World, mm: Mm, vma: Vma) -> int:
+    """smap_gather_stats of a shmem VMA: the object's pages in swap (shmem_swap_usage: the
+    swap entries of the mapping in [vm_pgoff, vm_pgoff + vma_pages), or info->swapped when
+    the VMA maps the object whole: the same number). Counted in Swap only, never in
+    SwapPss. A shared or read-only VMA counts them all, whatever its PTEs; a private
+    writable one with some of them walks with smaps_shmem_walk_ops and counts only those
+    at a pte_none (smaps_pte_hole / smaps_pte_hole_lookup): a present, swap or uffd-wp
+    marker PTE (an anonymous copy, or nothing but the marker) hides the object's page.
+    The same code in 6.1, 6.12 and 7.2."""
+    pages = world.objects[vma.obj]
+    swapped = [vpn for vpn in range(vma.start, vma.end)
+               if (folio := world.folios.get(pages.get(vpn + vma.shift))) is not None
+               and folio.swapped]
+    if vma.shared or not vma.prot.writable:
+        return len(swapped)
+    return sum(1 for vpn in swapped if vpn not in mm.ptes and not has_marker(mm, vpn))
 
 
 def smaps(world: World, op, places: Places) -> list[tuple[Expect, World]]:

@@ -216,10 +216,13 @@ class Mm:
     # the PMD is none.
     pmds: dict = field(default_factory=dict)
     tables: dict = field(default_factory=dict)
+    # The vpns holding a uffd-wp PTE marker (PTE_MARKER_UFFD_WP, uffd_shmem.py): not
+    # pte_none, but no page either; only in shmem and file VMAs registered for WP.
+    markers: set = field(default_factory=set)
 
     def clone(self) -> "Mm":
         return Mm(list(self.vmas), dict(self.ptes), self.alive, dict(self.pmds),
-                  dict(self.tables))
+                  dict(self.tables), set(self.markers))
 
     def vma_at(self, vpn: int) -> Vma | None:
         for vma in self.vmas:
@@ -348,7 +351,8 @@ class World:
             tuple(sorted(self.procs.items())),
             tuple(sorted(self.fds.items())),
             tuple((k, mm.alive, tuple(mm.vmas), tuple(sorted(mm.ptes.items(), key=_key0)),
-                   tuple(sorted(mm.pmds.items())), tuple(sorted(mm.tables.items(), key=repr)))
+                   tuple(sorted(mm.pmds.items())), tuple(sorted(mm.tables.items(), key=repr)),
+                   tuple(sorted(mm.markers)))
                   for k, mm in sorted(self.mms.items())),
             tuple(sorted(self.folios.items(), key=_key0)),
             tuple((k, d.device, d.mm, d.flags, tuple(sorted(d.table.items(), key=_key0)))

@@ -84,11 +84,11 @@ def pmd_range(index: int) -> range:
 # ------------------------------------------------------------------ the thp op
 
 def set_mode(world: World, op: Thp, places) -> list:
-    """enabled_store -> start_stop_khugepaged. khugepaged is off for the model's purposes:
-    the runner sets khugepaged/scan_sleep_millisecs to a day, so the thread scans only once,
-    when it starts (THP going from never to enabled), and then only mms registered before
-    (khugepaged_enter_vma registers an mm only while THP is enabled). A program whose mm
-    may be registered when khugepaged starts is refused: that scan may collapse its pages."""
+    """enabled_store -> start_stop_khugepaged. The runner sets khugepaged/
+    scan_sleep_millisecs to a day, so the thread scans only once, when it starts (THP going
+    from never to enabled). Every program mm is registered with khugepaged from its fork
+    (collapse.refuse_khugepaged_start_scan): turning THP on where that scan may collapse
+    something is refused, and so is turning it on a second time."""
     enabled, _, ever_enabled = world.thp
     turning_on = op.enabled is not ThpEnabled.NEVER
     if turning_on and not world.profile.thp:
@@ -97,6 +97,9 @@ def set_mode(world: World, op: Thp, places) -> list:
     if turning_on and enabled is ThpEnabled.NEVER and ever_enabled:
         raise Unmodelled("thp enabled again",
                          "khugepaged starts and scans the mms registered while THP was on")
+    if turning_on and enabled is ThpEnabled.NEVER:
+        from .collapse import refuse_khugepaged_start_scan
+        refuse_khugepaged_start_scan(world, op.enabled)
     world.thp = (op.enabled, op.defrag, ever_enabled or turning_on)
     return [(done("the sysfs files accept every mode"), world)]
 
@@ -303,13 +306,14 @@ def allocated(world: World, mm: Mm, index: int) -> bool:
 MAX_PLANS = 32   # check.MAX_STATES: more outcomes than the model keeps states
 
 
-def with_allocation_choices(world: World, run) -> list:
+def with_allocation_choices(world: World, run, always: bool = False) -> list:
     """The outcomes of `run(world)` (one op) for every choice of which of its THP
     allocations fail: all succeed first (the usual case, and the state kept first when the
     state set is cut at check.MAX_STATES), then one failing, two, ... The allocations an op
     makes do not depend on one another's outcome (a fallback only fills its own PMD), so
-    the PMDs of the all-succeed run are the choices."""
-    if world.thp[0] is ThpEnabled.NEVER:
+    the PMDs of the all-succeed run are the choices. Ops allocate THPs only while THP is
+    on, except those `always` marks (madvise collapse ignores the mode)."""
+    if world.thp[0] is ThpEnabled.NEVER and not always:
         return run(world)
     pristine = world.clone()
     first = AllocationPlan()
@@ -412,7 +416,12 @@ _THP_AWARE_ADVICE = {Advice.DONTNEED, Advice.POPULATE_READ, Advice.POPULATE_WRIT
                      # madvise_willneed on anonymous memory reads swap entries in
                      # (swapin_walk_pmd_entry: pte_offset_map_lock finds no table under a
                      # PMD mapping, and a THP page is no swap entry): nothing to do here
-                     Advice.WILLNEED}
+                     Advice.WILLNEED,
+                     # collapse.py: a PMD mapping is SCAN_PMD_MAPPED, a PTE-mapped THP
+                     # is copied into a new one like any other folio
+                     Advice.COLLAPSE,
+                     # thp_split.py: the splits of a THP the range covers in part
+                     Advice.COLD, Advice.PAGEOUT, Advice.FREE}
 
 
 def has_huge(world: World, mm: Mm, start: int | None = None, end: int | None = None) -> bool:

@@ -9,7 +9,8 @@ compares vm_userfaultfd_ctx) and anon_vma sharing.
 
 - `uffd_register` (userfaultfd_register, UFFDIO_REGISTER_MODE_WP): -EINVAL when no VMA
   lies in the range (vma_find); every VMA in it passes vma_can_userfault (private
-  anonymous, VM_MAYWRITE even for PROT_NONE); userfaultfd_register_range then gives each
+  anonymous, VM_MAYWRITE even for PROT_NONE; shmem and file VMAs too, with PTE markers:
+  uffd_shmem.py); userfaultfd_register_range then gives each
   VMA piece VM_UFFD_WP (vma_modify_flags_uffd: merge or split like mprotect, holes
   skipped). Nothing else: no PTE changes, no notifier.
 - `uffd_unregister` (userfaultfd_unregister): -EINVAL when no VMA lies in the range; each
@@ -51,7 +52,7 @@ from harness.prog.ops import (
     UffdWriteprotect,
 )
 
-from . import mm as cpu, vma as vmas
+from . import mm as cpu, shmem, thp, uffd_shmem as markers, vma as vmas
 from .expect import EINVAL, ENOENT, done, fail
 from .places import Places
 from .refuse import Unmodelled
@@ -80,11 +81,17 @@ def _no_vma(world: World, function: str):
 
 def _set_registration(world: World, mm_id, start: int, end: int, change) -> None:
     """The VMA flag change of (un)registering, holes skipped; a VMA split inside a PMD
-    splits it (userfaultfd_register_range / userfaultfd_clear_vma -> vma_modify_flags)."""
-    _, _, splits = vmas.modify(world.mms[mm_id], start, end, change, world.profile,
-                               stop_at_hole=False)
+    splits it (userfaultfd_register_range / userfaultfd_clear_vma -> vma_modify_flags).
+    A shared VMA whose VM_UFFD_WP changed gets its vm_page_prot recomputed
+    (userfaultfd_set_vm_flags -> vma_set_page_prot: writenotify while registered)."""
+    mm = world.mms[mm_id]
+    flipped = [max(start, vma.start) for vma in vmas.overlaps(mm, start, end)
+               if vma.shared and (FLAG in vma.flags) != (FLAG in change(vma)["flags"])]
+    _, _, splits = vmas.modify(mm, start, end, change, world.profile, stop_at_hole=False)
     for vma, vpn in splits:
         cpu.split_pmd(world, mm_id, vma, vpn)
+    for vpn in flipped:
+        shmem.set_page_prot(mm, vpn)
 
 
 def register(world: World, op: UffdRegister, places: Places):
@@ -92,8 +99,9 @@ def register(world: World, op: UffdRegister, places: Places):
     if not vmas.overlaps(world.mms[mm_id], start, end):
         return _no_vma(world, "userfaultfd_register")
     _set_registration(world, mm_id, start, end, _with_flag)
-    return [(done("userfaultfd_register_range: every VMA in the range is private "
-                  "anonymous with VM_MAYWRITE (vma_can_userfault)"), world)]
+    return [(done("userfaultfd_register_range: every VMA in the range passes "
+                  "vma_can_userfault (anonymous, or shmem: shmem_can_userfault, with "
+                  "PTE markers) and has VM_MAYWRITE"), world)]
 
 
 def unregister(world: World, op: UffdUnregister, places: Places):
@@ -106,6 +114,7 @@ def unregister(world: World, op: UffdUnregister, places: Places):
             # userfaultfd_clear_vma: uffd_wp_range(..., false) before the flags change
             cpu.change_protection(world, mm_id, mm, max(start, vma.start),
                                   min(end, vma.end), uffd_wp=False)
+            markers.drop_markers(mm, max(start, vma.start), min(end, vma.end))
     _set_registration(world, mm_id, start, end, _without_flag)
     return [(done("userfaultfd_unregister: the registered VMAs of the range are "
                   "unprotected and lose VM_UFFD_WP"), world)]
@@ -132,6 +141,10 @@ def writeprotect(world: World, op: UffdWriteprotect, places: Places):
         pieces.append((max(start, vma.start), min(end, vma.end)))
     for piece_start, piece_end in pieces:
         cpu.change_protection(world, mm_id, mm, piece_start, piece_end, uffd_wp=enable)
+        if enable:
+            markers.protect_holes(mm, mm.vma_at(piece_start), piece_start, piece_end)
+        else:
+            markers.drop_markers(mm, piece_start, piece_end)
     if unregistered is not None:
         return [(fail(ENOENT, f"mwriteprotect_range: {places.name(max(start, unregistered.start))}"
                               "'s VMA is not registered for WP (userfaultfd_wp) -> -ENOENT "
@@ -153,8 +166,8 @@ def armed(world: World) -> bool:
 GUARDED = (Mremap, KsmMerge)
 # Stated for private anonymous order-0 folios only: THPs bring change_huge_pmd's uffd-wp
 # bit, userfaultfd_huge_pmd_wp and smaps' AnonHugePages and per-page mapcounts of large
-# folios; shmem and file mappings use uffd-wp PTE markers (userfaultfd_wp_use_markers) and
-# smaps counts their page cache and shmem swap; KSM pages count in smaps' KSM accounting.
+# folios (shmem and file mappings: uffd_shmem.py, smaps.object_swap_pages); KSM pages
+# count in smaps' KSM accounting.
 ORDER_0_ONLY = (UffdRegister, UffdUnregister, UffdWriteprotect, Smaps)
 
 
@@ -175,15 +188,14 @@ def refuse_unfollowed(world: World, op, places: Places) -> None:
 
 
 def _refuse_beyond_anonymous_order_0(world: World, op, places: Places) -> None:
-    if world.thp[0] is not ThpEnabled.NEVER or world.thp[2]:
+    if world.thp[0] is not ThpEnabled.NEVER or world.thp[2] or any(
+            thp.has_huge(world, mm) for mm in world.mms.values() if mm.alive):
+        # (madvise collapse makes THPs whatever the mode)
         raise Unmodelled(f"{op.keyword} with THP enabled in the program",
                          "stated for order-0 folios only")
     mm = world.mms[world.procs[op.proc]]
     start, end = places.vpns(op.range)
     for vma in vmas.overlaps(mm, start, end):
-        if vma.obj is not None:
-            raise Unmodelled(f"{op.keyword} over a shmem or file mapping",
-                             "stated for private anonymous memory only")
         if isinstance(op, Smaps) and any(
                 vpn in vma and pte.kind is not Kind.ZERO and pte.folio in world.folios
                 and world.folios[pte.folio].ksm for vpn, pte in mm.ptes.items()):

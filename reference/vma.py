@@ -394,5 +394,8 @@ def fork_vmas(world: World, parent: Mm) -> list[Vma]:
             vma = replace(vma, anon=None, fork_child=False)
         elif vma.anon is not None:
             vma = replace(vma, anon=world.new_id(), fork_child=True)
+        if "uffd_wp" in vma.flags and vma.shared:
+            # userfaultfd_reset_ctx -> userfaultfd_set_vm_flags -> vma_set_page_prot
+            vma = replace(vma, writenotify=not vma.softdirty)
         child.append(replace(vma, flags=vma.flags - {"locked", "uffd_wp"}))
     return child

@@ -51,8 +51,9 @@ def test_a_hang_after_every_op_reported_is_titled_by_the_teardown():
 
 
 def test_the_lines_can_show_what_the_kernel_reported_even_for_unchecked_ops():
-    program = parse_program("region a pages=8\np0 map a[0:8]\np0 madvise a[0:8] collapse\n"
-                            "p0 pagemap a[0:8]\n", "seen.txt")
+    # (collapse of a file mapping is refused: collapse_file is not followed)
+    program = parse_program("region a pages=8\np0 map a[0:8] file\n"
+                            "p0 madvise a[0:8] collapse\np0 pagemap a[0:8]\n", "seen.txt")
     swapped = PagemapEntry(PM_SWAP | 30)
     present = PagemapEntry(PM_PRESENT | 0x1234, 1, KPF["ANON"])
     trace = Trace("7.2.13", (OpResult(), OpResult(errno=22),

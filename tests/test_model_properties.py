@@ -177,6 +177,9 @@ def test_a_page_move_pages_reports_on_a_node_is_found_there(prog, node, data):
     predicted = expected(prog)
     if len(predicted) < len(prog.ops) or "p0" not in _alive(prog):
         return  # refused before the end, or p0 is gone
+    if len(predicted[-2]) > 1:
+        return  # the states differ (e.g. compaction took an exclusive entry or not), and
+                # expected() does not pair each move with its own query
     (move,), query = predicted[-2], predicted[-1]
     for expect in query:
         for moved, found in zip(move.node_status, expect.node_status):

@@ -295,20 +295,7 @@ def test_6_1_protects_only_within_one_vma_and_unprotects_read_only():
     assert check(prog, trace(*start, wrote(1), release="6.1.192")).ok
 
 
-def test_shmem_thp_and_ksm_cases_are_refused_by_name():
-    prog = program("""
-        region s pages=2
-        p0 map s[0:2] shared
-        p0 uffd_register s[0:2]
-    """)
-    assert check(prog, trace(ok(), ok())).unmodelled_op == \
-        "uffd_register over a shmem or file mapping"
-    prog = program("""
-        region s pages=2
-        p0 map s[0:2] memfd
-        p0 smaps s[0:2]
-    """)
-    assert check(prog, trace(ok(), ok())).unmodelled_op == "smaps over a shmem or file mapping"
+def test_thp_and_ksm_cases_are_refused_by_name():
     prog = program("""
         region a pages=2
         p0 thp always madvise

@@ -56,3 +56,43 @@ def test_smaps_of_a_range_without_vmas(each_kernel):
         p0 smaps a[0:4]
     """)
     assert trace.results[0].smaps == ()
+
+
+def test_smaps_of_shmem_and_file_mappings(each_kernel):
+    # page-cache folios count in Rss but not Anonymous, shared by mapcount; the object's
+    # swapped pages in Swap (shmem_swap_usage), never in SwapPss; a private file mapping's
+    # copies are anonymous
+    _, trace, _ = agrees(each_kernel, """
+        region s pages=8
+        region f pages=8
+        region w pages=4
+        p0 map s[0:8] memfd
+        p0 write s[0:3] seed=1
+        p0 read s[4:5]
+        p0 fork p1
+        p1 read s[0:2]
+        p0 smaps s[0:8]
+        p1 smaps s[0:8]
+        p0 map f[0:8] file
+        p0 read f[0:2]
+        p0 write f[2:4] seed=2
+        p0 mlock f[3:8]
+        p0 smaps f[0:8]
+        p0 map w[0:4] shared
+        p0 write w[0:4] seed=3
+        p0 madvise w[0:2] pageout
+        p0 smaps w[0:4]
+        p0 munmap w[3:4]
+        p0 smaps w[0:4]
+        p1 map w[0:4] memfd
+        p1 write w[0:2] seed=4
+        p1 madvise w[0:1] pageout
+        p1 read w[2:3]
+        p1 smaps w[0:4]
+        p1 munmap w[0:1]
+        p1 smaps w[0:4]
+    """)
+    (parent,) = trace.results[5].smaps
+    assert parent["Anonymous"] == 0 and parent["Rss"] == 16 and parent["Pss"] < 16
+    (swapped,) = trace.results[15].smaps
+    assert (swapped["Swap"], swapped["SwapPss"], swapped["Rss"]) == (8, 0, 8)
