@@ -29,8 +29,6 @@ stated for device THPs yet are refused where they meet one (`guard`).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from harness.prog import ZERO
 from harness.prog.ops import (
     Advice, CheckExclusive, CloseDevice, CpuRead, CpuWrite, DeviceOp, DevRead, DevWrite, Exit,
@@ -43,7 +41,7 @@ from .refuse import Unmodelled
 from .state import Entry, Folio, Kind, Mm, Pte, Tag, World
 from .thp import PMD_PAGES, Pmd, pmd_of, pmd_range, split_pmd_mapping
 from .uapi import FAIL_ALLOC, PROT_ERROR
-from . import vma as vmas
+from . import thp_split, vma as vmas
 
 
 # ------------------------------------------------------------------ what is where
@@ -65,75 +63,16 @@ def _base(world: World, vpn: int, pte: Pte) -> int:
 # ------------------------------------------------------------------ splitting a folio
 
 def split_folio(world: World, mm_id: int, vpn: int) -> None:
-    """split_folio() of the large folio (a THP or a device THP) whose page `vpn` maps:
-    unmap_folio -> try_to_migrate walks the anon_vma's VMAs over the folio in address
-    order until the folio is no longer mapped, and try_to_migrate_one fires
-    MMU_NOTIFY_CLEAR over each one's part of the folio's 2 MiB (vma_address_end); a PMD
-    mapping is split (TTU_SPLIT_HUGE_PMD), and remove_migration_ptes maps every page again
-    as an order-0 folio with the same entry bits and PageAnonExclusive (the PFNs stay), or,
-    for a zero-filled page of a THP in system memory, the shared zero page."""
+    """split_folio() of the large folio (a THP or a device THP) whose page `vpn` maps
+    (thp_split.split_folio: the notifiers of try_to_migrate, order-0 folios with the same
+    bits and PFNs, zero-filled pages of a THP in system memory as the shared zero page)."""
     mm = world.mms[mm_id]
-    pte = mm.ptes[vpn]
-    head = world.folios[pte.folio].thp
-    base = _base(world, vpn, pte)
-    mapped = [v for v in range(base, base + PMD_PAGES)
-              if (p := mm.ptes.get(v)) is not None and p.kind is not Kind.ZERO
-              and world.folios[p.folio].thp == head]
-    for v in mapped:
-        p = mm.ptes[v]
-        if p.kind not in (Kind.PRESENT, Kind.DEVICE) or world.folios[p.folio].mapcount != 1:
-            raise Unmodelled("splitting a THP mapped by several processes or through a "
-                             "device-exclusive entry",
+    head = world.folios[mm.ptes[vpn].folio].thp
+    for _, _, folio_id in thp_split.pages_of(world, head):
+        if world.folios[folio_id].mapcount != 1:
+            raise Unmodelled("splitting a THP mapped by several processes",
                              "try_to_migrate of those mappings is not followed")
-    _try_to_migrate(world, mm_id, mm, base, mapped)
-    split_pmd_mapping(mm, pmd_of(base))
-    device = world.folios[pte.folio].device is not None
-    head_pfn = world.pfns.pop(("devthp" if device else "thp", head), None)
-    for v in mapped:
-        p = mm.ptes[v]
-        folio = world.folios[p.folio]
-        if not device and folio.content == ZERO and "locked" not in mm.vma_at(v).flags:
-            # __folio_split: remap_page with TTU_USE_SHARED_ZEROPAGE for an anonymous
-            # folio (not a device-private one): try_to_map_unused_to_zeropage maps a
-            # zero-filled page of a VMA without VM_LOCKED to the shared zero page, with
-            # the migration entry's soft-dirty and uffd-wp bits, and frees the page.
-            mm.ptes[v] = Pte(Kind.ZERO, soft_dirty=p.soft_dirty, uffd_wp=p.uffd_wp)
-            del world.folios[p.folio]
-            continue
-        if head_pfn is not None:
-            world.pfns[("dev" if device else "pfn", p.folio)] = head_pfn + folio.thp_index
-        world.folios[p.folio] = replace(folio, thp=None, thp_index=0)
-
-
-def _try_to_migrate(world: World, mm_id: int, mm: Mm, base: int, mapped: list) -> None:
-    """The notifiers of try_to_migrate on a large folio at [base, base + 512) whose pages
-    `mapped` this mm maps: rmap_walk_anon visits the VMAs of the folio's anon_vma over its
-    range in address order, and try_to_migrate_one fires MMU_NOTIFY_CLEAR over each one's
-    part of the 2 MiB (vma_address_end), until the folio is no longer mapped (rwc.done:
-    folio_not_mapped)."""
-    _refuse_other_mms(world, mm_id, base)
-    anon = {mm.vma_at(v).anon for v in mapped}
-    covering = [v for v in mm.vmas if v.start < base + PMD_PAGES and base < v.end
-                and v.anon is not None]
-    if len(anon) != 1 or any(v.anon not in anon for v in covering):
-        raise Unmodelled("splitting or evicting a THP whose range lies in VMAs of several "
-                         "anon_vmas", "the order of the anon_vma walk is not followed")
-    last = mapped[-1]
-    for vma in covering:
-        invalidate(world, mm_id, max(base, vma.start), min(base + PMD_PAGES, vma.end))
-        if last < vma.end:
-            break
-
-
-def _refuse_other_mms(world: World, mm_id: int, base: int) -> None:
-    """Another process's VMA over the folio's range may be on the same anon_vma (fork), and
-    the rmap walk may visit it first: not followed."""
-    for other_id, other in world.mms.items():
-        if other_id != mm_id and other.alive and any(
-                v.start < base + PMD_PAGES and base < v.end and v.anon is not None
-                for v in other.vmas):
-            raise Unmodelled("splitting a THP while another process maps its range",
-                             "the rmap walk over a forked anon_vma is not followed")
+    thp_split.split_folio(world, mm_id, mm, head)
 
 
 # ------------------------------------------------------------------ MIGRATE_TO_DEV
@@ -422,7 +361,7 @@ def _evict_pte_mapped(world: World, mm_id: int, mm: Mm, mapped: list) -> None:
     for vpn in mapped:
         _shared_device_page(world, vpn, world.folios[mm.ptes[vpn].folio],
                             "evicting a device THP")
-    _try_to_migrate(world, mm_id, mm, base, mapped)
+    thp_split.try_to_migrate_notifiers(world, mm_id, mm, base, mapped)
     head = world.new_id()      # page 0's, which may be unmapped
     for vpn in mapped:
         pte = mm.ptes[vpn]
