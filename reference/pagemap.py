@@ -115,6 +115,7 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
             if key in (ZERO_KEY, HUGE_ZERO_KEY) or key[1] in world.folios
             or (key[0] in LARGE_KEYS and key[1] in heads)}
     specs = []
+    head_bits: dict = {}    # THP head -> its PG_anon_exclusive, once worked out
     for vpn in range(start, end):
         name = places.name(vpn)
         vma = mm.vma_at(vpn)
@@ -137,7 +138,7 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
         sd = PM_SOFT_DIRTY if vma.softdirty or pte.soft_dirty else 0
         if pte.uffd_wp:
             sd |= PM_UFFD_WP   # pte_uffd_wp / pte_swp_uffd_wp, whatever the VMA
-        huge = thp_spec(world, mm, vpn, pte, sd, name)
+        huge = thp_spec(world, mm, vpn, pte, sd, name, head_bits)
         if huge is not None:
             specs.append(huge)
             continue
@@ -220,7 +221,8 @@ def _compound(index: int) -> int:
     return KPF["COMPOUND_HEAD"] if index == 0 else KPF["COMPOUND_TAIL"]
 
 
-def thp_spec(world: World, mm, vpn: int, pte, sd: int, name: str) -> PageSpec | None:
+def thp_spec(world: World, mm, vpn: int, pte, sd: int, name: str,
+             head_bits: dict) -> PageSpec | None:
     """The record of a page of a PMD mapping or of a THP (PMD- or PTE-mapped), or None.
 
     The huge zero page (pagemap_pmd_range_thp): PM_PRESENT, and PM_FILE because its folio
@@ -252,19 +254,32 @@ def thp_spec(world: World, mm, vpn: int, pte, sd: int, name: str) -> PageSpec | 
         asked = world.folios[mm.ptes[index * THP_PAGES].folio]
     flags = PM_PRESENT | sd | (PM_MMAP_EXCLUSIVE if asked.mapcount == 1 else 0)
     how = "a PMD" if index in mm.pmds else "a PTE"
-    # stable_page_flags reads folio->flags: every page shows the head page's
-    # PG_anon_exclusive, which the model no longer knows once the head page is unmapped
-    head = world.folios.get(folio.thp)
-    if head is None:
-        raise Unmodelled("pagemap of a THP whose head page is unmapped",
-                         "kpageflags shows the head page's PG_anon_exclusive")
     return PageSpec(flags, "pfn", key, known=world.pfns.get(key), offset=folio.thp_index,
                     count=folio.mapcount,
                     kflags=KPF["ANON"] | KPF["THP"] | _compound(folio.thp_index)
-                    | (KPF_ANON_EXCLUSIVE if head.exclusive else 0),
+                    | (KPF_ANON_EXCLUSIVE if _head_exclusive(world, folio.thp, head_bits) else 0),
                     why=f"{name} is page {folio.thp_index} of THP #{folio.thp}, mapped by "
                         f"{how}, {folio.mapcount} time(s)"
                         f"{', PageAnonExclusive' if folio.exclusive else ''}")
+
+
+def _head_exclusive(world: World, head: int, known: dict) -> bool:
+    """PG_anon_exclusive of a THP's head page, which stable_page_flags shows for every page
+    (it reads folio->flags). An unmapped head keeps the bit it had when it was unmapped: set,
+    if every page still mapped is PageAnonExclusive (a fork while the head was mapped would
+    have cleared theirs too, and only a reuse of the whole PMD, the head included, sets them
+    again); otherwise unknown (a fork after the head went leaves it set), refused."""
+    folio = world.folios.get(head)
+    if folio is not None:
+        return folio.exclusive
+    if head in known:
+        return known[head]
+    from .thp_split import pages_of
+    if all(world.folios[page].exclusive for _, _, page in pages_of(world, head)):
+        known[head] = True
+        return True
+    raise Unmodelled("pagemap of a THP whose head page is unmapped, after a fork",
+                     "kpageflags shows the head page's PG_anon_exclusive")
 
 
 def _space(key) -> str:
