@@ -33,6 +33,7 @@ FD_OPS = (Release, CloseDevice, Flags)
 # region in three starts as one of them (page-cache folios, fault-around, no COW on fork).
 SHMEM_KINDS = (MapKind.SHARED, MapKind.MEMFD, MapKind.FILE)
 MODELLED_ADVICE = tuple(Advice)
+THP_ADVICE = (Advice.COLD, Advice.PAGEOUT, Advice.FREE, Advice.COLLAPSE)
 SEEDS_OF_INTEREST = (1, 2, 3, MAX_SEED)
 
 
@@ -135,7 +136,11 @@ def random_op(chooser: Chooser, scope: Scope, all_ops: list[Op]) -> Op:
     if kind is CpuWrite:
         return CpuWrite(proc, page_range, chooser.pick(SEEDS_OF_INTEREST))
     if kind is Madvise:
-        advice = chooser.pick(MODELLED_ADVICE)
+        thp_on = any(isinstance(op, Thp) and op.enabled is not ThpEnabled.NEVER
+                     for op in all_ops)
+        # with THPs about, often the advice whose THP handling is stated: the splits of a
+        # THP a range covers in part, and collapse
+        advice = chooser.pick(THP_ADVICE if thp_on and chooser.chance(50) else MODELLED_ADVICE)
         if advice is Advice.COLLAPSE and chooser.chance(50):
             # MADV_COLLAPSE acts on the aligned 2 MiB inside the range only
             page_range = PageRange(region.name, 0, region.pages)

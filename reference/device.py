@@ -17,7 +17,8 @@ from .places import Places
 from .refuse import Unmodelled
 from .uapi import FAIL_ALLOC
 from .state import STALE, ZERO_FOLIO, Entry, Folio, Kind, Lazyfree, Mm, Pte, Tag, World
-from . import device_thp, vma as vmas
+from . import device_thp, rmap, vma as vmas
+from .hmm import settle
 
 Outcome = tuple[Expect, World]
 
@@ -68,55 +69,22 @@ def _back_to_system(world: World, mm: Mm, vpn: int, node: int,
     del world.folios[pte.folio]
 
 
-def _shared_device_page(world: World, vpn: int, folio: Folio, what: str) -> None:
-    if folio.mapcount > 1:
-        # migrate_device_unmap() -> try_to_migrate() fires MMU_NOTIFY_CLEAR in every other
-        # mm mapping the folio and remaps them all (remove_migration_ptes); the model
-        # follows that only for a CPU fault (_fault_shared_device_page).
-        raise Unmodelled(what, "a device-private page mapped by several processes")
-
-
-def _other_mappings(world: World, mm_id: int, folio_id: int) -> list[tuple[int, int]]:
-    """(mm, vpn) of every other PTE mapping the device folio (after fork)."""
-    return [(other_id, vpn) for other_id, other in world.mms.items() if other_id != mm_id
-            for vpn, pte in other.ptes.items()
-            if pte.kind is Kind.DEVICE and pte.folio == folio_id]
-
-
-def _fault_shared_device_page(world: World, mm_id: int, vpn: int,
-                              others: list[tuple[int, int]]) -> None:
-    """The other mappings of a device folio a CPU fault brings back (after fork).
-
-    migrate_vma_collect_pmd unmaps the faulting PTE itself (a migration entry,
-    folio_remove_rmap_pte); migrate_device_unmap then finds the folio still mapped and calls
-    try_to_migrate(): rmap_walk_anon visits the VMAs of the folio's anon_vma in interval-tree
-    order, and try_to_migrate_one fires MMU_NOTIFY_CLEAR over the page in each VMA it visits
-    (mmu_notifier_invalidate_range_start comes before page_vma_mapped_walk) and replaces
-    each mapping by a migration entry, until folio_not_mapped stops the walk.
-    remove_migration_ptes then maps the new system folio in every one of them.
-
-    Every process mapping the page gets the CLEAR at its address (+1: the dmirror_do_update
-    quirk). The faulting process's own VMA is visited or not depending on where it sits in
-    the interval tree relative to the last mapping, so its dmirrors' entries there may or
-    may not go (Entry.maybe_gone, resolved by the ops that read them: hmm.settle). A process
-    that maps the page no more but still has a VMA in the anon_vma could get the CLEAR too,
-    at an address the model does not follow: refused when such a process has a mirror
-    entry anywhere."""
-    mapping = {other_id for other_id, _ in others}
-    for other_id, other in world.mms.items():
-        if other_id in mapping or other_id == mm_id or not other.alive:
-            continue
-        if any(mirror.table for mirror in world.mirrors_of(other_id)):
-            raise Unmodelled("a CPU fault on a device-private page mapped by several "
-                             "processes while another process has mirror entries",
-                             "try_to_migrate may fire MMU_NOTIFY_CLEAR in its VMAs")
-    for other_id, other_vpn in others:
-        invalidate(world, other_id, other_vpn, other_vpn + 1)
-    for mirror in world.mirrors_of(mm_id):
-        for page in (vpn, vpn + 1):
-            entry = mirror.table.get(page)
-            if entry is not None:
-                mirror.table[page] = replace(entry, maybe_gone=True)
+def _unmap_shared(world: World, mm_id: int, vpn: int, folio_id: int,
+                  what: str) -> list[tuple[int, int]]:
+    """The collect step (migrate_vma_collect_pmd) unmapped the folio at vpn of mm_id itself
+    (a migration entry, folio_remove_rmap_pte); if other processes still map it (after
+    fork), migrate_device_unmap calls try_to_migrate() on them (rmap.py: a CLEAR in each,
+    maybe one in the collecting process's own VMA). Returns the other mappings, which
+    remove_migration_ptes later points at the same destination folio."""
+    folio = world.folios[folio_id]
+    if folio.mapcount == 1:
+        return []
+    others = [(other_id, other_vpn) for other_id, other_vpn in rmap.mappings(world, folio_id)
+              if (other_id, other_vpn) != (mm_id, vpn)]
+    if len(others) != folio.mapcount - 1:
+        raise Unmodelled(what, "a page mapped where the model does not find it")
+    rmap.unmap_walk(world, mm_id, vpn, others)
+    return others
 
 
 # ------------------------------------------------------------------ CPU fault
@@ -134,19 +102,18 @@ def devmem_fault(world: World, mm_id: int, mm: Mm, vpn: int) -> None:
         return
     pte = mm.ptes[vpn]
     folio = world.folios[pte.folio]
-    others = _other_mappings(world, mm_id, pte.folio) if folio.mapcount > 1 else []
-    if len(others) != folio.mapcount - 1:
-        _shared_device_page(world, vpn, folio, "a CPU fault on a device-private page")
     owner = world.mirrors.get(folio.owner)
     if owner is not None and owner.flags & FAIL_ALLOC:
         raise Unmodelled("a CPU fault on a device-private page with FAIL_ALLOC set",
                          "dmirror_devmem_fault returns VM_FAULT_OOM")
+    invalidate(world, mm_id, vpn, vpn + 1, migrating_device=folio.device)
+    # A page still shared after fork comes back in every process mapping it, to one new
+    # system folio, each keeping its entry's bits (_unmap_shared, _back_to_system).
+    others = _unmap_shared(world, mm_id, vpn, pte.folio, "a CPU fault on a device-private "
+                                                         "page mapped by several processes")
     if owner is not None:
         owner.table.pop(vpn, None)
-    invalidate(world, mm_id, vpn, vpn + 1, migrating_device=folio.device)
     _stale_other_entries(world, mm_id, folio.owner, vpn, pte.folio)
-    if others:
-        _fault_shared_device_page(world, mm_id, vpn, others)
     # dmirror_devmem_fault_alloc_and_copy: alloc_page_vma, by the VMA's policy
     _back_to_system(world, mm, vpn, vmas.alloc_node(mm.vma_at(vpn)),
                     [(world.mms[other_id], other_vpn) for other_id, other_vpn in others])
@@ -182,29 +149,37 @@ def migrate_to_dev(world: World, op, places: Places) -> list[Outcome]:
                                   f"VMA at {places.name(addr)} -> -EINVAL (earlier pieces "
                                   "stay migrated)"), world)]
         _migrate_piece_to_dev(world, mirror_id, mm, vma, addr, nxt, places)
-    # dmirror_do_read of the whole range from the mirror table.
+    # dmirror_do_read of the whole range from the mirror table; an entry the rmap walk of a
+    # shared page may have erased (rmap.maybe_invalidate) decides -ENOENT or not.
+    return [(_read_back(w, w.mirrors[mirror_id], start, end, places), w)
+            for w in settle(world, mirror_id, start, end, _missing)]
+
+
+def _missing(entry: Entry | None) -> bool:
+    return entry is None
+
+
+def _read_back(world: World, mirror, start: int, end: int, places: Places) -> Expect:
     pages, why = [], []
     for vpn in range(start, end):
         entry = mirror.table.get(vpn)
         if entry is None:
-            return [(fail(ENOENT, f"dmirror_migrate_to_device: {places.name(vpn)} was not "
-                                  "migrated and is not in the mirror, so dmirror_do_read "
-                                  "returns -ENOENT"), world)]
+            return fail(ENOENT, f"dmirror_migrate_to_device: {places.name(vpn)} was not "
+                                "migrated and is not in the mirror, so dmirror_do_read "
+                                "returns -ENOENT")
         if entry.folio == STALE:
             raise Unmodelled("a device read of a freed page",
                              "the entry outlived its page (state.STALE)")
-        if entry.maybe_gone:
-            raise Unmodelled("migrate_to_dev over a possibly erased mirror entry")
         content = world.content(entry.folio)
         pages.append(read_page(content))
         why.append(f"the mirror entry holds {content}")
     n = end - start
-    return [(Expect(cpages=(n,), faults=(0,), pages=tuple(pages), page_why=tuple(why), why={
+    return Expect(cpages=(n,), faults=(0,), pages=tuple(pages), page_why=tuple(why), why={
         "errno": "every page of the range is migrated or already in the mirror, so "
                  "dmirror_do_read succeeds",
         "cpages": "dmirror_migrate_to_device reports bounce.cpages: every page read back",
         "faults": "dmirror_migrate_to_device never counts faults",
-        "pages": "dmirror_do_read copies each page from the mirror"}), world)]
+        "pages": "dmirror_do_read copies each page from the mirror"})
 
 
 def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int, end: int,
@@ -220,6 +195,11 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
         return
     # migrate_vma_collect: one MMU_NOTIFY_MIGRATE over the piece, owner = this device.
     invalidate(world, mm_id, start, end, migrating_device=mirror.device)
+    # migrate_device_unmap: try_to_migrate() of the pages shared after fork, before any
+    # device page is allocated or mirrored.
+    shared = {vpn: _unmap_shared(world, mm_id, vpn, ptes[vpn].folio,
+                                 "migrate_to_dev of a page mapped by several processes")
+              for vpn in range(start, end) if _collects_shared(world, ptes.get(vpn))}
     for vpn in range(start, end):
         pte = ptes.get(vpn)
         if pte is not None and pte.kind in (Kind.DEVICE, Kind.EXCLUSIVE, Kind.SWAP):
@@ -233,14 +213,16 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
                 raise Unmodelled("migrate_to_dev of a KSM page",
                                  "the KSM folio moves, stable node and all, to device "
                                  "memory, and a later KSM scan oopses (docs/findings.md #12)")
-            if folio.mapcount > 1:
-                # try_to_migrate() of the other mappings: see _shared_device_page.
-                raise Unmodelled("migrate_to_dev of a page mapped by several processes")
             if folio.swap_slot is not None:
                 # migrate_vma_check_page counts the swap cache's reference; whether
                 # migrate_vma_pages moves a swap-cache folio to device memory is not read.
                 raise Unmodelled("migrate_to_dev of a page in the swap cache")
             if folio.page_cache:
+                if folio.mapcount > 1:
+                    # try_to_migrate() walks the file's i_mmap tree (every VMA mapping
+                    # the object there), which the model does not follow.
+                    raise Unmodelled("migrate_to_dev of a page-cache folio mapped several "
+                                     "times")
                 if mirror.flags & FAIL_ALLOC:
                     raise Unmodelled("migrate_to_dev of a shmem page with FAIL_ALLOC set",
                                      "whether the collected page consumes the flag")
@@ -259,7 +241,9 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
         write = pte is not None and pte.kind is Kind.PRESENT and pte.writable
         if mirror.flags & FAIL_ALLOC:
             # dmirror_migrate_alloc_and_copy: the flag is cleared and this page gets no
-            # device page (order 0: goto next); migrate_vma_finalize restores the PTE.
+            # device page (order 0: goto next); migrate_vma_finalize restores the PTE (of a
+            # page shared after fork: every mapping, remove_migration_ptes(src, src), the
+            # same folio with each entry's bits).
             mirror.flags &= ~FAIL_ALLOC
             continue
         if pte is None or pte.kind is Kind.ZERO:
@@ -274,10 +258,11 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             old = world.folios[pte.folio]
             content, exclusive, writable = old.content, old.exclusive, pte.writable
         device_folio = world.new_id()
+        others = shared.get(vpn, [])
         # A lazyfree source: the dirty state through migration is not followed.
         lazyfree = Lazyfree.UNKNOWN if old is not None and old.lazyfree is not None else None
-        world.folios[device_folio] = Folio(content, 1, exclusive, mirror.device, mirror_id,
-                                           lazyfree=lazyfree)
+        world.folios[device_folio] = Folio(content, 1 + len(others), exclusive,
+                                           mirror.device, mirror_id, lazyfree=lazyfree)
         # migrate_vma_collect_pmd carries a present page's soft-dirty and uffd-wp bits into
         # the entry (the migration entry's pte_swp_mkuffd_wp, then remove_migration_pte);
         # migrate_vma_insert_page (pte_none, zero page) makes a fresh entry without either,
@@ -285,6 +270,15 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
         ptes[vpn] = Pte(Kind.DEVICE, device_folio, writable,
                         soft_dirty=old is not None and pte.soft_dirty,
                         uffd_wp=old is not None and pte.uffd_wp)
+        for other_id, other_vpn in others:
+            # remove_migration_ptes: every other mapping try_to_migrate_one replaced gets a
+            # device-private entry for the same device page, with its own bits (a folio
+            # shared after fork is not PageAnonExclusive, so every entry is read-only, and
+            # the device folio is not exclusive either: RMAP_EXCLUSIVE needs an exclusive
+            # migration entry).
+            other = world.mms[other_id].ptes[other_vpn]
+            world.mms[other_id].ptes[other_vpn] = replace(other, kind=Kind.DEVICE,
+                                                          folio=device_folio, clean=False)
         if old is not None:
             # The source folio is freed: dmirrors of this device (which ignored the
             # notifier) other than this one keep a pointer to it.
@@ -292,6 +286,16 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             _free_folio(world, pte.folio)
         # dmirror_migrate_finalize_and_map: the backing page, WRITE iff MIGRATE_PFN_WRITE.
         mirror.table[vpn] = Entry(device_folio, Tag.WRITE if write else Tag.READ)
+
+
+def _collects_shared(world: World, pte: Pte | None) -> bool:
+    """A present anonymous folio mapped by several processes, which migrate_vma_collect_pmd
+    collects (KSM, swap-cache and page-cache folios are refused or left by the caller)."""
+    if pte is None or pte.kind is not Kind.PRESENT:
+        return False
+    folio = world.folios[pte.folio]
+    return (folio.mapcount > 1 and not folio.ksm and folio.swap_slot is None
+            and not folio.page_cache)
 
 
 # ------------------------------------------------------------------ MIGRATE_TO_SYS
@@ -323,7 +327,10 @@ def migrate_to_sys(world: World, op, places: Places) -> list[Outcome]:
             folio = world.folios[pte.folio]
             if folio.device != mirror.device:
                 continue  # pgmap->owner != migrate->pgmap_owner
-            _shared_device_page(world, vpn, folio, "migrate_to_sys")
+            # migrate_device_unmap: try_to_migrate() of a page shared after fork; it comes
+            # back in every process mapping it, to one new folio (_back_to_system).
+            others = _unmap_shared(world, mirror.mm, vpn, pte.folio,
+                                   "migrate_to_sys of a page mapped by several processes")
             if mirror.flags & FAIL_ALLOC:
                 raise Unmodelled("migrate_to_sys with FAIL_ALLOC set",
                                  "dmirror_devmem_fault_alloc_and_copy returns VM_FAULT_OOM "
@@ -332,7 +339,8 @@ def migrate_to_sys(world: World, op, places: Places) -> list[Outcome]:
             mirror.table.pop(vpn, None)
             _stale_other_entries(world, mirror.mm, mirror_id, vpn, pte.folio)
             # dmirror_devmem_fault_alloc_and_copy: alloc_page_vma, by the VMA's policy
-            _back_to_system(world, mm, vpn, vmas.alloc_node(vma))
+            _back_to_system(world, mm, vpn, vmas.alloc_node(vma),
+                            [(world.mms[other_id], other_vpn) for other_id, other_vpn in others])
             migrated += 1
     return [(Expect(cpages=(migrated,), faults=(0,), why={
         "errno": "dmirror_migrate_to_system: every piece of the range has a readable VMA",
@@ -346,23 +354,28 @@ def migrate_to_sys(world: World, op, places: Places) -> list[Outcome]:
 
 def evict_device(world: World, device: str) -> None:
     """dmirror_device_evict_chunk for every chunk of the device: migrate_device_range()
-    takes every device page in use; migrate_device_unmap() -> try_to_migrate() fires
-    MMU_NOTIFY_CLEAR over the page in the mm mapping it (every dmirror of that mm erases the
-    page and the next); the page comes back as a new system folio, writable iff the
-    device-private entry was."""
+    takes every device page in use; migrate_device_unmap() -> try_to_migrate() unmaps each
+    from every process mapping it (rmap.py: a MMU_NOTIFY_CLEAR over the page in each, which
+    erases it from every dmirror of that mm, maybe one in other VMAs over the same page
+    offset); the page comes back as one new system folio, mapped by the same processes,
+    each entry writable iff it was (try_to_migrate_one: a writable migration entry for a
+    writable device-private one; remove_migration_pte)."""
     device_thp.evict(world, device)
-    for mm_id, mm in world.mms.items():
-        for vpn in sorted(v for v, p in mm.ptes.items() if p.kind is Kind.DEVICE):
-            pte = mm.ptes[vpn]
-            folio = world.folios[pte.folio]
-            if folio.device != device:
-                continue
-            _shared_device_page(world, vpn, folio, "evicting device pages")
-            invalidate(world, mm_id, vpn, vpn + 1)
-            _stale_other_entries(world, mm_id, None, vpn, pte.folio)
-            # dmirror_device_evict_chunk: alloc_page without a VMA, the caller's (default)
-            # policy: the local node
-            _back_to_system(world, mm, vpn, vmas.LOCAL_NODE)
+    pages = sorted({pte.folio: (mm_id, vpn)
+                    for mm_id, mm in world.mms.items() if mm.alive
+                    for vpn, pte in mm.ptes.items()
+                    if pte.kind is Kind.DEVICE
+                    and world.folios[pte.folio].device == device}.items())
+    for folio_id, (mm_id, vpn) in pages:
+        mapped = rmap.mappings(world, folio_id)
+        if len(mapped) != world.folios[folio_id].mapcount:
+            raise Unmodelled("evicting a device page mapped where the model does not find it")
+        rmap.unmap_walk(world, mm_id, vpn, mapped)
+        # dmirror_device_evict_chunk: alloc_page without a VMA, the caller's (default)
+        # policy: the local node
+        _back_to_system(world, world.mms[mm_id], vpn, vmas.LOCAL_NODE,
+                        [(world.mms[other_id], other_vpn) for other_id, other_vpn in mapped
+                         if (other_id, other_vpn) != (mm_id, vpn)])
 
 
 def release(world: World, op, places: Places) -> list[Outcome]:

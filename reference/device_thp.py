@@ -56,6 +56,13 @@ def _large_device_page(world: World, pte: Pte | None) -> bool:
             and world.folios[pte.folio].thp is not None)
 
 
+def _refuse_shared(folio: Folio, what: str) -> None:
+    """A device THP mapped by several processes (after fork) moves in every one of them
+    (try_to_migrate, remove_migration_pmd in each mm): not followed."""
+    if folio.mapcount > 1:
+        raise Unmodelled(what, "a device THP mapped by several processes")
+
+
 def _base(world: World, vpn: int, pte: Pte) -> int:
     return vpn - world.folios[pte.folio].thp_index
 
@@ -284,11 +291,10 @@ def _back(world: World, mm_id: int, mm: Mm, index: int, mirror, mirror_id) -> bo
     unless the entry was a plain readable one, clean. FAIL_ALLOC (cleared): 512 small
     pages, after migrate_vma_split_unmapped_folio split the PMD
     (MMU_NOTIFY_CLEAR over the 2 MiB). True for a THP."""
-    from .device import _shared_device_page
     base = index * PMD_PAGES
     head = mm.pmds[index].head
     device = world.folios[head].device
-    _shared_device_page(world, base, world.folios[head], "a device THP coming back")
+    _refuse_shared(world.folios[head], "a device THP coming back")
     invalidate(world, mm_id, base, base + PMD_PAGES, migrating_device=device)
     if mirror is not None:
         for vpn in pmd_range(index):
@@ -342,9 +348,8 @@ def evict(world: World, device: str) -> None:
             head = world.folios[mm.pmds[index].head]
             if head.device != device:
                 continue
-            from .device import _shared_device_page
             base = index * PMD_PAGES
-            _shared_device_page(world, base, head, "evicting a device THP")
+            _refuse_shared(head, "evicting a device THP")
             invalidate(world, mm_id, base, base + PMD_PAGES)
             _to_system(world, mm_id, mm, index, True, vmas.LOCAL_NODE, None)
         heads = {}
@@ -356,11 +361,10 @@ def evict(world: World, device: str) -> None:
 
 
 def _evict_pte_mapped(world: World, mm_id: int, mm: Mm, mapped: list) -> None:
-    from .device import _shared_device_page, _stale_other_entries
+    from .device import _stale_other_entries
     base = _base(world, mapped[0], mm.ptes[mapped[0]])
     for vpn in mapped:
-        _shared_device_page(world, vpn, world.folios[mm.ptes[vpn].folio],
-                            "evicting a device THP")
+        _refuse_shared(world.folios[mm.ptes[vpn].folio], "evicting a device THP")
     thp_split.try_to_migrate_notifiers(world, mm_id, mm, base, mapped)
     head = world.new_id()      # page 0's, which may be unmapped
     for vpn in mapped:

@@ -29,9 +29,9 @@ from dataclasses import replace
 
 from harness.prog.ops import Mbind, MovePages
 
-from . import vma as vmas
+from . import rmap, vma as vmas
 from .expect import EACCES, EFAULT, EINVAL, ENODEV, ENOENT, Expect, done, fail
-from .mm import invalidate, split_pmd
+from .mm import split_pmd
 from .places import Places
 from .refuse import Unmodelled
 from .shmem import set_policy
@@ -192,7 +192,9 @@ def migrate_page(world: World, mm_id: int, vpn: int, node: int) -> None:
     folio_id = pte.folio
     if world.profile.migration_dirty_sets_soft_dirty and migration_marks_soft_dirty(pte):
         mm.ptes[vpn] = replace(pte, soft_dirty=True)
-    invalidate(world, mm_id, vpn, vpn + 1)
+    # try_to_migrate's rmap walk may also CLEAR other VMAs over the page (after fork: a
+    # process that copied it has its VMA in the anon_vma, maybe before this one): rmap.py.
+    rmap.unmap_walk(world, mm_id, vpn, [(mm_id, vpn)])
     world.folios[folio_id] = replace(world.folios[folio_id], node=node)
     world.pfns.pop(("pfn", folio_id), None)
 

@@ -75,13 +75,15 @@ def pageout(world: World, mm_id: int, pieces: list[tuple[int, int]]) -> list[Wor
 
 
 def _reclaim_page(world: World, mm_id: int, vpn: int) -> list[World]:
-    from .mm import invalidate
+    from .rmap import unmap_walk
 
     mm = world.mms[mm_id]
     folio_id = _isolated(world, mm, vpn)
     if folio_id is None:
         return [world]
-    invalidate(world, mm_id, vpn, vpn + 1)
+    # try_to_unmap's rmap walk: the CLEAR here, maybe others in VMAs over the same page
+    # offset that do not map it (after fork; rmap.py)
+    unmap_walk(world, mm_id, vpn, [(mm_id, vpn)])
     if world.folios[folio_id].page_cache:
         from .shmem import reclaim_cache_page
         reclaim_cache_page(world, mm, vpn)

@@ -20,8 +20,8 @@ from harness.prog.ops import (
 )
 
 from . import (
-    collapse, device, device_thp, hmm, ksm, mm as cpu, numa, pagemap, reclaim, remap, shmem, smaps, thp,
-    thp_split, uffd, uffd_shmem, vma as vmas,
+    collapse, device, device_thp, hmm, ksm, mm as cpu, numa, pagemap, reclaim, remap, rmap,
+    shmem, smaps, thp, thp_split, uffd, uffd_shmem, vma as vmas,
 )
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, SIGBUS, WRITTEN, Expect, done, fail, read_page
 from .places import Places
@@ -417,16 +417,12 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
         raise Unmodelled("compact on 6.1 with many dirty pages whose soft-dirty bit is clear",
                          "whether compaction moves each decides its soft-dirty bit")
     for mm_id, mm in world.mms.items():
-        mirrors = world.mirrors_of(mm_id)
-        for vpn, pte in mm.ptes.items():
+        for vpn, pte in list(mm.ptes.items()):
             if pte.kind is not Kind.PRESENT:
                 continue
             world.pfns.pop(("pfn", pte.folio), None)
-            for mirror in mirrors:
-                for page in (vpn, vpn + 1):
-                    entry = mirror.table.get(page)
-                    if entry is not None and not entry.maybe_gone:
-                        mirror.table[page] = replace(entry, maybe_gone=True)
+            # the rmap walk of a folio that moves: its mappings and maybe other VMAs
+            rmap.maybe_unmap_walk(world, mm_id, vpn)
     for folio_id, folio in world.folios.items():
         if folio.swap_slot is not None and folio.mapcount == 0:
             world.pfns.pop(("pfn", folio_id), None)   # an unmapped swap-cache folio moves too
@@ -467,7 +463,7 @@ def _exclusive_taken(world: World, mm_id: int, vpn: int) -> World:
     taken = world.clone()
     mm = taken.mms[mm_id]
     pte = mm.ptes[vpn]
-    cpu.invalidate(taken, mm_id, vpn, vpn + 1)
+    rmap.unmap_walk(taken, mm_id, vpn, [(mm_id, vpn)])
     mm.ptes[vpn] = Pte(Kind.PRESENT, pte.folio, False, clean=True, soft_dirty=pte.soft_dirty,
                        uffd_wp=pte.uffd_wp)
     taken.pfns.pop(("pfn", pte.folio), None)
