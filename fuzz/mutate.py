@@ -199,14 +199,18 @@ def _regions(program: Program) -> tuple[Region, ...]:
 
 # Draws for one op slot before the generator gives up on it when the model refuses each.
 REDRAWS = 4
+# How often a drawn op the model refuses is kept all the same (see generate).
+REFUSED_KEPT_PERCENT = 10
 
 
 def generate(chooser: Chooser, max_ops: int = 24, kernel_release: str | None = "7.2.0") -> Program:
     """A fresh program: a region or two, mapped, then random ops. With a `kernel_release`
     the model is run alongside (reference.Simulation, that kernel's profile) and an op it
-    refuses is drawn again, so the program is checked to its end: a refused op leaves every
-    later one unchecked. `None` draws unguided (the refused cases stay reachable through
-    `hmmfuzz random --ops all` and through mutations)."""
+    refuses is mostly drawn again, so that most programs are checked to their end (a
+    refused op leaves every later one unchecked); now and then (REFUSED_KEPT_PERCENT) the
+    refused op is kept, because the model refuses exactly where the kernel is least known,
+    known crashes included, and the crash, hang and leak oracles still judge the whole
+    program. `None` draws unguided."""
     huge = chooser.chance(15)    # THP on from the start, over a region of whole PMDs
     regions = tuple(Region(name, chooser.pick((512, 1024) if huge and slot == 0 else
                                               (1, 4, 16, 64, 512, 1024)), slot)
@@ -224,14 +228,19 @@ def generate(chooser: Chooser, max_ops: int = 24, kernel_release: str | None = "
         model = Simulation(Program(regions, source="<generated>"), kernel_release)
     ops: list[Op] = []
 
-    def take(op: Op) -> bool:
-        if valid(regions, ops + [op]) and (model is None or model.admits(op)):
-            ops.append(op)
-            return True
-        return False
+    def take(op: Op, may_keep_refused: bool = True) -> bool:
+        nonlocal model
+        if not valid(regions, ops + [op]):
+            return False
+        if model is not None and not model.admits(op):
+            if not (may_keep_refused and chooser.chance(REFUSED_KEPT_PERCENT)):
+                return False
+            model = None   # the state after a refused op is unknown: unguided from here
+        ops.append(op)
+        return True
 
     for op in prologue:  # (an older kernel's model refuses turning THP on: then it stays off)
-        take(op)
+        take(op, may_keep_refused=False)
     for _ in range(chooser.integer(1, max_ops)):
         for _ in range(REDRAWS):
             if take(random_op(chooser, Scope.after({r.name: r for r in regions}, ops), ops)):

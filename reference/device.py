@@ -218,11 +218,6 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
                 # migrate_vma_pages moves a swap-cache folio to device memory is not read.
                 raise Unmodelled("migrate_to_dev of a page in the swap cache")
             if folio.page_cache:
-                if folio.mapcount > 1:
-                    # try_to_migrate() walks the file's i_mmap tree (every VMA mapping
-                    # the object there), which the model does not follow.
-                    raise Unmodelled("migrate_to_dev of a page-cache folio mapped several "
-                                     "times")
                 if mirror.flags & FAIL_ALLOC:
                     raise Unmodelled("migrate_to_dev of a shmem page with FAIL_ALLOC set",
                                      "whether the collected page consumes the flag")
@@ -230,7 +225,10 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
                 # a device page allocated and filled, but migrate_vma_pages: "only support
                 # anonymous memory migrating to device private" clears MIGRATE_PFN_MIGRATE;
                 # migrate_vma_finalize puts the PTE back as it was (same folio, same
-                # permission) and dmirror_migrate_finalize_and_map skips the page.
+                # permission) and dmirror_migrate_finalize_and_map skips the page. Mapped
+                # several times, it was unmapped everywhere first (try_to_migrate walks
+                # the object's mappings: _unmap_shared), and remove_migration_ptes(src,
+                # src) maps it back in each, with each entry's bits.
                 continue
         if pte is None and vma.obj is not None:
             # migrate_vma_collect_hole: "Only allow populating anonymous memory."
@@ -289,13 +287,13 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
 
 
 def _collects_shared(world: World, pte: Pte | None) -> bool:
-    """A present anonymous folio mapped by several processes, which migrate_vma_collect_pmd
-    collects (KSM, swap-cache and page-cache folios are refused or left by the caller)."""
+    """A present folio mapped several times (after fork; a page-cache folio also by several
+    mappings of its object), which migrate_vma_collect_pmd collects (KSM and swap-cache
+    folios are refused by the caller)."""
     if pte is None or pte.kind is not Kind.PRESENT:
         return False
     folio = world.folios[pte.folio]
-    return (folio.mapcount > 1 and not folio.ksm and folio.swap_slot is None
-            and not folio.page_cache)
+    return folio.mapcount > 1 and not folio.ksm and folio.swap_slot is None
 
 
 # ------------------------------------------------------------------ MIGRATE_TO_SYS

@@ -187,3 +187,34 @@ def test_numa_migration_and_pageout_may_clear_a_process_that_copied_the_page():
     assert_accepts(prog, *observed)
     assert_accepts(prog, *replaced(replaced(observed, 7, dev(4, 0, parent)), 9,
                                    dev(4, 0, parent)))
+
+
+def test_migrate_to_dev_of_a_shmem_page_mapped_by_both_processes_unmaps_and_restores_it():
+    # A memfd page mapped by p0 and p1: collected, unmapped from p1 too (try_to_migrate
+    # walks the object's mappings: a CLEAR in p1, whose d1 loses pages 0..2), not migrated
+    # (migrate_vma_pages takes only anonymous folios) and mapped back in both. The walk
+    # visited p0's own VMA first (7.2, 6.12, 6.1): d0 lost pages 0 and 1 and the read back
+    # failed; had it not, the read back succeeds. Both are allowed.
+    prog = program("""
+        region m pages=3
+        p0 map m[0:3] memfd
+        p0 write m[0:3] seed=1
+        p0 fork p1
+        p1 open d1 dmirror1
+        p1 dev_read d1 m[0:3]
+        p0 open d0 dmirror0
+        p0 dev_read d0 m[0:3]
+        p0 migrate_to_dev d0 m[0:2]
+        p1 dev_read d1 m[0:3]
+        p0 dev_read d0 m[0:3]
+        p1 write m[0:1] seed=2
+        p0 read m[0:1]
+    """)
+    data = patterns(prog, 1, "m", 0, 3)
+    observed = [ok(), wrote(3), ok(), ok(), dev(3, 1, data), ok(), dev(3, 1, data),
+                err(errno.ENOENT), dev(3, 1, data), dev(3, 1, data), wrote(1),
+                cpu(pattern(prog, 2, "m", 0))]
+    assert_accepts(prog, *observed)
+    unvisited = replaced(replaced(observed, 7, dev(2, 0, data[:2])), 9, dev(3, 0, data))
+    assert_accepts(prog, *unvisited)
+    assert_rejects(prog, replaced(observed, 8, dev(3, 0, data)), 8, "faults")

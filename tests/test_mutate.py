@@ -7,6 +7,7 @@ import random
 import atheris
 from hypothesis import given, settings, strategies as st
 
+import fuzz.mutate as generator
 from fuzz.mutate import Chooser, decode, encode, generate, mutate
 from harness.prog import format_program, load_program, parse_program
 from reference import Simulation
@@ -49,12 +50,19 @@ def test_encoding_respects_libfuzzers_size_limit():
     assert parse_program(data.decode()).ops == big.ops[:len(parse_program(data.decode()).ops)]
 
 
-def test_generated_programs_are_checked_to_their_end_by_the_model_of_their_kernel():
+def test_generated_programs_are_checked_to_their_end_by_the_model_of_their_kernel(monkeypatch):
+    monkeypatch.setattr(generator, "REFUSED_KEPT_PERCENT", 0)
     for release in ("7.2.0", "6.1.0"):
         chooser = Chooser(random.Random(release))
         for _ in range(20):
             program = generate(chooser, kernel_release=release)
             assert Simulation(program, release).refused is None, format_program(program)
+
+
+def test_now_and_then_an_op_the_model_refuses_is_kept():
+    chooser = Chooser(random.Random(5))
+    refused = [Simulation(generate(chooser)).refused for _ in range(60)]
+    assert 0 < sum(r is not None for r in refused) <= 15
 
 
 def test_unguided_generation_still_reaches_ops_the_model_refuses():

@@ -252,3 +252,33 @@ def test_numa_migration_and_pageout_walk_the_same_rmap(each_kernel):
         p0 move_pages a[0:1] 1
         p1 dev_read d1 a[0:4]
     """)
+
+
+def test_migrate_to_dev_of_shmem_pages_mapped_by_both_processes(each_kernel):
+    # memfd and private file pages mapped by both: collected, unmapped from both (a CLEAR
+    # in p1 at least), not migrated, mapped back; the read back sees what p0's walk erased.
+    _, trace, _ = agrees(each_kernel, """
+        region m pages=3
+        region f pages=2
+        p0 map m[0:3] memfd
+        p0 write m[0:3] seed=1
+        p0 map f[0:2] file
+        p0 read f[0:2]
+        p0 fork p1
+        p1 open d1 dmirror1
+        p1 dev_read d1 m[0:3]
+        p1 dev_read d1 f[0:2]
+        p0 open d0 dmirror0
+        p0 dev_read d0 m[0:3]
+        p0 migrate_to_dev d0 m[0:2]
+        p1 dev_read d1 m[0:3]
+        p0 dev_read d0 m[0:3]
+        p0 migrate_to_dev d0 f[0:1]
+        p1 dev_read d1 f[0:2]
+        p0 pagemap m[0:3]
+        p1 pagemap m[0:3]
+        p1 pagemap f[0:2]
+        p1 write m[0:1] seed=2
+        p0 read m[0:1]
+    """)
+    assert trace.results[11].faults == 1 and trace.results[14].faults == 1
