@@ -12,16 +12,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .expect import EINVAL, ENOENT, ENOMEM, Expect, done, fail, read_page
-from .mm import PMD_PAGES, invalidate, zap
+from .mm import invalidate, zap
 from .places import Places
 from .refuse import Unmodelled
+from .uapi import FAIL_ALLOC
 from .state import STALE, ZERO_FOLIO, Entry, Folio, Kind, Lazyfree, Mm, Pte, Tag, World
-from . import rmap, vma as vmas
+from . import device_thp, rmap, vma as vmas
 from .hmm import settle
 
 Outcome = tuple[Expect, World]
 
-FAIL_ALLOC = 1          # HMM_DMIRROR_FLAG_FAIL_ALLOC
 MIGRATE_CHUNK = 512     # PTRS_PER_PTE: dmirror_migrate_to_{device,system} work per chunk
 
 
@@ -98,6 +98,8 @@ def devmem_fault(world: World, mm_id: int, mm: Mm, vpn: int) -> None:
     page only) and, with that dmirror's FAIL_ALLOC set, returns VM_FAULT_OOM. The collect
     step raises MMU_NOTIFY_MIGRATE with the page's device as owner: dmirrors of that device
     ignore it, the others erase the page (and, by the dmirror_do_update quirk, the next)."""
+    if device_thp.devmem_fault(world, mm_id, mm, vpn):
+        return
     pte = mm.ptes[vpn]
     folio = world.folios[pte.folio]
     owner = world.mirrors.get(folio.owner)
@@ -187,15 +189,10 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
     mirror = world.mirrors[mirror_id]
     mm_id = mirror.mm
     ptes = mm.ptes
-    if (vma.obj is None and end - start == PMD_PAGES and start % PMD_PAGES == 0
-            and mm.tables.get(start // PMD_PAGES) is not True
-            and not any(v in ptes for v in range(start, end))):
-        # migrate_vma_collect_hole with MIGRATE_VMA_SELECT_COMPOUND: a 2 MiB-aligned piece
-        # without a PTE table (pmd_none: thp.py follows the tables) migrates as one device
-        # THP, which is not modelled yet. With a table, walk_pmd_range goes to the PTEs and
-        # every pte_none is collected on its own, as below.
-        raise Unmodelled("migrate_to_dev of an empty 2 MiB-aligned range without a PTE table",
-                         "it migrates as a device THP")
+    if device_thp.migrate_piece_to_dev(world, mirror_id, mm, vma, start, end):
+        # the whole aligned 2 MiB as one entry (MIGRATE_VMA_SELECT_COMPOUND), device_thp.py;
+        # otherwise the THPs the piece meets in part are split and it goes page by page
+        return
     # migrate_vma_collect: one MMU_NOTIFY_MIGRATE over the piece, owner = this device.
     invalidate(world, mm_id, start, end, migrating_device=mirror.device)
     # migrate_device_unmap: try_to_migrate() of the pages shared after fork, before any
@@ -317,6 +314,10 @@ def migrate_to_sys(world: World, op, places: Places) -> list[Outcome]:
                                   "stay migrated)"), world)]
         # migrate_vma_collect: MMU_NOTIFY_MIGRATE over the piece, owner = this device.
         invalidate(world, mirror.mm, addr, nxt, migrating_device=mirror.device)
+        whole = device_thp.migrate_piece_to_sys(world, mirror_id, mm, addr, nxt)
+        if whole is not None:
+            migrated += whole
+            continue
         for vpn in range(addr, nxt):
             pte = mm.ptes.get(vpn)
             if pte is None or pte.kind is not Kind.DEVICE:
@@ -357,6 +358,7 @@ def evict_device(world: World, device: str) -> None:
     offset); the page comes back as one new system folio, mapped by the same processes,
     each entry writable iff it was (try_to_migrate_one: a writable migration entry for a
     writable device-private one; remove_migration_pte)."""
+    device_thp.evict(world, device)
     pages = sorted({pte.folio: (mm_id, vpn)
                     for mm_id, mm in world.mms.items() if mm.alive
                     for vpn, pte in mm.ptes.items()

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from harness.prog import Content
 
-from . import reclaim, shmem, thp, uapi
+from . import device_thp, reclaim, shmem, thp, uapi
 from .expect import EBUSY, EFAULT, EINVAL, EOPNOTSUPP, EPERM, Expect, fail, read_page
 from .mm import invalidate, read_fault, write_fault
 from .places import Places
@@ -289,8 +289,8 @@ def snapshot(world: World, op, places: Places) -> list[Outcome]:
     if not mm.alive:
         return [(fail(EINVAL, "dmirror_snapshot: mmget_not_zero() fails, the mirrored "
                               "process has exited -> -EINVAL"), world)]
-    data = bytes(thp.snapshot_byte(mm, vpn, _snapshot_byte(world, mirror, mm.vma_at(vpn),
-                                                           mm.ptes.get(vpn)))
+    data = bytes(device_thp.snapshot_byte(world, mirror, mm, vpn, thp.snapshot_byte(
+                     mm, vpn, _snapshot_byte(world, mirror, mm.vma_at(vpn), mm.ptes.get(vpn))))
                  for vpn in range(start, end))
     return [(Expect(cpages=(end - start,), faults=(0,), snapshot=data, why={
         "errno": "dmirror_snapshot: hmm_range_fault without fault flags does not fail",

@@ -143,6 +143,16 @@ def write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
     pte = mm.ptes.get(vpn)
     if pte is not None and pte.kind is Kind.PRESENT and pte.writable:
         return
+    pmd = mm.pmds.get(vpn // PMD_PAGES)
+    if pmd is not None and pmd.device:
+        # do_huge_pmd_device_private brings the device THP back (device_thp.devmem_fault);
+        # a writable entry comes back writable (no pte_mkdirty, as below), else the write
+        # is retried on the THP PMD or the small pages it left
+        from .device import devmem_fault
+        devmem_fault(world, mm_id, mm, vpn)
+        if mm.ptes[vpn].writable:
+            reclaim.dirtied(world, mm, vpn)
+            return
     if vpn // PMD_PAGES in mm.pmds and thp.pmd_write_fault(world, mm_id, mm, vma, vpn):
         return
     pte = mm.ptes.get(vpn)

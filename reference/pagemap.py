@@ -35,6 +35,7 @@ from harness.prog.observation import (
 
 from .expect import Expect
 from .places import Places
+from .refuse import Unmodelled
 from .state import Kind, World
 from .uffd_shmem import PTE_MARKER_UFFD_WP
 
@@ -47,6 +48,7 @@ SWAP_TYPE = 0    # the runner's only swap device (zram0, swapon at boot) is swap
 ZERO_KEY = ("zero",)
 HUGE_ZERO_KEY = ("hzero",)
 THP_PAGES = 512  # the pages of a PMD-sized folio: its PFNs are the head's plus 0..511
+LARGE_KEYS = ("thp", "devthp")   # keys of PMD-sized folios: system memory, device memory
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,8 @@ def _key_name(key) -> str:
     kind, folio = key
     if kind == "thp":
         return f"THP #{folio}"
+    if kind == "devthp":
+        return f"device THP #{folio}"
     return f"{ {'dev': 'device folio', 'swap': 'swap slot'}.get(kind, 'folio')} #{folio}"
 
 
@@ -109,8 +113,9 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
     heads = {f.thp for f in world.folios.values() if f.thp is not None}
     live = {key: pfn for key, pfn in world.pfns.items()
             if key in (ZERO_KEY, HUGE_ZERO_KEY) or key[1] in world.folios
-            or (key[0] == "thp" and key[1] in heads)}
+            or (key[0] in LARGE_KEYS and key[1] in heads)}
     specs = []
+    head_bits: dict = {}    # THP head -> its PG_anon_exclusive, once worked out
     for vpn in range(start, end):
         name = places.name(vpn)
         vma = mm.vma_at(vpn)
@@ -133,7 +138,7 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
         sd = PM_SOFT_DIRTY if vma.softdirty or pte.soft_dirty else 0
         if pte.uffd_wp:
             sd |= PM_UFFD_WP   # pte_uffd_wp / pte_swp_uffd_wp, whatever the VMA
-        huge = thp_spec(world, mm, vpn, pte, sd, name)
+        huge = thp_spec(world, mm, vpn, pte, sd, name, head_bits)
         if huge is not None:
             specs.append(huge)
             continue
@@ -186,6 +191,10 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
             why = f"{name} is a device-exclusive entry"
         else:
             key = ("dev", pte.folio)
+            if folio.thp is not None:
+                # a page of a device THP (by its PMD: pagemap_pmd_range_thp, the entry's
+                # PFN + the page's index; by a PTE after a split: its own PFN, the same)
+                key, offset = ("devthp", folio.thp), folio.thp_index
             swp_type = profile.swp_device_write if pte.writable else profile.swp_device_read
             if profile.pagemap_swap_exclusive and folio.mapcount == 1:
                 flags |= PM_MMAP_EXCLUSIVE
@@ -212,7 +221,8 @@ def _compound(index: int) -> int:
     return KPF["COMPOUND_HEAD"] if index == 0 else KPF["COMPOUND_TAIL"]
 
 
-def thp_spec(world: World, mm, vpn: int, pte, sd: int, name: str) -> PageSpec | None:
+def thp_spec(world: World, mm, vpn: int, pte, sd: int, name: str,
+             head_bits: dict) -> PageSpec | None:
     """The record of a page of a PMD mapping or of a THP (PMD- or PTE-mapped), or None.
 
     The huge zero page (pagemap_pmd_range_thp): PM_PRESENT, and PM_FILE because its folio
@@ -247,15 +257,35 @@ def thp_spec(world: World, mm, vpn: int, pte, sd: int, name: str) -> PageSpec | 
     return PageSpec(flags, "pfn", key, known=world.pfns.get(key), offset=folio.thp_index,
                     count=folio.mapcount,
                     kflags=KPF["ANON"] | KPF["THP"] | _compound(folio.thp_index)
-                    | (KPF_ANON_EXCLUSIVE if folio.exclusive else 0),
+                    | (KPF_ANON_EXCLUSIVE if _head_exclusive(world, folio.thp, head_bits) else 0),
                     why=f"{name} is page {folio.thp_index} of THP #{folio.thp}, mapped by "
                         f"{how}, {folio.mapcount} time(s)"
                         f"{', PageAnonExclusive' if folio.exclusive else ''}")
 
 
+def _head_exclusive(world: World, head: int, known: dict) -> bool:
+    """PG_anon_exclusive of a THP's head page, which stable_page_flags shows for every page
+    (it reads folio->flags). An unmapped head keeps the bit it had when it was unmapped: set,
+    if every page still mapped is PageAnonExclusive (a fork while the head was mapped would
+    have cleared theirs too, and only a reuse of the whole PMD, the head included, sets them
+    again); otherwise unknown (a fork after the head went leaves it set), refused."""
+    folio = world.folios.get(head)
+    if folio is not None:
+        return folio.exclusive
+    if head in known:
+        return known[head]
+    from .thp_split import pages_of
+    if all(world.folios[page].exclusive for _, _, page in pages_of(world, head)):
+        known[head] = True
+        return True
+    raise Unmodelled("pagemap of a THP whose head page is unmapped, after a fork",
+                     "kpageflags shows the head page's PG_anon_exclusive")
+
+
 def _space(key) -> str:
     """Which numbers a key's frame is drawn from: device PFNs, swap slots or system PFNs."""
-    return key[0] if key[0] in ("dev", "swap") else "pfn"
+    return {"devthp": "dev"}.get(key[0], key[0]) if key[0] in ("dev", "devthp", "swap") \
+        else "pfn"
 
 
 def _taken(live: dict, key) -> frozenset:
@@ -265,7 +295,7 @@ def _taken(live: dict, key) -> frozenset:
     taken = set()
     for other, pfn in live.items():
         if other != key and _space(other) == space:
-            if other == HUGE_ZERO_KEY or other[0] == "thp":
+            if other == HUGE_ZERO_KEY or other[0] in LARGE_KEYS:
                 taken.update(range(pfn, pfn + THP_PAGES))
             else:
                 taken.add(pfn)

@@ -125,6 +125,11 @@ class Profile:
     # PAGE_MAPPING_MOVABLE (docs/findings.md #11); 6.1 asks PageKsm, 7.2 compares all the
     # mapping flag bits with FOLIO_MAPPING_KSM.
     kpf_ksm_on_every_anon_page: bool = False
+    # 7.2's test_hmm migrates with MIGRATE_VMA_SELECT_COMPOUND and allocates device THPs
+    # (dmirror_devmem_alloc_page(dmirror, is_large)): a whole aligned 2 MiB moves as one
+    # device-private PMD (device_thp.py). 6.12's and 6.1's drivers select no compound
+    # entries, and their migrate_vma_collect_hole fills a hole page by page.
+    device_thp: bool = False
     # 6.1/6.12 page_make_device_exclusive_one drops the page's rmap (page_remove_rmap /
     # folio_remove_rmap_pte) but keeps the mapping's reference: compaction isolates such a
     # folio, finds it unmapped (no try_to_migrate), and folio_migrate_mapping sees one
@@ -151,7 +156,8 @@ class Profile:
 
 
 NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False,
-                 vma_softdirty_sticky=True, thp=True, ksm_merge=True)
+                 vma_softdirty_sticky=True, thp=True, ksm_merge=True,
+                 device_thp=True)
 V6_12 = Profile("6.12", 64, 64, True, False, False, False, 27, 28, 29, False,
                 swapin_skips_swapcache=True, mremap_moves_one_vma=True, ksm_merge=True,
                 kpf_ksm_on_every_anon_page=True, exclusive_entry_unmapped=True)

@@ -20,8 +20,8 @@ from harness.prog.ops import (
 )
 
 from . import (
-    collapse, device, hmm, ksm, mm as cpu, numa, pagemap, reclaim, remap, rmap, shmem, smaps,
-    thp, thp_split, uffd, uffd_shmem, vma as vmas,
+    collapse, device, device_thp, hmm, ksm, mm as cpu, numa, pagemap, reclaim, remap, rmap,
+    shmem, smaps, thp, thp_split, uffd, uffd_shmem, vma as vmas,
 )
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, SIGBUS, WRITTEN, Expect, done, fail, read_page
 from .places import Places
@@ -520,6 +520,7 @@ def step(world: World, op: Op, places: Places) -> list[Outcome]:
     function = _STEPS.get(type(op))
     if function is None:
         raise Unmodelled(op.keyword)
+    device_thp.guard(world, op, places)
     thp.guard(world, op, places)
     uffd.refuse_unfollowed(world, op, places)
     thp.note_tables(world)

@@ -27,7 +27,8 @@ What is stated:
   on either side); madvise dontneed of a whole 2 MiB inside one VMA frees its table (7.2
   CONFIG_PT_RECLAIM, zap_pte_range -> zap_empty_pte_table).
 
-Every op that is not stated for THPs yet is refused on a THP (`guard`).
+Every op that is not stated for THPs yet is refused on a THP (`guard`). THPs migrated to
+device memory (device THPs) are in device_thp.py.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from dataclasses import dataclass, replace
 from harness.prog import ZERO
 from harness.prog.ops import (
     Advice, CheckExclusive, ClearSoftDirty, CloseDevice, Compact, CpuRead, CpuWrite,
-    DeviceOp, DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge, Madvise, Map, Mlock,
-    MovePages, Mprotect, Mremap, Munlock, Munmap, OpenDevice, Pagemap, Release, Snapshot, Thp,
-    ThpEnabled,
+    DeviceOp, DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge, Madvise, Map,
+    MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap, Munlock, Munmap,
+    OpenDevice, Pagemap, Release, Snapshot, Thp, ThpEnabled,
 )
 
 from .expect import done
@@ -53,9 +54,11 @@ PMD_PAGES = 512
 @dataclass(frozen=True)
 class Pmd:
     """A PMD entry mapping 2 MiB at once: the huge zero page (`head` None) or the THP whose
-    head page is model folio `head`."""
+    head page is model folio `head`; with `device`, a device-private PMD entry of a device
+    THP (device_thp.py)."""
 
     head: int | None = None
+    device: bool = False
 
     @property
     def zero(self) -> bool:
@@ -403,7 +406,9 @@ def snapshot_byte(mm: Mm, vpn: int, byte: int) -> int:
 # Ops stated for THPs (their functions call the hooks above).
 _THP_AWARE = (Map, Munmap, Mprotect, CpuRead, CpuWrite, Pagemap, Thp, OpenDevice,
               CloseDevice, Release, Flags, CheckExclusive, Exit, Mlock, Munlock,
-              DevRead, DevWrite, Snapshot, Fork, Exclusive)
+              DevRead, DevWrite, Snapshot, Fork, Exclusive,
+              # device_thp.py: whole PMDs migrate as device THPs, partial pieces split
+              MigrateToDev, MigrateToSys)
 _THP_AWARE_ADVICE = {Advice.DONTNEED, Advice.POPULATE_READ, Advice.POPULATE_WRITE,
                      Advice.HUGEPAGE, Advice.NOHUGEPAGE, Advice.DONTFORK, Advice.DOFORK,
                      Advice.WIPEONFORK, Advice.KEEPONFORK, Advice.MERGEABLE,

@@ -114,14 +114,14 @@ def _whole(advice: Advice) -> None:
                          "THP swap-out (CONFIG_THP_SWAP) and lazyfree THPs are not stated")
 
 
-def _pages_of(world: World, head: int) -> list[tuple[int, int, int]]:
+def pages_of(world: World, head: int) -> list[tuple[int, int, int]]:
     """(mm id, vpn, folio id) of every mapping of a page of the THP `head`."""
     found = []
     for mm_id, mm in world.mms.items():
         if not mm.alive:
             continue
         for vpn, pte in mm.ptes.items():
-            if pte.kind in (Kind.PRESENT, Kind.EXCLUSIVE) and \
+            if pte.kind in (Kind.PRESENT, Kind.EXCLUSIVE, Kind.DEVICE) and \
                     world.folios[pte.folio].thp == head:
                 found.append((mm_id, vpn, pte.folio))
     return found
@@ -130,7 +130,7 @@ def _pages_of(world: World, head: int) -> list[tuple[int, int, int]]:
 def _mapped_shared(world: World, mm_id: int, head: int, advice: Advice) -> bool:
     """folio_maybe_mapped_shared (CONFIG_MM_ID): mapped by another process; the walk then
     leaves the THP alone, which the model states for cold only."""
-    pages = _pages_of(world, head)
+    pages = pages_of(world, head)
     if any(other != mm_id for other, _, _ in pages):
         if advice is not Advice.COLD:
             raise Unmodelled(f"madvise {advice.value} of a THP another process maps",
@@ -143,42 +143,32 @@ def _mapped_shared(world: World, mm_id: int, head: int, advice: Advice) -> bool:
 
 
 def split_folio(world: World, mm_id: int, mm: Mm, head: int) -> None:
-    """split_folio of the THP `head`, mapped in mm `mm_id` only (module docstring)."""
-    from .mm import invalidate
-    pages = _pages_of(world, head)
+    """split_folio of the THP (or device THP, device_thp.py) `head`, mapped in mm `mm_id`
+    only (module docstring); a device-private folio keeps its zero-filled pages
+    (__folio_split asks TTU_USE_SHARED_ZEROPAGE only for a folio that is not one)."""
+    pages = pages_of(world, head)
     if any(mm.ptes[vpn].kind is Kind.EXCLUSIVE for _, vpn, _ in pages):
         raise Unmodelled("a THP split with a device-exclusive entry",
                          "try_to_migrate over device-exclusive entries is not followed")
     # a THP's pages stay at their offsets in its aligned 2 MiB (mremap of one is refused)
     _, vpn, folio_id = pages[0]
     base = vpn - world.folios[folio_id].thp_index
-    index = pmd_of(base)
-    overlapping = vmas.overlaps(mm, base, base + PMD_PAGES)
-    if any("locked" in vma.flags for vma in overlapping):
+    device = world.folios[folio_id].device is not None
+    if not device and any("locked" in vma.flags
+                          for vma in vmas.overlaps(mm, base, base + PMD_PAGES)):
         # try_to_map_unused_to_zeropage keeps the zero-filled pages of an mlocked folio
         # (folio_test_mlocked, VM_LOCKED), and PG_mlocked of a THP straddling a locked
         # VMA is not followed
         raise Unmodelled("a THP split beside a VM_LOCKED VMA",
                          "PG_mlocked of the folio decides the zero-page remap")
-    if {vma.anon for vma in overlapping if vma.anon is not None} != \
-            {mm.vma_at(pages[0][1]).anon} or any(
-            vmas.overlaps(other, base, base + PMD_PAGES)
-            for other_id, other in world.mms.items() if other_id != mm_id and other.alive):
-        raise Unmodelled("a THP split beside VMAs of other anon_vmas or processes",
-                         "the rmap walk's notifiers there are not followed")
-    last = max(vpn for _, vpn, _ in pages)
-    for vma in overlapping:
-        if vma.anon is None:
-            continue   # not in the folio's anon_vma: not visited
-        invalidate(world, mm_id, max(base, vma.start), min(base + PMD_PAGES, vma.end))
-        if last < vma.end:
-            break      # rwc.done: folio_not_mapped
-    split_pmd_mapping(mm, index)
-    head_pfn = world.pfns.pop(("thp", head), None)   # each page is its own folio now
+    try_to_migrate_notifiers(world, mm_id, mm, base, [vpn for _, vpn, _ in pages])
+    split_pmd_mapping(mm, pmd_of(base))
+    # each page is its own folio now, at the same PFN
+    head_pfn = world.pfns.pop(("devthp" if device else "thp", head), None)
     for _, vpn, folio_id in pages:
         folio = world.folios[folio_id]
         pte = mm.ptes[vpn]
-        if folio.content == ZERO:
+        if not device and folio.content == ZERO:
             # remap_page with TTU_USE_SHARED_ZEROPAGE after a successful split of an
             # anonymous folio: try_to_map_unused_to_zeropage maps a zero-filled page as
             # the shared zero page (pte_mkspecial of vm_page_prot: read-only; the
@@ -187,5 +177,28 @@ def split_folio(world: World, mm_id: int, mm: Mm, head: int) -> None:
             del world.folios[folio_id]
             continue
         if head_pfn is not None:
-            world.pfns[("pfn", folio_id)] = head_pfn + folio.thp_index
+            world.pfns[("dev" if device else "pfn", folio_id)] = head_pfn + folio.thp_index
         world.folios[folio_id] = replace(folio, thp=None, thp_index=0)
+
+
+def try_to_migrate_notifiers(world: World, mm_id: int, mm: Mm, base: int,
+                             mapped: list[int]) -> None:
+    """The MMU_NOTIFY_CLEAR notifiers try_to_migrate fires for a large folio at
+    [base, base + 512) whose pages `mapped` this mm maps: the rmap walk visits the VMAs of
+    the folio's anon_vma over the 2 MiB in address order, until the folio is no longer
+    mapped (rwc.done: folio_not_mapped), each over its part of the 2 MiB."""
+    from .mm import invalidate
+    overlapping = vmas.overlaps(mm, base, base + PMD_PAGES)
+    if {vma.anon for vma in overlapping if vma.anon is not None} != \
+            {mm.vma_at(mapped[0]).anon} or any(
+            vmas.overlaps(other, base, base + PMD_PAGES)
+            for other_id, other in world.mms.items() if other_id != mm_id and other.alive):
+        raise Unmodelled("a THP split beside VMAs of other anon_vmas or processes",
+                         "the rmap walk's notifiers there are not followed")
+    last = max(mapped)
+    for vma in overlapping:
+        if vma.anon is None:
+            continue   # not in the folio's anon_vma: not visited
+        invalidate(world, mm_id, max(base, vma.start), min(base + PMD_PAGES, vma.end))
+        if last < vma.end:
+            break      # rwc.done: folio_not_mapped

@@ -7,8 +7,10 @@ from harness.prog.device import (
     describe_snapshot,
 )
 
-__all__ = ["PROT_DEV_PRIVATE_LOCAL", "PROT_ERROR", "PROT_NONE", "PROT_PMD", "PROT_READ",
+__all__ = ["FAIL_ALLOC", "PROT_DEV_PRIVATE_LOCAL", "PROT_ERROR", "PROT_NONE", "PROT_PMD", "PROT_READ",
            "PROT_WRITE", "PROT_ZERO", "prot_name"]
+
+FAIL_ALLOC = 1      # HMM_DMIRROR_FLAG_FAIL_ALLOC, bit 0 of HMM_DMIRROR_FLAGS
 
 
 def prot_name(byte: int) -> str:

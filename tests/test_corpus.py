@@ -18,7 +18,8 @@ README = CORPUS / "README.md"
 HMM_TESTS_C = Path(os.environ.get(
     "HMM_TESTS_C", "/tmp/src/linux-source-7.2/tools/testing/selftests/mm/hmm-tests.c"))
 
-FILES = sorted(CORPUS.glob("*.txt"))
+# corpus/pending/: transcribed programs the model does not check to their end yet
+FILES = sorted(CORPUS.glob("*.txt")) + sorted((CORPUS / "pending").glob("*.txt"))
 # `TEST_F(hmm, anon_read)`, `TEST_F(hmm2, snapshot)`, `TEST_F_TIMEOUT(hmm, name, 120)`
 TEST_NAME = re.compile(r"TEST_F(?:_TIMEOUT)?\((\w+), (\w+)(?:, \d+)?\)")
 FILE_ROW = re.compile(r"^\| `(hmm_tests_\w+\.txt)` \| `(TEST_F\(\w+, \w+\))` \|", re.M)
@@ -72,7 +73,8 @@ def test_corpus_file_restates_what_hmm_tests_asserts(path):
 
 
 def test_readme_lists_only_existing_files():
-    missing = [name for name in readme_files() if not (CORPUS / name).is_file()]
+    missing = [name for name in readme_files()
+               if not (CORPUS / name).is_file() and not (CORPUS / "pending" / name).is_file()]
     assert not missing
 
 

@@ -45,6 +45,11 @@ def test_the_model_predicts_what_hmm_tests_asserts(path):
     predictions = expected(prog)
     checked = 0
     for index, located in enumerate(prog.located_ops):
+        if index == len(predictions):
+            # expected() follows every state the model keeps and stops where one of them
+            # is refused, though an observation before would rule that state out (the
+            # trace-driven check goes on: tests/test_vm_corpus.py)
+            break
         said = _assertions(located.comment or "")
         if said is None:
             continue
