@@ -11,18 +11,12 @@ random places. The archive can be judged again with `hmmfuzz rejudge`.
 
 from __future__ import annotations
 
-import argparse
 import random
-import time
-from pathlib import Path
 
-from fuzz.archive import ArchiveWriter
+from biased_random import run_biased
 from fuzz.mutate import Chooser, _regions, generate, valid
-from harness.kernel import resolve_kernel
 from harness.prog import Program
 from harness.prog.ops import Advice, KsmMerge, Madvise, Map, PageRange
-from harness.vm.session import KernelSession
-from reference import check
 
 
 def ksm_program(rng: random.Random, chooser: Chooser) -> Program:
@@ -48,30 +42,7 @@ def ksm_program(rng: random.Random, chooser: Chooser) -> Program:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernel", default="7.2")
-    parser.add_argument("--count", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--archive", type=Path, required=True)
-    parser.add_argument("--workdir", type=Path, default=Path("hmmfuzz-work/ksm-random"))
-    args = parser.parse_args()
-    rng = random.Random(args.seed)
-    chooser = Chooser(rng)
-    writer = ArchiveWriter(args.archive)
-    started = time.monotonic()
-    divergent = 0
-    with KernelSession(resolve_kernel(args.kernel, log=print), args.workdir) as session:
-        for index in range(args.count):
-            program = ksm_program(rng, chooser)
-            trace = session.run(program)
-            writer.add(program, trace, session.last_info.died_signal)
-            verdict = check(program, trace)
-            if verdict.divergences:
-                divergent += 1
-                print(f"program {index}: {verdict.divergences[0]}", flush=True)
-    writer.close()
-    print(f"{args.count} programs, {divergent} with a divergence, "
-          f"{time.monotonic() - started:.0f} s")
+    run_biased(__doc__.splitlines()[0], ksm_program, "hmmfuzz-work/ksm-random")
 
 
 if __name__ == "__main__":

@@ -14,21 +14,15 @@ archive can be judged again with `hmmfuzz rejudge`.
 
 from __future__ import annotations
 
-import argparse
 import random
-import time
 from dataclasses import replace
-from pathlib import Path
 
-from fuzz.archive import ArchiveWriter
+from biased_random import run_biased
 from fuzz.mutate import Chooser, _regions, generate, valid
-from harness.kernel import resolve_kernel
 from harness.prog import Program
 from harness.prog.ops import (
     Map, MapKind, Pagemap, PageRange, Smaps, Switch, UffdRegister, UffdWriteprotect,
 )
-from harness.vm.session import KernelSession
-from reference import check
 
 BACKED = (MapKind.SHARED, MapKind.MEMFD, MapKind.FILE)
 
@@ -65,31 +59,7 @@ def uffd_shmem_program(rng: random.Random, chooser: Chooser) -> Program:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernel", default="7.2")
-    parser.add_argument("--count", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--archive", type=Path, required=True)
-    parser.add_argument("--workdir", type=Path, default=Path("hmmfuzz-work/uffd-shmem-random"))
-    args = parser.parse_args()
-    rng = random.Random(args.seed)
-    chooser = Chooser(rng)
-    writer = ArchiveWriter(args.archive)
-    started = time.monotonic()
-    divergent = unmodelled = 0
-    with KernelSession(resolve_kernel(args.kernel, log=print), args.workdir) as session:
-        for index in range(args.count):
-            program = uffd_shmem_program(rng, chooser)
-            trace = session.run(program)
-            writer.add(program, trace, session.last_info.died_signal)
-            verdict = check(program, trace)
-            unmodelled += verdict.unmodelled_from is not None
-            if verdict.divergences:
-                divergent += 1
-                print(f"program {index}: {verdict.divergences[0]}", flush=True)
-    writer.close()
-    print(f"{args.count} programs, {divergent} with a divergence, {unmodelled} stopped at a "
-          f"refused op, {time.monotonic() - started:.0f} s")
+    run_biased(__doc__.splitlines()[0], uffd_shmem_program, "hmmfuzz-work/uffd-shmem-random")
 
 
 if __name__ == "__main__":

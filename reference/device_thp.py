@@ -31,13 +31,13 @@ from __future__ import annotations
 
 from harness.prog import ZERO
 from harness.prog.ops import (
-    Advice, CheckExclusive, CloseDevice, CpuRead, CpuWrite, DeviceOp, DevRead, DevWrite, Exit,
+    Advice, CheckExclusive, CloseDevice, CpuRead, CpuWrite, DevRead, DevWrite, Exit,
     Flags, Fork, Madvise, Map, MigrateToDev, MigrateToSys, Mprotect, Munmap, OpenDevice,
     Pagemap, Release, Snapshot, Thp,
 )
 
 from .mm import invalidate
-from .refuse import Unmodelled
+from .refuse import Unmodelled, op_name
 from .state import Entry, Folio, Kind, Mm, Pte, Tag, World
 from .thp import PMD_PAGES, Pmd, pmd_of, pmd_range, split_pmd_mapping
 from .uapi import FAIL_ALLOC, PROT_ERROR
@@ -421,15 +421,11 @@ def guard(world: World, op, places) -> None:
         meets = any(_meets(world, mm, None, None) for mm in world.mms.values() if mm.alive)
         name = op.keyword
     else:
-        if isinstance(op, DeviceOp):
-            mirror_id = world.fds.get((op.proc, op.fd))
-            if mirror_id is None:
-                return
-            mm = world.mms[world.mirrors[mirror_id].mm]
-        else:
-            mm = world.mms[world.procs[op.proc]]
+        mm = world.acting_mm(op)
+        if mm is None:
+            return
         start, end = places.vpns(page_range)
         meets = _meets(world, mm, start, end)
-        name = op.keyword if not isinstance(op, Madvise) else f"madvise {op.advice.value}"
+        name = op_name(op)
     if meets:
         raise Unmodelled(f"{name} on a device THP", "not stated for device THPs yet")

@@ -12,3 +12,9 @@ class Unmodelled(Exception):
         super().__init__(f"{what} is not modelled" + (f" ({why})" if why else ""))
         self.what = what   # e.g. "madvise pageout", "map shared"
         self.why = why
+
+
+def op_name(op) -> str:
+    """How a refusal names an op: its keyword, and a madvise's advice with it."""
+    advice = getattr(op, "advice", None)
+    return op.keyword if advice is None else f"{op.keyword} {advice.value}"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from harness.prog import ZERO, Content, Prot
-from harness.prog.ops import THP_DEFAULT
+from harness.prog.ops import THP_DEFAULT, DeviceOp
 
 from .profile import NEWEST, Profile
 
@@ -344,6 +344,15 @@ class World:
 
     def mirrors_of(self, mm: int) -> list[Dmirror]:
         return [d for d in self.mirrors.values() if d.mm == mm]
+
+    def acting_mm(self, op) -> "Mm | None":
+        """The mm an op works on: a device op's, the mm its fd mirrors (dmirror_fops_open
+        bound it to the opener's); any other op's, its own process's. None for a device op
+        through an fd its process does not hold."""
+        if isinstance(op, DeviceOp):
+            mirror_id = self.fds.get((op.proc, op.fd))
+            return None if mirror_id is None else self.mms[self.mirrors[mirror_id].mm]
+        return self.mms[self.procs[op.proc]]
 
     def signature(self) -> tuple:
         """A hashable summary used to drop duplicate states from a state set."""

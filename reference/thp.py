@@ -38,13 +38,13 @@ from dataclasses import dataclass, replace
 from harness.prog import ZERO
 from harness.prog.ops import (
     Advice, CheckExclusive, ClearSoftDirty, CloseDevice, Compact, CpuRead, CpuWrite,
-    DeviceOp, DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge, Madvise, Map,
+    DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge, Madvise, Map,
     MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap, Munlock, Munmap,
     OpenDevice, Pagemap, Release, Snapshot, Thp, ThpEnabled,
 )
 
 from .expect import done
-from .refuse import Unmodelled
+from .refuse import Unmodelled, op_name
 from .state import Folio, Kind, Mm, Pte, Vma, World
 from .uapi import PROT_NONE, PROT_PMD, PROT_READ
 
@@ -477,15 +477,11 @@ def guard(world: World, op, places) -> None:
     page_range = getattr(op, "range", None)
     if page_range is None:
         return
-    if isinstance(op, DeviceOp):
-        mirror_id = world.fds.get((op.proc, op.fd))
-        if mirror_id is None:
-            return
-        mm = world.mms[world.mirrors[mirror_id].mm]
-    else:
-        mm = world.mms[world.procs[op.proc]]
+    mm = world.acting_mm(op)
+    if mm is None:
+        return
     start, end = places.vpns(page_range)
-    name = op.keyword if not isinstance(op, Madvise) else f"madvise {op.advice.value}"
+    name = op_name(op)
     if has_huge(world, mm, start, end):
         raise Unmodelled(f"{name} on a THP", "not stated for PMD-sized folios yet")
 
