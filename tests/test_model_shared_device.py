@@ -115,12 +115,8 @@ def test_eviction_brings_a_shared_device_page_back_in_every_process():
     assert_rejects(prog, replaced(good, 9, snap(DEV_R, DEV_R, DEV_R, R)), 9, "snapshot[0]")
 
 
-def test_eviction_may_clear_a_process_that_copied_the_page():
-    # p0 copied page 0 after the fork; p1 migrates the original (mapped once, in p0's
-    # anon_vma, where p0's VMA is too). Closing d1 evicts it: try_to_migrate's walk met p0's
-    # VMA before p1's mapping and fired a CLEAR there, so d0 (another device) lost pages 0
-    # and 1. The walk order is not followed: either is allowed.
-    prog = program("""
+# Also run on the kernels, with a pagemap after it: tests/test_vm_model_shared_device.py
+EVICTION_AFTER_THE_PARENT_COPIED = """
         region a pages=2
         p0 map a[0:2]
         p0 write a[0:2] seed=1
@@ -132,7 +128,15 @@ def test_eviction_may_clear_a_process_that_copied_the_page():
         p0 dev_read d0 a[0:2]
         p1 close d1
         p0 dev_read d0 a[0:2]
-    """)
+"""
+
+
+def test_eviction_may_clear_a_process_that_copied_the_page():
+    # p0 copied page 0 after the fork; p1 migrates the original (mapped once, in p0's
+    # anon_vma, where p0's VMA is too). Closing d1 evicts it: try_to_migrate's walk met p0's
+    # VMA before p1's mapping and fired a CLEAR there, so d0 (another device) lost pages 0
+    # and 1. The walk order is not followed: either is allowed.
+    prog = program(EVICTION_AFTER_THE_PARENT_COPIED)
     parent = (pattern(prog, 2, "a", 0), pattern(prog, 1, "a", 1))
     observed = [ok(), wrote(2), ok(), wrote(1), ok(), dev(1, 0, patterns(prog, 1, "a", 0, 1)),
                 ok(), dev(2, 1, parent), ok(), dev(2, 1, parent)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import kernel_fixture
+from test_model_shared_device import EVICTION_AFTER_THE_PARENT_COPIED
 from test_vm_model_support import agrees
 
 pytestmark = pytest.mark.vm
@@ -173,20 +174,7 @@ def test_the_rmap_walk_may_clear_processes_that_no_longer_map_the_page(each_kern
         p1 dev_read d1 a[0:2]
         p0 pagemap a[0:2]
     """)
-    agrees(each_kernel, """
-        region a pages=2
-        p0 map a[0:2]
-        p0 write a[0:2] seed=1
-        p0 fork p1
-        p0 write a[0:1] seed=2
-        p1 open d1 dmirror0
-        p1 migrate_to_dev d1 a[0:1]
-        p0 open d0 dmirror1
-        p0 dev_read d0 a[0:2]
-        p1 close d1
-        p0 dev_read d0 a[0:2]
-        p1 pagemap a[0:2]
-    """)
+    agrees(each_kernel, EVICTION_AFTER_THE_PARENT_COPIED + "        p1 pagemap a[0:2]\n")
 
 
 def test_uffd_wp_rides_through_shared_device_migration_and_fail_alloc(each_kernel):
