@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .expect import EINVAL, ENOENT, ENOMEM, Expect, done, fail, read_page
+from .expect import ANY_BYTES, EINVAL, ENOENT, ENOMEM, Expect, done, fail, read_page
 from .mm import invalidate, zap
 from .places import Places
 from .refuse import Unmodelled
 from .uapi import FAIL_ALLOC
 from .state import STALE, ZERO_FOLIO, Entry, Folio, Kind, Lazyfree, Mm, Pte, Tag, World
 from . import device_thp, rmap, vma as vmas
-from .hmm import settle
+from .hmm import STALE_READ_WHY, settle
 
 Outcome = tuple[Expect, World]
 
@@ -168,8 +168,9 @@ def _read_back(world: World, mirror, start: int, end: int, places: Places) -> Ex
                                 "migrated and is not in the mirror, so dmirror_do_read "
                                 "returns -ENOENT")
         if entry.folio == STALE:
-            raise Unmodelled("a device read of a freed page",
-                             "the entry outlived its page (state.STALE)")
+            pages.append(ANY_BYTES)
+            why.append(STALE_READ_WHY)
+            continue
         content = world.content(entry.folio)
         pages.append(read_page(content))
         why.append(f"the mirror entry holds {content}")

@@ -74,6 +74,24 @@ def read_page(content: Content) -> Page:
     return Page(crc=crc, first_word=first_word)
 
 
+@dataclass(frozen=True, eq=False)
+class AnyBytes(Page):
+    """A page read whose bytes nobody can know: a device read of a page the kernel freed
+    (docs/findings.md #4). Equal to any page read without a signal; as a subclass its
+    `__eq__` is asked first, whichever side of `==` it is on."""
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Page) and not other.signal and \
+            (isinstance(other, AnyBytes) or other.crc is not None)
+
+    def __hash__(self) -> int:
+        return hash(AnyBytes)
+
+    def __str__(self) -> str:
+        return "any bytes"
+
+
+ANY_BYTES = AnyBytes()
 WRITTEN = Page()
 SEGV = Page(signal=SIGSEGV)
 SIGBUS = Page(signal=SIGBUS_NUMBER)

@@ -1,8 +1,8 @@
 """HMM_DMIRROR_READ: dmirror_read faults in what is missing from the mirror, then copies."""
 
 from test_model_support import (
-    EFAULT, assert_accepts, assert_rejects, dev, err, ok, pattern, patterns, program,
-    replaced, snap, wrote, zeros,
+    EFAULT, assert_accepts, assert_rejects, check, dev, err, ok, pattern, patterns, program,
+    replaced, snap, trace, wrote, zeros,
 )
 
 from reference import uapi
@@ -136,3 +136,34 @@ def test_a_device_read_through_an_inherited_fd_reads_the_parent():
     """)
     assert_accepts(prog, ok(), wrote(1), ok(), ok(), wrote(1),
                    dev(1, 1, [pattern(prog, 1, "a", 0)]))
+
+
+# docs/findings.md #4: the stale entry a second dmirror of the same device leaves behind
+STALE_ENTRIES = """
+    region a pages=2
+    p0 map a[0:2]
+    p0 open d0 dmirror1
+    p0 open d1 dmirror1
+    p0 write a[0:2] seed=1
+    p0 migrate_to_dev d0 a[0:2]   # d0's entries point at the device pages' backing pages
+    p0 migrate_to_sys d1 a[0:2]   # d0 ignores the notifier: its own device migrates
+    p0 dev_read d0 a[0:2]         # through the stale entries: no fault, freed bytes
+"""
+
+
+def test_a_device_read_through_a_stale_entry_copies_the_freed_page_without_faulting():
+    prog = program(STALE_ENTRIES)
+    data = patterns(prog, 1, "a", 0, 2)
+    freed_bytes = patterns(prog, 9, "a", 0, 2)  # whatever the allocator's next user wrote
+    good = [ok(), ok(), ok(), wrote(2), dev(2, 0, data), dev(2, 0), dev(2, 0, freed_bytes)]
+    assert_accepts(prog, *good)
+    # a fixed kernel invalidates d0's entries: the read faults and copies the CPU page
+    assert_rejects(prog, replaced(good, 6, dev(2, 1, data)), 6, "faults", "0")
+
+
+def test_a_device_write_through_a_stale_entry_is_memory_corruption_the_model_refuses():
+    prog = program(STALE_ENTRIES + "    p0 dev_write d0 a[0:2] seed=2\n")
+    verdict = check(prog, trace(ok(), ok(), ok(), wrote(2), dev(2, 0, patterns(prog, 1, "a", 0, 2)),
+                                dev(2, 0), dev(2, 0, zeros(2)), dev(2, 0)))
+    assert verdict.ok and verdict.unmodelled_from == 7
+    assert verdict.unmodelled_op == "a device write through the entry of a freed page"
