@@ -14,7 +14,9 @@ dmirror_migrate_to_system) and mm/migrate_device.c then moves a whole aligned PM
 - back: do_huge_pmd_device_private -> dmirror_devmem_fault (vmf->pte NULL: the folio's
   order), dmirror_migrate_to_system of the whole 2 MiB, eviction at RELEASE and close
   (dmirror_device_evict_chunk); dmirror_devmem_fault_alloc_and_copy allocates a THP
-  (vma_alloc_folio) or, with FAIL_ALLOC set, 512 small pages;
+  (vma_alloc_folio) or, with FAIL_ALLOC set, 512 small pages; a device THP shared by fork
+  comes back in every process mapping it (try_to_migrate of the others' PMDs,
+  remove_migration_pmd in each: `_back`, `evict`);
 - the PMD-order allocations (folio_alloc(GFP_HIGHUSER) of the backing page,
   vma_alloc_folio(GFP_HIGHUSER_MOVABLE) on the way back, folio_alloc at eviction) may
   reclaim and compact; their failure is assumed away, as other allocation failures are;
