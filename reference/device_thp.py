@@ -35,7 +35,7 @@ from harness.prog import ZERO
 from harness.prog.ops import (
     Advice, CheckExclusive, CloseDevice, CpuRead, CpuWrite, DevRead, DevWrite, Exit,
     Flags, Fork, Madvise, Map, MigrateToDev, MigrateToSys, Mprotect, Munmap, OpenDevice,
-    Pagemap, Release, Snapshot, Thp,
+    Pagemap, Release, Smaps, Snapshot, Thp,
 )
 
 from .mm import invalidate
@@ -439,7 +439,7 @@ def snapshot_byte(world: World, mirror, mm: Mm, vpn: int, byte: int) -> int:
 # as change_softleaf_pte does per page; a VMA boundary inside splits the PMD first.
 _STATED = (MigrateToDev, MigrateToSys, CpuRead, CpuWrite, DevRead, DevWrite, Snapshot,
            Pagemap, Release, CloseDevice, Exit, Munmap, Map, OpenDevice, Flags,
-           CheckExclusive, Thp, Fork, Mprotect)
+           CheckExclusive, Thp, Fork, Mprotect, Smaps)
 
 
 def _meets(world: World, mm: Mm, start: int | None, end: int | None) -> bool:
