@@ -247,6 +247,7 @@ def _move_page_tables(world: World, mm_id: int, mm: Mm, start: int, length: int,
         soft_dirty = pte.soft_dirty if remap_thp.keeps_soft_dirty(huge, vpn) else True
         mm.ptes[new_start + vpn - start] = replace(pte, soft_dirty=soft_dirty)
     remap_thp.place_moved_pmds(mm, huge)
+    remap_thp.note_moved_tables(mm, start, length, new_start, huge)
 
 
 def _pmd_move_may_keep_soft_dirty_clear(mm: Mm, moved: dict, start: int, length: int,

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from .mm import invalidate
 from .refuse import Unmodelled
 from .state import Kind, Mm, World
-from .thp import PMD_PAGES, Pmd, split_pmd_mapping
+from .thp import PMD_PAGES, Pmd, forget_tables, split_pmd_mapping
 from . import thp_split
 
 
@@ -36,6 +36,8 @@ class MovedPmds:
     """The PMD entries move_huge_pmd carries from source PMD index to target PMD index."""
 
     entries: dict[int, tuple[int, Pmd]] = field(default_factory=dict)
+    # the source PMD indices split_huge_pmd split
+    split: list[int] = field(default_factory=list)
 
     def carried(self, old_vpn: int) -> Pmd | None:
         """The PMD entry that carries page `old_vpn`, if a whole PMD moves it."""
@@ -73,6 +75,7 @@ def move_huge_pmds(world: World, mm_id: int, mm: Mm, start: int, length: int,
         # split_huge_pmd(pmc->old, old_pmd, pmc->old_addr)
         invalidate(world, mm_id, base, base + PMD_PAGES)
         split_pmd_mapping(mm, index)
+        moved.split.append(index)
     return moved
 
 
@@ -93,6 +96,28 @@ def place_moved_pmds(mm: Mm, moved: MovedPmds) -> None:
     for new_index, pmd in moved.entries.values():
         mm.pmds[new_index] = pmd
         mm.tables.pop(new_index, None)
+
+
+def note_moved_tables(mm: Mm, start: int, length: int, new_start: int,
+                      moved: MovedPmds) -> None:
+    """What move_page_tables leaves of the PTE tables: move_normal_pmd may have moved
+    whole tables, move_ptes allocates target tables (pte_alloc) and leaves the source's,
+    so whether those PMDs are none is unknown (the munmap of the source then frees what
+    free_pgtables frees); a source PMD move_huge_pmd moved is none (its deposited table
+    went with it), a target PMD it filled maps the THP. A source PMD split_huge_pmd split
+    keeps its PTE table (move_ptes empties it, frees nothing), and every target PMD its
+    PTEs went to got one (pte_alloc before move_ptes)."""
+    forget_tables(mm, start, start + length)
+    forget_tables(mm, new_start, new_start + length)
+    for index in moved.entries:
+        mm.tables.pop(index, None)
+    delta = new_start - start
+    for index in moved.split:
+        mm.tables[index] = True
+        first = max(start, index * PMD_PAGES) + delta
+        last = min(start + length, (index + 1) * PMD_PAGES) - 1 + delta
+        for target in range(first // PMD_PAGES, last // PMD_PAGES + 1):
+            mm.tables[target] = True
 
 
 def keeps_soft_dirty(moved: MovedPmds, old_vpn: int) -> bool:

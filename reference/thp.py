@@ -477,14 +477,3 @@ def guard(world: World, op, places) -> None:
     name = op_name(op)
     if has_huge(world, mm, start, end):
         raise Unmodelled(f"{name} on a THP", "not stated for PMD-sized folios yet")
-
-
-def forget_mremap_tables(world: World, op: Mremap, places) -> None:
-    """After an mremap: move_page_tables may have moved whole PTE tables (move_normal_pmd)
-    or single PTEs, so whether the PMDs of the source and the target are none is unknown
-    from here on, except where a PMD mapping is (remap_thp.py)."""
-    mm = world.mms[world.procs[op.proc]]
-    start, end = places.vpns(op.range)
-    forget_tables(mm, start, max(end, start + op.new_npages))
-    if op.to is not None:
-        forget_tables(mm, *places.vpns(op.to))
