@@ -12,8 +12,8 @@ splits a THP the range covers in part, and leaves alone one mapped by another pr
   and the same PTE is looked at again as a small folio; shared: the PTE is skipped.
 - split_folio -> __folio_split -> unmap_folio: try_to_migrate with TTU_SPLIT_HUGE_PMD;
   try_to_migrate_one fires MMU_NOTIFY_CLEAR over the folio's range in each VMA the rmap walk
-  visits (vma_address .. vma_address_end: the 2 MiB clamped to the VMA; VMAs in address
-  order, until the folio is no longer mapped: rwc.done = folio_not_mapped), splits a PMD
+  visits (vma_address .. vma_address_end: the folio's range clamped to the VMA; VMAs in
+  vm_pgoff order, until the folio is no longer mapped: rwc.done = folio_not_mapped), splits a PMD
   mapping in place (split_huge_pmd_locked) and replaces each PTE by a migration entry;
   remap_page -> remove_migration_pte maps every page again as its own order-0 folio, with
   the PTE's write and soft-dirty bits and PageAnonExclusive (RMAP_EXCLUSIVE unless a read
