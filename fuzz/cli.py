@@ -296,17 +296,20 @@ def _random_programs(op_set: str, count: int, seed: int, kernel_release: str = "
 
     from .strategies import programs
 
-    drawn: list[Program] = []
+    # Hypothesis draws small programs again and again (about one in six of 600 is a
+    # repeat): draw more than asked and keep the first `count` distinct ones.
+    drawn: dict[str, Program] = {}
 
     @hypothesis_seed(seed)
-    @settings(max_examples=count, database=None, deadline=None, phases=[Phase.generate],
+    @settings(max_examples=3 * count, database=None, deadline=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(programs(comments=False, extended=op_set == "all"))
     def draw(program):
-        drawn.append(program)
+        if len(drawn) < count:
+            drawn.setdefault(format_program(program), program)
 
     draw()  # drawing is cheap next to running; the programs are then run in order
-    yield from drawn
+    yield from drawn.values()
 
 
 class Tally:

@@ -417,6 +417,8 @@ def guard(world: World, op, places) -> None:
         return
     if isinstance(op, Madvise) and op.advice is Advice.DONTNEED:
         return    # zap_huge_pmd / __split_huge_pmd of a device-private PMD, as for a THP
+    if isinstance(op, Madvise) and op.advice in thp_split.LRU_ADVICE:
+        return    # they leave device-private entries alone (thp_split.before_advice)
     page_range = getattr(op, "range", None)
     if page_range is None:
         meets = any(_meets(world, mm, None, None) for mm in world.mms.values() if mm.alive)

@@ -23,6 +23,10 @@ splits a THP the range covers in part, and leaves alone one mapped by another pr
   references beyond its mappings and the caller's (it is never left in an LRU batch, the
   test driver keeps no reference), so the split succeeds.
 
+A device THP (7.2, device_thp.py) is left alone by all three: its device-private PMD and
+PTEs are not present (the walk skips them before any split), and only free's
+MMU_NOTIFY_CLEAR over the range reaches the mirror.
+
 `cold` of a whole THP only ages it (nothing observable). Refused by name: `pageout` and
 `free` of a whole THP (THP swap-out with CONFIG_THP_SWAP, a lazyfree THP and its reclaim
 are not stated) and of a THP another process maps; a THP mapped by this process alone
@@ -60,6 +64,12 @@ def before_advice(world: World, mm_id: int, mm: Mm, advice: Advice, start: int,
         if pmd is not None:
             if pmd.zero:
                 continue   # is_huge_zero_pmd: skipped
+            if pmd.device:
+                # a device-private PMD is not present: madvise_free_huge_pmd and
+                # madvise_cold_or_pageout_pte_range leave it before any split ("if
+                # (unlikely(!pmd_present(orig_pmd))) goto out"), and the PTE walk after
+                # them finds no table (pte_offset_map_lock: NULL for a non-present PMD)
+                continue
             if _mapped_shared(world, mm_id, pmd.head, advice):
                 continue
             if hi - lo == PMD_PAGES:

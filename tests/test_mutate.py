@@ -69,3 +69,13 @@ def test_unguided_generation_still_reaches_ops_the_model_refuses():
     chooser = Chooser(random.Random(3))
     refused = [Simulation(generate(chooser, kernel_release=None)).refused for _ in range(40)]
     assert any(refused)
+
+
+def test_random_programs_of_every_op_are_distinct_and_the_same_for_the_same_seed():
+    # the Hypothesis sampler draws small programs again and again; `hmmfuzz random --ops
+    # all` runs each program once
+    from fuzz.cli import _random_programs
+
+    drawn = [format_program(p) for p in _random_programs("all", 60, seed=7)]
+    assert len(drawn) == 60 and len(set(drawn)) == 60
+    assert drawn == [format_program(p) for p in _random_programs("all", 60, seed=7)]

@@ -218,3 +218,28 @@ def test_a_pte_table_splits_the_thp_and_eviction_keeps_a_split_device_thp_large(
         p0 read b[200:512]
         p0 exit
     """)
+
+
+def test_madvise_free_cold_and_pageout_leave_a_device_thp_alone(kernel_session):
+    """hmm-tests.c migrate_anon_huge_free, then looked at: the device-private PMD is not
+    present, so the walks leave it before any split (whole or partial range), and the THP
+    comes back whole with its content."""
+    _, trace, _ = agrees(kernel_session, """
+        region a pages=1024
+        p0 open d0 dmirror0
+        p0 thp madvise madvise
+        p0 map a[0:1024]
+        p0 madvise a[0:512] hugepage
+        p0 write a[0:512] seed=1
+        p0 migrate_to_dev d0 a[0:512]
+        p0 madvise a[100:200] free
+        p0 snapshot d0 a[99:101]
+        p0 madvise a[0:512] cold
+        p0 madvise a[0:512] pageout
+        p0 madvise a[0:512] free
+        p0 snapshot d0 a[0:2]
+        p0 read a[0:512]
+        p0 pagemap a[0:2]
+    """)
+    assert trace.results[7].snapshot == bytes([LOCAL_WRITE_PMD] * 2)
+    assert trace.results[11].snapshot == bytes([LOCAL_WRITE_PMD] * 2)
