@@ -33,7 +33,7 @@ from harness.prog import ZERO
 from harness.prog.ops import (
     Advice, CheckExclusive, CloseDevice, CpuRead, CpuWrite, DevRead, DevWrite, Exit,
     Flags, Fork, Madvise, Map, MigrateToDev, MigrateToSys, Mprotect, Mremap, Munmap,
-    OpenDevice, Pagemap, Release, Snapshot, Thp,
+    OpenDevice, Pagemap, Release, Smaps, Snapshot, Thp,
 )
 
 from .mm import invalidate
@@ -400,7 +400,7 @@ def snapshot_byte(world: World, mirror, mm: Mm, vpn: int, byte: int) -> int:
 # mremap: move_huge_pmd moves the device-private PMD, or it is split (remap_thp.py).
 _STATED = (MigrateToDev, MigrateToSys, CpuRead, CpuWrite, DevRead, DevWrite, Snapshot,
            Pagemap, Release, CloseDevice, Exit, Munmap, Map, OpenDevice, Flags,
-           CheckExclusive, Thp, Fork, Mprotect, Mremap)
+           CheckExclusive, Thp, Fork, Mprotect, Mremap, Smaps)
 
 
 def _meets(world: World, mm: Mm, start: int | None, end: int | None) -> bool:

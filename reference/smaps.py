@@ -18,8 +18,18 @@ fs/proc/task_mmu.c) and changes nothing. Per populated entry:
   references, the model's slot mapcount) when shared by two or more.
 - pte_none: nothing (smaps_pte_hole only looks at shmem).
 
-Locked is the Pss of the pages of a VM_LOCKED VMA (pss_locked); AnonHugePages is 0 (THP
-is `never`, all folios are order 0).
+Locked is the Pss of the pages of a VM_LOCKED VMA (pss_locked).
+
+THPs (7.2; smaps_pmd_entry for a PMD mapping): a PMD-mapped THP adds 2 MiB to
+AnonHugePages and is accounted page by page as above (smaps_account with compound: a
+folio_ref_count of 1 means one PMD maps it, private; otherwise each page's
+folio_precise_page_mapcount decides, which is the model's per-page mapcount). The huge
+zero PMD counts nowhere (vm_normal_page_pmd: NULL), as the small zero page. A device THP's
+PMD is not present: smaps_pmd_entry takes its page from the entry (softleaf_to_page), adds
+2 MiB to AnonHugePages (the device folio is anonymous: folio_test_anon comes before
+folio_is_zone_device) and calls smaps_account with present = false: shared, full Pss --
+unlike a device-private PTE, which is "fake-present". PTE-mapped pages of a THP or of a
+device THP count as order-0 pages do.
 
 Not stated: Referenced (pte_young, folio_test_referenced: the model does not follow the
 accessed bits the MMU sets) and the split of Shared/Private into Clean and Dirty
@@ -38,6 +48,7 @@ from harness.prog.observation import SMAPS_FIELDS, SmapsVma
 from .expect import Expect
 from .places import Places
 from .state import Kind, Mm, Vma, World
+from .thp import PMD_PAGES, pmd_of
 from .uffd_shmem import has_marker
 
 PSS_SHIFT = 12
@@ -85,6 +96,7 @@ class _Stats:
     pss: int = 0
     pss_locked: int = 0
     swap_pss: int = 0
+    anonymous_thp: int = 0
 
     def account(self, pss: int, private: bool, locked: bool, anonymous: bool = True) -> None:
         """smaps_account + smaps_page_accumulate of one order-0 page (folio_test_anon: a
@@ -102,7 +114,7 @@ class _Stats:
 
     def spec(self, vma: Vma) -> SmapsSpec:
         exact = {"Rss": self.resident // KB, "Pss": (self.pss >> PSS_SHIFT) // KB,
-                 "Anonymous": self.anonymous // KB, "AnonHugePages": 0,
+                 "Anonymous": self.anonymous // KB, "AnonHugePages": self.anonymous_thp // KB,
                  "Swap": self.swap // KB, "SwapPss": (self.swap_pss >> PSS_SHIFT) // KB,
                  "Locked": (self.pss_locked >> PSS_SHIFT) // KB}
         return SmapsSpec(vma.start * PAGE_SIZE, vma.end * PAGE_SIZE,
@@ -118,6 +130,9 @@ def vma_stats(world: World, mm: Mm, vma: Vma) -> SmapsSpec:
     """smap_gather_stats of one VMA: smaps_pte_entry over each populated PTE."""
     stats = _Stats()
     locked = "locked" in vma.flags
+    for index, pmd in mm.pmds.items():
+        if not pmd.zero and index * PMD_PAGES in vma:
+            stats.anonymous_thp += PMD_PAGES * PAGE_SIZE   # smaps_pmd_entry
     for vpn, pte in mm.ptes.items():
         if vpn not in vma or pte.kind is Kind.ZERO:
             continue
@@ -125,6 +140,8 @@ def vma_stats(world: World, mm: Mm, vma: Vma) -> SmapsSpec:
         if pte.kind is Kind.SWAP:
             stats.swap += PAGE_SIZE
             stats.swap_pss += _shared_pss(folio.mapcount)
+        elif pte.kind is Kind.DEVICE and _under_device_pmd(mm, vpn):
+            stats.account(FULL_PSS, False, locked)   # smaps_pmd_entry: present = false
         elif pte.kind is Kind.EXCLUSIVE:
             private = world.profile.smaps_exclusive_entry_private
             stats.account(FULL_PSS, private, locked)
@@ -137,6 +154,11 @@ def vma_stats(world: World, mm: Mm, vma: Vma) -> SmapsSpec:
     if vma.obj is not None:
         stats.swap += object_swap_pages(world, mm, vma) * PAGE_SIZE
     return stats.spec(vma)
+
+
+def _under_device_pmd(mm: Mm, vpn: int) -> bool:
+    pmd = mm.pmds.get(pmd_of(vpn))
+    return pmd is not None and pmd.device
 
 
 def object_swap_pages(world: World, mm: Mm, vma: Vma) -> int:

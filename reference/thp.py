@@ -40,7 +40,7 @@ from harness.prog.ops import (
     Advice, CheckExclusive, ClearSoftDirty, CloseDevice, Compact, CpuRead, CpuWrite,
     DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge, Madvise, Map,
     MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap, Munlock, Munmap,
-    OpenDevice, Pagemap, Release, Snapshot, Thp, ThpEnabled,
+    OpenDevice, Pagemap, Release, Smaps, Snapshot, Thp, ThpEnabled,
 )
 
 from .expect import done
@@ -403,7 +403,7 @@ def snapshot_byte(mm: Mm, vpn: int, byte: int) -> int:
 # Ops stated for THPs (their functions call the hooks above).
 _THP_AWARE = (Map, Munmap, Mprotect, CpuRead, CpuWrite, Pagemap, Thp, OpenDevice,
               CloseDevice, Release, Flags, CheckExclusive, Exit, Mlock, Munlock,
-              DevRead, DevWrite, Snapshot, Fork, Exclusive,
+              DevRead, DevWrite, Snapshot, Fork, Exclusive, Smaps,
               # device_thp.py: whole PMDs migrate as device THPs, partial pieces split
               MigrateToDev, MigrateToSys)
 _THP_AWARE_ADVICE = {Advice.DONTNEED, Advice.POPULATE_READ, Advice.POPULATE_WRITE,

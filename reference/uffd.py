@@ -165,10 +165,9 @@ def armed(world: World) -> bool:
 # bits for it; KSM's replace_page maps the KSM page with a fresh PTE: not followed yet.
 GUARDED = (Mremap, KsmMerge)
 # Stated for private anonymous order-0 folios only: THPs bring change_huge_pmd's uffd-wp
-# bit, userfaultfd_huge_pmd_wp and smaps' AnonHugePages and per-page mapcounts of large
-# folios (shmem and file mappings: uffd_shmem.py, smaps.object_swap_pages); KSM pages
-# count in smaps' KSM accounting.
-ORDER_0_ONLY = (UffdRegister, UffdUnregister, UffdWriteprotect, Smaps)
+# bit and userfaultfd_huge_pmd_wp (shmem and file mappings: uffd_shmem.py). smaps is stated
+# for THPs (smaps.py) but not for KSM pages (smaps' KSM accounting).
+ORDER_0_ONLY = (UffdRegister, UffdUnregister, UffdWriteprotect)
 
 
 def refuse_unfollowed(world: World, op, places: Places) -> None:
@@ -176,6 +175,8 @@ def refuse_unfollowed(world: World, op, places: Places) -> None:
     shmem and file mappings, KSM pages) around."""
     if isinstance(op, ORDER_0_ONLY):
         _refuse_beyond_anonymous_order_0(world, op, places)
+    if isinstance(op, Smaps):
+        _refuse_ksm_pages(world, op, places)
     if not armed(world):
         return
     if isinstance(op, GUARDED):
@@ -193,10 +194,12 @@ def _refuse_beyond_anonymous_order_0(world: World, op, places: Places) -> None:
         # (madvise collapse makes THPs whatever the mode)
         raise Unmodelled(f"{op.keyword} with THP enabled in the program",
                          "stated for order-0 folios only")
+
+
+def _refuse_ksm_pages(world: World, op: Smaps, places: Places) -> None:
     mm = world.mms[world.procs[op.proc]]
     start, end = places.vpns(op.range)
     for vma in vmas.overlaps(mm, start, end):
-        if isinstance(op, Smaps) and any(
-                vpn in vma and pte.kind is not Kind.ZERO and pte.folio in world.folios
-                and world.folios[pte.folio].ksm for vpn, pte in mm.ptes.items()):
+        if any(vpn in vma and pte.kind is not Kind.ZERO and pte.folio in world.folios
+               and world.folios[pte.folio].ksm for vpn, pte in mm.ptes.items()):
             raise Unmodelled("smaps over a KSM page", "KSM accounting is not stated")

@@ -159,3 +159,38 @@ def test_smaps_of_a_range_without_vmas_reports_no_record():
     prog = program("region a pages=2\np0 smaps a[0:2]\n")
     assert_accepts(prog, smaps())
     assert expected(prog)[0][0].smaps == ()
+
+
+THP_THEN_DEVICE_THP = """
+    region a pages=1024
+    p0 open d0 dmirror0
+    p0 thp madvise madvise
+    p0 map a[0:1024]
+    p0 madvise a[0:512] hugepage
+    p0 write a[0:512] seed=1
+    p0 smaps a[0:1]
+    p0 migrate_to_dev d0 a[0:512]
+    p0 smaps a[0:1]
+"""
+
+
+def test_a_thp_counts_in_anon_huge_pages_and_a_device_thp_as_shared():
+    """smaps_pmd_entry: AnonHugePages += 2 MiB for an anonymous folio (a device THP's folio
+    is anonymous too); the device-private PMD is not present, so smaps_account counts it
+    "maybe shared": shared, full Pss."""
+    prog = program(THP_THEN_DEVICE_THP)
+    thp = vma(0, 512, Rss=2048, Pss=2048, Private_Dirty=2048, Anonymous=2048,
+              AnonHugePages=2048)
+    device_thp = vma(0, 512, referenced=0, Rss=2048, Pss=2048, Shared_Dirty=2048,
+                     Anonymous=2048, AnonHugePages=2048)
+    good = [ok(), ok(), ok(), ok(), wrote(512), smaps(thp),
+            dev(512, 0, patterns(prog, 1, "a", 0, 512)), smaps(device_thp)]
+    verdict = check(prog, trace(*good))
+    assert verdict.ok and verdict.checked == len(good), str(verdict)
+    # without AnonHugePages the write's THP allocation failed (allowed): 512 small pages,
+    # which migrate as small device pages, "fake-present" and private, not as this PMD
+    no_huge = vma(0, 512, Rss=2048, Pss=2048, Private_Dirty=2048, Anonymous=2048)
+    assert_rejects(prog, good[:5] + [smaps(no_huge)] + good[6:], 7, "smaps[0]")
+    fake_present = vma(0, 512, referenced=0, Rss=2048, Pss=2048, Private_Dirty=2048,
+                       Anonymous=2048, AnonHugePages=2048)
+    assert_rejects(prog, good[:7] + [smaps(fake_present)], 7, "smaps[0]")

@@ -300,10 +300,10 @@ def test_thp_and_ksm_cases_are_refused_by_name():
         region a pages=2
         p0 thp always madvise
         p0 map a[0:2]
-        p0 smaps a[0:2]
+        p0 uffd_register a[0:2]
     """)
     assert check(prog, trace(ok(), ok(), ok())).unmodelled_op == \
-        "smaps with THP enabled in the program"
+        "uffd_register with THP enabled in the program"
     prog = program("""
         region a pages=2
         p0 map a[0:2]

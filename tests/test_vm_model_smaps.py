@@ -96,3 +96,48 @@ def test_smaps_of_shmem_and_file_mappings(each_kernel):
     assert parent["Anonymous"] == 0 and parent["Rss"] == 16 and parent["Pss"] < 16
     (swapped,) = trace.results[15].smaps
     assert (swapped["Swap"], swapped["SwapPss"], swapped["Rss"]) == (8, 0, 8)
+
+
+def _fields(trace, index):
+    return dict(trace.results[index].smaps[0].fields)
+
+
+def test_smaps_of_thps_and_device_thps(kernel_session):
+    """7.2: a PMD-mapped THP counts in AnonHugePages, private or shared by its page
+    mapcounts; a device THP's PMD is not present, so smaps_account counts it shared (a
+    device-private PTE is "fake-present", private); a split PMD counts page by page."""
+    _, trace, _ = agrees(kernel_session, """
+        region a pages=1024
+        region b pages=1024
+        p0 open d0 dmirror0
+        p0 thp madvise madvise
+        p0 map a[0:1024]
+        p0 madvise a[0:512] hugepage
+        p0 write a[0:512] seed=1
+        p0 smaps a[0:1]
+        p0 fork p1
+        p1 smaps a[0:1]
+        p1 exit
+        p0 smaps a[0:1]
+        p0 map b[0:1024]
+        p0 madvise b[0:512] hugepage
+        p0 read b[0:2]
+        p0 smaps b[0:1]
+        p0 write b[0:1] seed=2
+        p0 migrate_to_dev d0 b[0:512]
+        p0 smaps b[0:1]
+        p0 munmap b[100:101]
+        p0 smaps b[0:1]
+        p0 mlock a[0:512]
+        p0 munmap a[300:301]
+        p0 smaps a[0:1]
+    """)
+    assert _fields(trace, 5)["AnonHugePages"] == 2048
+    assert _fields(trace, 7)["Pss"] == 1024 and _fields(trace, 7)["Shared_Dirty"] == 2048
+    assert _fields(trace, 13)["Rss"] == 0          # the huge zero PMD
+    device_thp = _fields(trace, 16)
+    assert device_thp["AnonHugePages"] == 2048
+    assert device_thp["Shared_Clean"] + device_thp["Shared_Dirty"] == 2048
+    split = _fields(trace, 18)
+    assert split["Private_Clean"] + split["Private_Dirty"] == 400 and split["AnonHugePages"] == 0
+    assert _fields(trace, 21)["Locked"] == 1200 and _fields(trace, 21)["AnonHugePages"] == 0
