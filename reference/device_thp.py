@@ -34,8 +34,8 @@ from __future__ import annotations
 from harness.prog import ZERO
 from harness.prog.ops import (
     Advice, CheckExclusive, CloseDevice, CpuRead, CpuWrite, DevRead, DevWrite, Exit,
-    Flags, Fork, Madvise, Map, MigrateToDev, MigrateToSys, Mprotect, Munmap, OpenDevice,
-    Pagemap, Release, Smaps, Snapshot, Thp,
+    Flags, Fork, Madvise, Map, MigrateToDev, MigrateToSys, Mprotect, Mremap, Munmap,
+    OpenDevice, Pagemap, Release, Smaps, Snapshot, Thp,
 )
 
 from .mm import invalidate
@@ -436,10 +436,11 @@ def snapshot_byte(world: World, mirror, mm: Mm, vpn: int, byte: int) -> int:
 # fork: copy_huge_non_present_pmd shares the device folio (folio_try_dup_anon_rmap_pmd) and
 # makes a writable entry readable in both, as copy_nonpresent_pte does per page; mprotect:
 # change_non_present_huge_pmd makes a writable entry readable (without its soft-dirty bit),
-# as change_softleaf_pte does per page; a VMA boundary inside splits the PMD first.
+# as change_softleaf_pte does per page; a VMA boundary inside splits the PMD first;
+# mremap: move_huge_pmd moves the device-private PMD, or it is split (remap_thp.py).
 _STATED = (MigrateToDev, MigrateToSys, CpuRead, CpuWrite, DevRead, DevWrite, Snapshot,
            Pagemap, Release, CloseDevice, Exit, Munmap, Map, OpenDevice, Flags,
-           CheckExclusive, Thp, Fork, Mprotect, Smaps)
+           CheckExclusive, Thp, Fork, Mprotect, Mremap, Smaps)
 
 
 def _meets(world: World, mm: Mm, start: int | None, end: int | None) -> bool:

@@ -534,9 +534,6 @@ def step(world: World, op: Op, places: Places) -> list[Outcome]:
         # populate_write, mlock or mprotect's populate): VM_FAULT_SIGBUS -> -EFAULT there.
         raise Unmodelled(f"{op.keyword} with a GUP write fault on a uffd-wp page",
                          f"{fault}: -EFAULT from populate is not stated") from None
-    if isinstance(op, Mremap):
-        for after in {id(w): w for _, w in outcomes}.values():
-            thp.forget_mremap_tables(after, op, places)
     if world.objects:
         for _, after in outcomes:
             shmem.forget_unreachable(after)

@@ -72,11 +72,6 @@ def pmd_of(vpn: int) -> int:
     return vpn // PMD_PAGES
 
 
-def pmd_span(start: int, end: int) -> tuple[int, int]:
-    """[start, end) widened to whole PMDs."""
-    return start - start % PMD_PAGES, -(-end // PMD_PAGES) * PMD_PAGES
-
-
 def pmd_range(index: int) -> range:
     return range(index * PMD_PAGES, (index + 1) * PMD_PAGES)
 
@@ -148,9 +143,11 @@ def reclaim_empty_tables(mm: Mm, start: int, end: int) -> None:
 
 def forget_tables(mm: Mm, start: int, end: int) -> None:
     """An op the model does not follow at the page-table level (mremap's move_page_tables
-    may move whole PTE tables) touched [start, end): whether those PMDs are none is unknown."""
+    may move whole PTE tables) touched [start, end): whether those PMDs are none is unknown,
+    except where a PMD mapping is."""
     for index in range(pmd_of(start), pmd_of(end - 1) + 1):
-        mm.tables[index] = None
+        if index not in mm.pmds:
+            mm.tables[index] = None
 
 
 def fork_pmds_and_tables(parent: Mm, child: Mm, copied: list[Vma]) -> None:
@@ -446,16 +443,12 @@ def guard(world: World, op, places) -> None:
     if isinstance(op, Madvise) and op.advice in _THP_AWARE_ADVICE:
         return
     if isinstance(op, Mremap):
-        # Without a PMD mapping or a THP page in the source or the target, mremap moves
-        # 4 KiB entries only; the PMDs it touched are forgotten (forget_mremap_tables).
-        mm = world.mms[world.procs[op.proc]]
-        start, end = places.vpns(op.range)
-        ranges = [(start, max(end, start + op.new_npages))]
+        # remap_thp.py: move_page_tables moves or splits PMD mappings; a resize in place
+        # only unmaps a tail (munmap) or grows the VMA
         if op.to is not None:
-            ranges.append(places.vpns(op.to))
-        if any(has_huge(world, mm, *pmd_span(first, last)) for first, last in ranges):
-            raise Unmodelled(f"{op.keyword} of a THP",
-                             "move_page_tables of PMD mappings is not stated yet")
+            from .remap_thp import refuse_partial_folios
+            mm_id = world.procs[op.proc]
+            refuse_partial_folios(world, mm_id, world.mms[mm_id], *places.vpns(op.range))
         return
     if isinstance(op, ClearSoftDirty):
         # clear_soft_dirty_pmd write-protects a PMD mapping and clears its soft-dirty bit,
@@ -484,14 +477,3 @@ def guard(world: World, op, places) -> None:
     name = op_name(op)
     if has_huge(world, mm, start, end):
         raise Unmodelled(f"{name} on a THP", "not stated for PMD-sized folios yet")
-
-
-def forget_mremap_tables(world: World, op: Mremap, places) -> None:
-    """After an mremap (refused where a THP is, see guard): move_page_tables may
-    have moved whole PTE tables (move_normal_pmd) or single PTEs, so whether the PMDs of the
-    source and the target are none is unknown from here on."""
-    mm = world.mms[world.procs[op.proc]]
-    start, end = places.vpns(op.range)
-    forget_tables(mm, start, max(end, start + op.new_npages))
-    if op.to is not None:
-        forget_tables(mm, *places.vpns(op.to))

@@ -12,8 +12,8 @@ splits a THP the range covers in part, and leaves alone one mapped by another pr
   and the same PTE is looked at again as a small folio; shared: the PTE is skipped.
 - split_folio -> __folio_split -> unmap_folio: try_to_migrate with TTU_SPLIT_HUGE_PMD;
   try_to_migrate_one fires MMU_NOTIFY_CLEAR over the folio's range in each VMA the rmap walk
-  visits (vma_address .. vma_address_end: the 2 MiB clamped to the VMA; VMAs in address
-  order, until the folio is no longer mapped: rwc.done = folio_not_mapped), splits a PMD
+  visits (vma_address .. vma_address_end: the folio's range clamped to the VMA; VMAs in
+  vm_pgoff order, until the folio is no longer mapped: rwc.done = folio_not_mapped), splits a PMD
   mapping in place (split_huge_pmd_locked) and replaces each PTE by a migration entry;
   remap_page -> remove_migration_pte maps every page again as its own order-0 folio, with
   the PTE's write and soft-dirty bits and PageAnonExclusive (RMAP_EXCLUSIVE unless a read
@@ -160,7 +160,7 @@ def split_folio(world: World, mm_id: int, mm: Mm, head: int) -> None:
     if any(mm.ptes[vpn].kind is Kind.EXCLUSIVE for _, vpn, _ in pages):
         raise Unmodelled("a THP split with a device-exclusive entry",
                          "try_to_migrate over device-exclusive entries is not followed")
-    # a THP's pages stay at their offsets in its aligned 2 MiB (mremap of one is refused)
+    # all pages at one place (remap_thp.refuse_partial_folios): page 0's address
     _, vpn, folio_id = pages[0]
     base = vpn - world.folios[folio_id].thp_index
     device = world.folios[folio_id].device is not None
@@ -194,21 +194,34 @@ def split_folio(world: World, mm_id: int, mm: Mm, head: int) -> None:
 def try_to_migrate_notifiers(world: World, mm_id: int, mm: Mm, base: int,
                              mapped: list[int]) -> None:
     """The MMU_NOTIFY_CLEAR notifiers try_to_migrate fires for a large folio at
-    [base, base + 512) whose pages `mapped` this mm maps: the rmap walk visits the VMAs of
-    the folio's anon_vma over the 2 MiB in address order, until the folio is no longer
-    mapped (rwc.done: folio_not_mapped), each over its part of the 2 MiB."""
+    [base, base + 512) whose pages `mapped` this mm maps: rmap_walk_anon visits the VMAs of
+    the folio's anon_vma whose vm_pgoff range meets the folio's
+    (anon_vma_interval_tree_foreach, in vm_pgoff order: address order, unless mremap moved
+    a VMA), each over its part of the folio (vma_address .. vma_address_end), until the
+    folio is no longer mapped (rwc.done: folio_not_mapped). An mremap may have left such a
+    VMA away from the folio (MREMAP_DONTUNMAP of part of a VMA keeps the source's
+    anon_vma): its notifier fires there too, before page_vma_mapped_walk finds nothing."""
     from .mm import invalidate
     overlapping = vmas.overlaps(mm, base, base + PMD_PAGES)
-    if {vma.anon for vma in overlapping if vma.anon is not None} != \
-            {mm.vma_at(mapped[0]).anon} or any(
+    folio_vma = mm.vma_at(mapped[0])
+    if {vma.anon for vma in overlapping if vma.anon is not None} != {folio_vma.anon} or any(
             vmas.overlaps(other, base, base + PMD_PAGES)
             for other_id, other in world.mms.items() if other_id != mm_id and other.alive):
         raise Unmodelled("a THP split beside VMAs of other anon_vmas or processes",
                          "the rmap walk's notifiers there are not followed")
-    last = max(mapped)
-    for vma in overlapping:
-        if vma.anon is None:
-            continue   # not in the folio's anon_vma: not visited
-        invalidate(world, mm_id, max(base, vma.start), min(base + PMD_PAGES, vma.end))
-        if last < vma.end:
+    first = base + folio_vma.shift          # folio->index, in the VMAs' vm_pgoff space
+    visited = sorted((vma for vma in mm.vmas if vma.anon == folio_vma.anon
+                      and vma.start + vma.shift < first + PMD_PAGES
+                      and first < vma.end + vma.shift),
+                     key=lambda vma: vma.start + vma.shift)
+    if len({vma.start + vma.shift for vma in visited}) != len(visited):
+        raise Unmodelled("a THP split where VMAs of its anon_vma start at the same vm_pgoff",
+                         "their order in the anon_vma interval tree is not followed")
+    unvisited = set(mapped)
+    for vma in visited:
+        start = max(vma.start, first - vma.shift)
+        end = min(vma.end, first - vma.shift + PMD_PAGES)
+        invalidate(world, mm_id, start, end)
+        unvisited = {vpn for vpn in unvisited if not start <= vpn < end}
+        if not unvisited:
             break      # rwc.done: folio_not_mapped
