@@ -58,17 +58,18 @@ def _large_device_page(world: World, pte: Pte | None) -> bool:
             and world.folios[pte.folio].thp is not None)
 
 
-def _pmd_mappings(world: World, head: int, what: str) -> list[tuple[int, int]]:
-    """(mm id, PMD index) of every process mapping the device THP `head` by its
-    device-private PMD: one, or several after fork (copy_huge_non_present_pmd shares the
-    folio, folio_try_dup_anon_rmap_pmd). Any other mapping of its pages (by PTEs, after a
-    PMD split in one of them) is refused: try_to_migrate over those is not followed."""
-    found = [(mm_id, index) for mm_id, mm in world.mms.items() if mm.alive
-             for index, pmd in mm.pmds.items() if pmd.device and pmd.head == head]
-    mm_id, index = found[0]
-    pages = world.mms[mm_id].ptes
-    if any(world.folios[pages[vpn].folio].mapcount != len(found) for vpn in pmd_range(index)):
-        raise Unmodelled(what, "a device THP mapped by several processes, by PTEs in one")
+def _mappings(world: World, head: int, what: str) -> list[tuple[int, int, int]]:
+    """(mm id, vpn, device folio id) of every entry mapping a page of the device THP
+    `head`: by its device-private PMD (one process, or several after fork:
+    copy_huge_non_present_pmd, folio_try_dup_anon_rmap_pmd) or by PTEs where a process
+    split its PMD. Refused when a page's mapcount says it is mapped where the model does
+    not find it."""
+    found = thp_split.pages_of(world, head)
+    counts: dict[int, int] = {}
+    for _, _, folio_id in found:
+        counts[folio_id] = counts.get(folio_id, 0) + 1
+    if any(world.folios[folio_id].mapcount != n for folio_id, n in counts.items()):
+        raise Unmodelled(what, "a device THP page mapped where the model does not find it")
     return found
 
 
@@ -304,15 +305,16 @@ def _back(world: World, mm_id: int, mm: Mm, index: int, mirror, mirror_id) -> bo
     Shared by fork: the collect step replaced this process's PMD by a migration entry
     (migrate_vma_collect_huge_pmd: set_pmd_migration_entry), and migrate_device_unmap
     calls try_to_migrate on the folio, still mapped by the others: MMU_NOTIFY_CLEAR over
-    each of their 2 MiB, maybe over this one's (rmap.unmap_walk_large), and
-    set_pmd_migration_entry in each; migrate_vma_finalize -> remove_migration_ptes then
-    maps the one new THP by a PMD in every process (_to_system)."""
+    each of their VMAs' part of the 2 MiB, maybe over this one's (rmap.unmap_walk_large),
+    and a migration entry for each of their PMDs (set_pmd_migration_entry) or PTEs (a
+    process that split its PMD); migrate_vma_finalize -> remove_migration_ptes then maps
+    the one new THP where each entry was (remove_migration_pmd, remove_migration_pte:
+    _to_system)."""
     base = index * PMD_PAGES
     head = mm.pmds[index].head
     device = world.folios[head].device
-    others = {(other_id, other_index * PMD_PAGES) for other_id, other_index
-              in _pmd_mappings(world, head, "a device THP coming back")
-              if (other_id, other_index) != (mm_id, index)}
+    mapped = _mappings(world, head, "a device THP coming back")
+    others = {(other_id, vpn) for other_id, vpn, _ in mapped if other_id != mm_id}
     # vma_alloc_folio(GFP_HIGHUSER_MOVABLE, order) may reclaim and compact: its failure
     # (small pages, as with FAIL_ALLOC) is assumed away like other allocation failures
     large = not (mirror is not None and mirror.flags & FAIL_ALLOC)
@@ -330,67 +332,68 @@ def _back(world: World, mm_id: int, mm: Mm, index: int, mirror, mirror_id) -> bo
         mirror.flags &= ~FAIL_ALLOC
         mm.tables[index] = True
         invalidate(world, mm_id, base, base + PMD_PAGES)
-    mapped = [(mm_id, index)] + sorted((other_id, pmd_of(vpn)) for other_id, vpn in others)
     _to_system(world, mapped, large, vmas.alloc_node(mm.vma_at(base)), mirror_id)
     return large
 
 
-def _to_system(world: World, mapped: list[tuple[int, int]], large: bool, node: int,
+def _to_system(world: World, mapped: list[tuple[int, int, int]], large: bool, node: int,
                keeper) -> None:
-    """The device THP mapped at `mapped` ((mm id, PMD index), the first one's entries
-    naming the folio) becomes a new folio in system memory (a THP if `large`), mapped
-    where it was: remove_migration_pmd (or remove_migration_pte per page) in each process,
-    with that process's entry bits; PageAnonExclusive as it was (RMAP_EXCLUSIVE unless a
+    """The device THP whose pages `mapped` maps ((mm id, vpn, device folio id), each page
+    mapped at least once) becomes a new folio in system memory (a THP if `large`), mapped
+    where it was: remove_migration_pmd for a PMD, remove_migration_pte per page for PTEs,
+    each with that entry's bits; PageAnonExclusive as it was (RMAP_EXCLUSIVE unless a
     readable migration entry, and a readable device entry of a non-exclusive page makes
-    one: set_pmd_migration_entry). The device folio is freed; other dmirrors of those mms
-    pointing at it keep a STALE entry."""
+    one: set_pmd_migration_entry, try_to_migrate_one). The device folio is freed; other
+    dmirrors of those mms pointing at it keep a STALE entry."""
     from .device import _stale_other_entries
-    first_mm = world.mms[mapped[0][0]]
-    head = None
-    for i, vpn in enumerate(pmd_range(mapped[0][1])):
-        old_id = first_mm.ptes[vpn].folio
+    by_index = {world.folios[folio_id].thp_index: folio_id for _, _, folio_id in mapped}
+    new_ids = {i: world.new_id() for i in sorted(by_index)}
+    head = new_ids[min(new_ids)]
+    for i, old_id in sorted(by_index.items()):
         old = world.folios[old_id]
-        folio = world.new_id()
-        head = folio if head is None else head
-        world.folios[folio] = Folio(old.content, len(mapped), old.exclusive, node=node,
-                                    thp=head if large else None, thp_index=i if large else 0)
-        for mm_id, index in mapped:
-            mm = world.mms[mm_id]
-            page = index * PMD_PAGES + i
-            pte = mm.ptes[page]
-            mm.ptes[page] = Pte(Kind.PRESENT, folio, pte.writable, clean=True,
-                                soft_dirty=pte.soft_dirty, uffd_wp=pte.uffd_wp)
-            _stale_other_entries(world, mm_id, keeper, page, old_id)
-        del world.folios[old_id]
-    for mm_id, index in mapped:
+        world.folios[new_ids[i]] = Folio(old.content, old.mapcount, old.exclusive, node=node,
+                                         thp=head if large else None,
+                                         thp_index=i if large else 0)
+    for mm_id, vpn, old_id in mapped:
         mm = world.mms[mm_id]
-        if large:
-            mm.pmds[index] = Pmd(head)
-            mm.tables.pop(index, None)
-        else:
-            mm.pmds.pop(index, None)
-            mm.tables[index] = True
+        pte = mm.ptes[vpn]
+        new = new_ids[world.folios[old_id].thp_index]
+        mm.ptes[vpn] = Pte(Kind.PRESENT, new, pte.writable, clean=True,
+                           soft_dirty=pte.soft_dirty, uffd_wp=pte.uffd_wp)
+        _stale_other_entries(world, mm_id, keeper, vpn, old_id)
+        pmd = mm.pmds.get(pmd_of(vpn))
+        if pmd is not None and pmd.device:
+            if large:
+                mm.pmds[pmd_of(vpn)] = Pmd(head)
+                mm.tables.pop(pmd_of(vpn), None)
+            else:
+                mm.pmds.pop(pmd_of(vpn), None)
+                mm.tables[pmd_of(vpn)] = True
+    for old_id in by_index.values():
+        del world.folios[old_id]
 
 
 def evict(world: World, device: str) -> None:
     """dmirror_device_evict_chunk for the device THPs of `device`: migrate_device_range
     takes each folio by its head PFN; migrate_device_unmap -> try_to_migrate fires
-    MMU_NOTIFY_CLEAR over the folio's 2 MiB in every process mapping it (after fork,
-    several; maybe in other VMAs over its page offsets: rmap.unmap_walk_large); then
-    folio_alloc(GFP_HIGHUSER_MOVABLE, order) with MIGRATE_PFN_COMPOUND ("TODO Support
-    splitting here": no fallback, the model states the allocation succeeds), on the local
-    node, and remove_migration_pmd maps a THP by its PMD in each of them. A device THP
-    whose PMD was split comes back as a THP mapped by the same PTEs (remove_migration_pte
-    per page; the notifiers of try_to_migrate over its VMAs)."""
+    MMU_NOTIFY_CLEAR over each VMA's part of the folio's 2 MiB in every process mapping it
+    (after fork, several; maybe in other VMAs over its page offsets:
+    rmap.unmap_walk_large); then folio_alloc(GFP_HIGHUSER_MOVABLE, order) with
+    MIGRATE_PFN_COMPOUND ("TODO Support splitting here": no fallback, the model states the
+    allocation succeeds), on the local node, and remove_migration_pmd maps a THP by its
+    PMD where a PMD mapped it (remove_migration_pte by PTEs where a process split its PMD).
+    A device THP no PMD maps comes back as a THP mapped by the same PTEs
+    (_evict_pte_mapped)."""
     for mm_id, mm in world.mms.items():
         for index in sorted(i for i, pmd in mm.pmds.items() if pmd.device):
             pmd = mm.pmds.get(index)
             if pmd is None or not pmd.device or world.folios[pmd.head].device != device:
                 continue    # another device's, or already back with a process sharing it
-            mapped = _pmd_mappings(world, pmd.head, "evicting a device THP")
+            mapped = _mappings(world, pmd.head, "evicting a device THP")
             rmap.unmap_walk_large(world, mm_id, index * PMD_PAGES, PMD_PAGES,
-                                  {(other_id, i * PMD_PAGES) for other_id, i in mapped})
+                                  {(other_id, vpn) for other_id, vpn, _ in mapped})
             _to_system(world, mapped, True, vmas.LOCAL_NODE, None)
+    for mm_id, mm in world.mms.items():
         heads = {}
         for vpn, pte in sorted(mm.ptes.items()):
             if _large_device_page(world, pte) and world.folios[pte.folio].device == device:

@@ -87,8 +87,8 @@ def unmap_walk_large(world: World, mm_id: int, base: int, npages: int,
     """The MMU_NOTIFY_CLEARs of try_to_migrate() over a large folio (a device THP) at
     [base, base + npages) of mm_id: try_to_migrate_one fires its notifier over the folio's
     range clamped to each VMA it visits (vma_address .. vma_address_end). Certain in the
-    VMAs that map the folio by a PMD at `mapped` ((mm, base) pairs), maybe in every other
-    VMA of the folio's anon_vma over its page offsets (the module docstring)."""
+    VMAs that map a page of it (`mapped`: (mm, vpn) pairs), maybe in every other VMA of
+    the folio's anon_vma over its page offsets (the module docstring)."""
     offset = base + world.mms[mm_id].vma_at(base).shift
     for other_id, other in world.mms.items():
         if not other.alive:
@@ -100,7 +100,7 @@ def unmap_walk_large(world: World, mm_id: int, base: int, npages: int,
             lo, hi = max(start, candidate.start), min(start + npages, candidate.end)
             if lo >= hi:
                 continue
-            if (other_id, lo) in mapped and hi - lo == npages:
+            if any((other_id, vpn) in mapped for vpn in range(lo, hi)):
                 invalidate(world, other_id, lo, hi)
             else:
                 for vpn in range(lo, hi):

@@ -226,3 +226,62 @@ def test_fail_alloc_on_the_way_back_of_a_shared_device_thp_is_refused():
                                 OpResult(cpages=0, faults=0), cpu(*zeros(1))))
     assert verdict.ok and verdict.unmodelled_from == 5
     assert "several processes coming back as small pages" in verdict.unmodelled
+
+
+PTE_MAPPED_IN_ONE_PROCESS = """
+    region a pages=1024
+    region b pages=512
+    p0 open d0 dmirror0
+    p0 open d1 dmirror1
+    p0 map a[0:1024]
+    p0 migrate_to_dev d0 a[0:512]
+    p0 fork p1
+    p0 mprotect a[100:200] r
+    p0 dev_read d1 a[512:514]
+    p1 read a[0:1]
+    p0 dev_read d1 a[512:514]
+    p0 pagemap a[99:101]
+    p1 pagemap a[99:101]
+    p0 write a[250:251] seed=3
+    p1 read a[250:251]
+    p0 read a[250:251]
+    p0 map b[0:512]
+    p0 migrate_to_dev d0 b[0:512]
+    p0 fork p2
+    p2 munmap b[0:10]
+    p0 release d0
+    p0 pagemap b[9:11]
+    p2 pagemap b[9:11]
+    p2 read b[10:11]
+"""
+
+
+def test_a_process_that_split_its_device_pmd_gets_the_thp_back_by_ptes():
+    # p0's mprotect split its device PMD (three VMAs, device-private PTEs); p1's fault
+    # comes through its PMD: try_to_migrate turns p0's PTEs into migration entries, with
+    # a CLEAR over each of p0's VMAs' part of the 2 MiB (d1 loses page 512 to the last
+    # one's), and remove_migration_pte maps each page of the new THP there: page 99 and 100
+    # are one THP's, mapped twice. Eviction (release) does the same for b, which p2 maps by
+    # PTEs after its munmap: pages 0..9 are mapped once (by p0's PMD), the rest twice.
+    prog = program(PTE_MAPPED_IN_ONE_PROCESS)
+    shared = PRESENT | SOFT_DIRTY
+    pages_99_100 = OpResult(pagemap=(PagemapEntry(shared | 0x263, 2, ZERO_TAIL_FLAGS),
+                                     PagemapEntry(shared | 0x264, 2, ZERO_TAIL_FLAGS)))
+    good = [ok(), ok(), ok(), dev(512, 0, zeros(512)), ok(), ok(), dev(2, 1, zeros(2)),
+            cpu(*zeros(1)), dev(2, 1, zeros(2)), pages_99_100, pages_99_100, wrote(1),
+            cpu(*zeros(1)), cpu(*patterns(prog, 3, "a", 250, 251)), ok(),
+            dev(512, 0, zeros(512)), ok(), ok(), dev(0, 0),
+            # p0's PMD: pagemap_pmd_range_thp asks the head page (mapped once) for every
+            # page's PM_MMAP_EXCLUSIVE; kpagecount is each page's own
+            OpResult(pagemap=(PagemapEntry(shared | MMAP_EXCLUSIVE | 0x1E09, 1,
+                                           ZERO_TAIL_FLAGS),
+                              PagemapEntry(shared | MMAP_EXCLUSIVE | 0x1E0A, 2,
+                                           ZERO_TAIL_FLAGS))),
+            OpResult(pagemap=(PagemapEntry(0), PagemapEntry(shared | 0x1E0A, 2,
+                                                            ZERO_TAIL_FLAGS))),
+            cpu(*zeros(1))]
+    assert_accepts(prog, *good)
+    assert_rejects(prog, replaced(good, 8, dev(2, 0, zeros(2))), 8, "faults")
+    assert_rejects(prog, replaced(good, 9, OpResult(pagemap=(
+        PagemapEntry(shared | MMAP_EXCLUSIVE | 0x263, 1, ZERO_TAIL_FLAGS),
+        PagemapEntry(shared | MMAP_EXCLUSIVE | 0x264, 1, ZERO_TAIL_FLAGS)))), 9, "pagemap[0]")

@@ -11,7 +11,7 @@ import pytest
 
 from test_model_shared_device_thp import (
     ANOTHER_DEVICE_FAULTS_IT_BACK, CHILD_READ_THEN_DEVICE_WRITE,
-    EVICTION_OF_SHARED_DEVICE_THPS, MIGRATE_TO_SYS_FROM_THE_CHILD,
+    EVICTION_OF_SHARED_DEVICE_THPS, MIGRATE_TO_SYS_FROM_THE_CHILD, PTE_MAPPED_IN_ONE_PROCESS,
 )
 from test_vm_model_support import agrees
 
@@ -38,6 +38,11 @@ def test_release_and_the_last_close_of_shared_device_thps(kernel_session):
 
 def test_another_device_faults_the_shared_device_thp_back(kernel_session):
     agrees(kernel_session, ANOTHER_DEVICE_FAULTS_IT_BACK)
+
+
+def test_a_process_that_split_its_device_pmd_gets_the_thp_back_by_ptes(kernel_session):
+    _, trace, _ = agrees(kernel_session, PTE_MAPPED_IN_ONE_PROCESS)
+    assert trace.results[9].pagemap[0].count == 2
 
 
 def test_the_parent_faults_it_back_with_mirrors_in_both_processes(kernel_session):
