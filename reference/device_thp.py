@@ -14,7 +14,9 @@ dmirror_migrate_to_system) and mm/migrate_device.c then moves a whole aligned PM
 - back: do_huge_pmd_device_private -> dmirror_devmem_fault (vmf->pte NULL: the folio's
   order), dmirror_migrate_to_system of the whole 2 MiB, eviction at RELEASE and close
   (dmirror_device_evict_chunk); dmirror_devmem_fault_alloc_and_copy allocates a THP
-  (vma_alloc_folio) or, with FAIL_ALLOC set, 512 small pages;
+  (vma_alloc_folio) or, with FAIL_ALLOC set, 512 small pages; a device THP shared by fork
+  comes back in every process mapping it (try_to_migrate of the others' PMDs,
+  remove_migration_pmd in each: `_back`, `evict`);
 - the PMD-order allocations (folio_alloc(GFP_HIGHUSER) of the backing page,
   vma_alloc_folio(GFP_HIGHUSER_MOVABLE) on the way back, folio_alloc at eviction) may
   reclaim and compact; their failure is assumed away, as other allocation failures are;
@@ -41,7 +43,7 @@ from .refuse import Unmodelled, op_name
 from .state import Entry, Folio, Kind, Mm, Pte, Tag, World
 from .thp import PMD_PAGES, Pmd, pmd_of, pmd_range, split_pmd_mapping
 from .uapi import FAIL_ALLOC, PROT_ERROR
-from . import thp_split, vma as vmas
+from . import rmap, thp_split, vma as vmas
 
 
 # ------------------------------------------------------------------ what is where
@@ -56,11 +58,18 @@ def _large_device_page(world: World, pte: Pte | None) -> bool:
             and world.folios[pte.folio].thp is not None)
 
 
-def _refuse_shared(folio: Folio, what: str) -> None:
-    """A device THP mapped by several processes (after fork) moves in every one of them
-    (try_to_migrate, remove_migration_pmd in each mm): not followed."""
-    if folio.mapcount > 1:
-        raise Unmodelled(what, "a device THP mapped by several processes")
+def _pmd_mappings(world: World, head: int, what: str) -> list[tuple[int, int]]:
+    """(mm id, PMD index) of every process mapping the device THP `head` by its
+    device-private PMD: one, or several after fork (copy_huge_non_present_pmd shares the
+    folio, folio_try_dup_anon_rmap_pmd). Any other mapping of its pages (by PTEs, after a
+    PMD split in one of them) is refused: try_to_migrate over those is not followed."""
+    found = [(mm_id, index) for mm_id, mm in world.mms.items() if mm.alive
+             for index, pmd in mm.pmds.items() if pmd.device and pmd.head == head]
+    mm_id, index = found[0]
+    pages = world.mms[mm_id].ptes
+    if any(world.folios[pages[vpn].folio].mapcount != len(found) for vpn in pmd_range(index)):
+        raise Unmodelled(what, "a device THP mapped by several processes, by PTEs in one")
+    return found
 
 
 def _base(world: World, vpn: int, pte: Pte) -> int:
@@ -290,68 +299,98 @@ def _back(world: World, mm_id: int, mm: Mm, index: int, mirror, mirror_id) -> bo
     maps the THP by its PMD with the entry's write, soft-dirty and uffd-wp bits, exclusive
     unless the entry was a plain readable one, clean. FAIL_ALLOC (cleared): 512 small
     pages, after migrate_vma_split_unmapped_folio split the PMD
-    (MMU_NOTIFY_CLEAR over the 2 MiB). True for a THP."""
+    (MMU_NOTIFY_CLEAR over the 2 MiB). True for a THP.
+
+    Shared by fork: the collect step replaced this process's PMD by a migration entry
+    (migrate_vma_collect_huge_pmd: set_pmd_migration_entry), and migrate_device_unmap
+    calls try_to_migrate on the folio, still mapped by the others: MMU_NOTIFY_CLEAR over
+    each of their 2 MiB, maybe over this one's (rmap.unmap_walk_large), and
+    set_pmd_migration_entry in each; migrate_vma_finalize -> remove_migration_ptes then
+    maps the one new THP by a PMD in every process (_to_system)."""
     base = index * PMD_PAGES
     head = mm.pmds[index].head
     device = world.folios[head].device
-    _refuse_shared(world.folios[head], "a device THP coming back")
-    invalidate(world, mm_id, base, base + PMD_PAGES, migrating_device=device)
-    if mirror is not None:
-        for vpn in pmd_range(index):
-            mirror.table.pop(vpn, None)
+    others = {(other_id, other_index * PMD_PAGES) for other_id, other_index
+              in _pmd_mappings(world, head, "a device THP coming back")
+              if (other_id, other_index) != (mm_id, index)}
     # vma_alloc_folio(GFP_HIGHUSER_MOVABLE, order) may reclaim and compact: its failure
     # (small pages, as with FAIL_ALLOC) is assumed away like other allocation failures
     large = not (mirror is not None and mirror.flags & FAIL_ALLOC)
+    if others and not large:
+        raise Unmodelled("a device THP mapped by several processes coming back as small "
+                         "pages", "migrate_vma_split_unmapped_folio splits the PMD "
+                         "migration entry of this process only (docs/findings.md #16)")
+    invalidate(world, mm_id, base, base + PMD_PAGES, migrating_device=device)
+    if others:
+        rmap.unmap_walk_large(world, mm_id, base, PMD_PAGES, others)
+    if mirror is not None:
+        for vpn in pmd_range(index):
+            mirror.table.pop(vpn, None)
     if not large:
         mirror.flags &= ~FAIL_ALLOC
         mm.tables[index] = True
-    if not large:
         invalidate(world, mm_id, base, base + PMD_PAGES)
-    _to_system(world, mm_id, mm, index, large, vmas.alloc_node(mm.vma_at(base)), mirror_id)
+    mapped = [(mm_id, index)] + sorted((other_id, pmd_of(vpn)) for other_id, vpn in others)
+    _to_system(world, mapped, large, vmas.alloc_node(mm.vma_at(base)), mirror_id)
     return large
 
 
-def _to_system(world: World, mm_id: int, mm: Mm, index: int, large: bool, node: int,
+def _to_system(world: World, mapped: list[tuple[int, int]], large: bool, node: int,
                keeper) -> None:
+    """The device THP mapped at `mapped` ((mm id, PMD index), the first one's entries
+    naming the folio) becomes a new folio in system memory (a THP if `large`), mapped
+    where it was: remove_migration_pmd (or remove_migration_pte per page) in each process,
+    with that process's entry bits; PageAnonExclusive as it was (RMAP_EXCLUSIVE unless a
+    readable migration entry, and a readable device entry of a non-exclusive page makes
+    one: set_pmd_migration_entry). The device folio is freed; other dmirrors of those mms
+    pointing at it keep a STALE entry."""
     from .device import _stale_other_entries
+    first_mm = world.mms[mapped[0][0]]
     head = None
-    for i, vpn in enumerate(pmd_range(index)):
-        pte = mm.ptes[vpn]
-        old = world.folios[pte.folio]
+    for i, vpn in enumerate(pmd_range(mapped[0][1])):
+        old_id = first_mm.ptes[vpn].folio
+        old = world.folios[old_id]
         folio = world.new_id()
         head = folio if head is None else head
-        world.folios[folio] = Folio(old.content, 1, old.exclusive, node=node,
+        world.folios[folio] = Folio(old.content, len(mapped), old.exclusive, node=node,
                                     thp=head if large else None, thp_index=i if large else 0)
-        mm.ptes[vpn] = Pte(Kind.PRESENT, folio, pte.writable, clean=True,
-                           soft_dirty=pte.soft_dirty, uffd_wp=pte.uffd_wp)
-        _stale_other_entries(world, mm_id, keeper, vpn, pte.folio)
-        del world.folios[pte.folio]
-    if large:
-        mm.pmds[index] = Pmd(head)
-        mm.tables.pop(index, None)
-    else:
-        mm.pmds.pop(index, None)
-        mm.tables[index] = True
+        for mm_id, index in mapped:
+            mm = world.mms[mm_id]
+            page = index * PMD_PAGES + i
+            pte = mm.ptes[page]
+            mm.ptes[page] = Pte(Kind.PRESENT, folio, pte.writable, clean=True,
+                                soft_dirty=pte.soft_dirty, uffd_wp=pte.uffd_wp)
+            _stale_other_entries(world, mm_id, keeper, page, old_id)
+        del world.folios[old_id]
+    for mm_id, index in mapped:
+        mm = world.mms[mm_id]
+        if large:
+            mm.pmds[index] = Pmd(head)
+            mm.tables.pop(index, None)
+        else:
+            mm.pmds.pop(index, None)
+            mm.tables[index] = True
 
 
 def evict(world: World, device: str) -> None:
     """dmirror_device_evict_chunk for the device THPs of `device`: migrate_device_range
     takes each folio by its head PFN; migrate_device_unmap -> try_to_migrate fires
-    MMU_NOTIFY_CLEAR over the folio's 2 MiB in the mm mapping it; then
+    MMU_NOTIFY_CLEAR over the folio's 2 MiB in every process mapping it (after fork,
+    several; maybe in other VMAs over its page offsets: rmap.unmap_walk_large); then
     folio_alloc(GFP_HIGHUSER_MOVABLE, order) with MIGRATE_PFN_COMPOUND ("TODO Support
     splitting here": no fallback, the model states the allocation succeeds), on the local
-    node, and remove_migration_pmd maps a THP by its PMD. A device THP whose PMD was split
-    comes back as a THP mapped by the same PTEs (remove_migration_pte per page; the
-    notifiers of try_to_migrate over its VMAs)."""
+    node, and remove_migration_pmd maps a THP by its PMD in each of them. A device THP
+    whose PMD was split comes back as a THP mapped by the same PTEs (remove_migration_pte
+    per page; the notifiers of try_to_migrate over its VMAs)."""
     for mm_id, mm in world.mms.items():
         for index in sorted(i for i, pmd in mm.pmds.items() if pmd.device):
-            head = world.folios[mm.pmds[index].head]
-            if head.device != device:
-                continue
-            base = index * PMD_PAGES
-            _refuse_shared(head, "evicting a device THP")
-            invalidate(world, mm_id, base, base + PMD_PAGES)
-            _to_system(world, mm_id, mm, index, True, vmas.LOCAL_NODE, None)
+            pmd = mm.pmds.get(index)
+            if pmd is None or not pmd.device or world.folios[pmd.head].device != device:
+                continue    # another device's, or already back with a process sharing it
+            mapped = _pmd_mappings(world, pmd.head, "evicting a device THP")
+            rmap.unmap_walk_large(world, mm_id, index * PMD_PAGES, PMD_PAGES,
+                                  {(other_id, i * PMD_PAGES) for other_id, i in mapped})
+            _to_system(world, mapped, True, vmas.LOCAL_NODE, None)
         heads = {}
         for vpn, pte in sorted(mm.ptes.items()):
             if _large_device_page(world, pte) and world.folios[pte.folio].device == device:
@@ -363,8 +402,9 @@ def evict(world: World, device: str) -> None:
 def _evict_pte_mapped(world: World, mm_id: int, mm: Mm, mapped: list) -> None:
     from .device import _stale_other_entries
     base = _base(world, mapped[0], mm.ptes[mapped[0]])
-    for vpn in mapped:
-        _refuse_shared(world.folios[mm.ptes[vpn].folio], "evicting a device THP")
+    if any(world.folios[mm.ptes[vpn].folio].mapcount > 1 for vpn in mapped):
+        raise Unmodelled("evicting a device THP mapped by PTEs and by several processes",
+                         "try_to_migrate over those mappings is not followed")
     thp_split.try_to_migrate_notifiers(world, mm_id, mm, base, mapped)
     head = world.new_id()      # page 0's, which may be unmapped
     for vpn in mapped:

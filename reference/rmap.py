@@ -82,6 +82,31 @@ def walked(world: World, mm_id: int, vpn: int):
                 yield other_id, address
 
 
+def unmap_walk_large(world: World, mm_id: int, base: int, npages: int,
+                     mapped: set[tuple[int, int]]) -> None:
+    """The MMU_NOTIFY_CLEARs of try_to_migrate() over a large folio (a device THP) at
+    [base, base + npages) of mm_id: try_to_migrate_one fires its notifier over the folio's
+    range clamped to each VMA it visits (vma_address .. vma_address_end). Certain in the
+    VMAs that map the folio by a PMD at `mapped` ((mm, base) pairs), maybe in every other
+    VMA of the folio's anon_vma over its page offsets (the module docstring)."""
+    offset = base + world.mms[mm_id].vma_at(base).shift
+    for other_id, other in world.mms.items():
+        if not other.alive:
+            continue
+        for candidate in other.vmas:
+            if candidate.shared or candidate.anon is None:
+                continue      # not in an anon_vma's interval tree
+            start = offset - candidate.shift
+            lo, hi = max(start, candidate.start), min(start + npages, candidate.end)
+            if lo >= hi:
+                continue
+            if (other_id, lo) in mapped and hi - lo == npages:
+                invalidate(world, other_id, lo, hi)
+            else:
+                for vpn in range(lo, hi):
+                    maybe_invalidate(world, other_id, vpn)
+
+
 def maybe_invalidate(world: World, mm_id: int, vpn: int) -> None:
     """An MMU_NOTIFY_CLEAR over the page at vpn that may or may not have happened: the
     entries it would erase (the page's and, by the dmirror_do_update quirk, the next
