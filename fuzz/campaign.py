@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.kernel import KernelImage
-from harness.prog import format_program
+from harness.prog import ParseError, format_program, load_program
 
 from .findings import FindingStore
 from .mutate import Chooser, generate
@@ -30,6 +30,9 @@ from .worker import WorkerConfig
 COVERAGE = re.compile(r"cov: (\d+) ft: (\d+)")
 GENERATED_SEEDS = 32
 STATUS_EVERY = 5.0
+# At the deadline a worker reproducing a new finding on a fresh VM may finish first (a few
+# runs and a boot); a Ctrl-C stops it at once (the finding is on disk, unconfirmed).
+REPRODUCTION_GRACE = 180.0
 
 
 @dataclass
@@ -83,8 +86,17 @@ class Campaign:
             for path in sorted(seed_dir.rglob("*.txt")):
                 if "regressions" in path.relative_to(seed_dir).parts or path.name == "README.txt":
                     continue
+                # Canonical text, without comments: libFuzzer runs the seeds smallest
+                # first, and a scenario's comments should not put it behind the generated
+                # ones (a short campaign may end before it runs). A seed that does not parse
+                # is named and skipped, as `hmmfuzz run` does.
+                try:
+                    program = load_program(path)
+                except ParseError as error:
+                    self.echo(f"input error: {error} (seed skipped)")
+                    continue
                 name = "-".join(path.relative_to(seed_dir).parts)
-                (staged / name).write_text(path.read_text())
+                (staged / name).write_text(format_program(program.with_ops(program.ops)))
 
     def _stop(self, *_):
         self.stopping = True
@@ -93,13 +105,7 @@ class Campaign:
 
     def sample(self, started: float) -> Sample:
         execs = restarts = 0
-        for path in (self.workdir / "workers").glob("[0-9]*.json"):
-            if path.name.endswith(".config.json"):
-                continue
-            try:
-                stats = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
+        for stats in self._worker_stats():
             execs += stats.get("execs", 0)
             restarts += stats.get("restarts", 0)
         coverage = features = 0
@@ -142,6 +148,7 @@ class Campaign:
                 samples.append(self.sample(started))
                 self.echo(self.status_line(samples[-1], samples[-2] if len(samples) > 1 else None))
         finally:
+            self._let_reproductions_finish()
             for worker in self.workers:
                 if worker.poll() is None:
                     worker.send_signal(signal.SIGINT)
@@ -154,6 +161,23 @@ class Campaign:
             samples.append(self.sample(started))
             self._append_stats(samples)
         return samples
+
+    def _let_reproductions_finish(self):
+        grace_ends = time.monotonic() + REPRODUCTION_GRACE
+        while not self.stopping and time.monotonic() < grace_ends and any(
+                stats.get("reproducing") for stats in self._worker_stats()):
+            time.sleep(1)
+
+    def _worker_stats(self) -> list[dict]:
+        found = []
+        for path in (self.workdir / "workers").glob("[0-9]*.json"):
+            if path.name.endswith(".config.json"):
+                continue
+            try:
+                found.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue   # being written
+        return found
 
     def _append_stats(self, samples: list[Sample]):
         path = self.workdir / "stats.csv"

@@ -36,10 +36,12 @@ class FindingStore:
         meta_path = self.root / _slug(wanted) / "finding.json"
         return json.loads(meta_path.read_text()) if meta_path.exists() else None
 
-    def record(self, verdict: ProgramVerdict, reproduction: dict | None = None) -> Recorded | None:
+    def record(self, verdict: ProgramVerdict, reproduction: dict | None = None,
+               pending: bool = False) -> Recorded | None:
         """Count a hit of the verdict's signature; the first hit keeps the program, report
         and console. `reproduction` ({"runs": n, "reproduced": k} on a fresh VM) decides
-        whether the finding is confirmed."""
+        whether the finding is confirmed; `pending`: it is being reproduced now (`confirm`
+        follows), so it is not confirmed yet but already on disk should the run stop."""
         wanted = signature(verdict)
         if wanted is None:
             return None
@@ -57,12 +59,22 @@ class FindingStore:
             if reproduction is not None:
                 meta["reproduction"] = reproduction
                 meta["confirmed"] = reproduction["reproduced"] > 0
+            elif pending:
+                meta["confirmed"] = False
         else:
             meta = json.loads(meta_path.read_text())
         meta["hits"] += 1
         meta["last_seen"] = now
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
         return Recorded(directory, wanted, new)
+
+    def confirm(self, wanted: str, reproduction: dict) -> None:
+        """The outcome of reproducing a pending finding on a fresh VM."""
+        meta_path = self.root / _slug(wanted) / "finding.json"
+        meta = json.loads(meta_path.read_text())
+        meta["reproduction"] = reproduction
+        meta["confirmed"] = reproduction["reproduced"] > 0
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
     def all(self) -> list[dict]:
         return [json.loads(p.read_text()) | {"directory": str(p.parent)}

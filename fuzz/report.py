@@ -49,7 +49,9 @@ def write_report(workdir: Path) -> Path:
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for meta in store.all():
         repro = meta.get("reproduction")
-        rate = f"{repro['reproduced']}/{repro['runs']}" if repro else "not checked"
+        rate = (f"{repro['reproduced']}/{repro['runs']}" if repro else
+                "not yet (the run stopped while it was reproduced)"
+                if meta.get("confirmed") is False else "not checked")
         lines.append(f"| {meta['signature']} | {meta['kernel']} | {meta['hits']} | {rate} | "
                      f"{meta['first_seen']} | {meta['last_seen']} | {Path(meta['directory']).name} |")
     target = workdir / "report.md"

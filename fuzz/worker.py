@@ -129,16 +129,20 @@ class Worker:
         self.session.close()  # start from a fresh VM: the state may be unknown
 
     def found(self, verdict):
-        wanted = signature(verdict)
-        known = self.store.lookup(wanted)
-        reproduction = None
-        if known is None:
-            reproduction = self.reproduce(verdict.program, wanted)
-        recorded = self.store.record(verdict, reproduction=reproduction)
-        if recorded.new:
-            self.stats["findings"] += 1
-            self.log(f"new finding ({reproduction['reproduced']}/{reproduction['runs']} "
-                     f"on a fresh VM): {wanted}")
+        """Record the failure before anything else (the program and console are on disk
+        even if the campaign stops now), then reproduce a new one on a fresh VM."""
+        recorded = self.store.record(verdict, pending=True)
+        if not recorded.new:
+            return
+        self.stats["findings"] += 1
+        self.stats["reproducing"] = True   # the campaign lets this finish at its deadline
+        self.write_stats(force=True)
+        reproduction = self.reproduce(verdict.program, recorded.signature)
+        self.store.confirm(recorded.signature, reproduction)
+        self.stats["reproducing"] = False
+        self.write_stats(force=True)
+        self.log(f"new finding ({reproduction['reproduced']}/{reproduction['runs']} "
+                 f"on a fresh VM): {recorded.signature}")
 
     def reproduce(self, program: Program, wanted: str) -> dict:
         """Rerun on a fresh VM: a finding counts only if it comes back there."""
@@ -150,7 +154,9 @@ class Worker:
         now = time.time()
         if force or now - self.last_write > 2:
             self.stats["restarts"] = self.session.restarts
-            self.stats_path.write_text(json.dumps(self.stats))
+            partial = self.stats_path.with_suffix(".tmp")   # the campaign reads it any time
+            partial.write_text(json.dumps(self.stats))
+            partial.replace(self.stats_path)
             self.last_write = now
 
 

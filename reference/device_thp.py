@@ -321,7 +321,7 @@ def _back(world: World, mm_id: int, mm: Mm, index: int, mirror, mirror_id) -> bo
     if others and not large:
         raise Unmodelled("a device THP mapped by several processes coming back as small "
                          "pages", "migrate_vma_split_unmapped_folio splits the PMD "
-                         "migration entry of this process only (docs/findings.md #16)")
+                         "migration entry of this process only (docs/findings.md #17)")
     invalidate(world, mm_id, base, base + PMD_PAGES, migrating_device=device)
     if others:
         rmap.unmap_walk_large(world, mm_id, base, PMD_PAGES, others)

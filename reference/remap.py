@@ -20,7 +20,6 @@ from dataclasses import replace
 from . import ksm, mm as cpu, remap_thp, shmem, vma as vmas
 from .expect import EFAULT, EINVAL, ENOMEM, Expect, done, fail
 from .places import Places
-from .refuse import Unmodelled
 from .state import Mm, Vma, World
 
 Outcome = tuple[Expect, World]
@@ -228,49 +227,19 @@ def _copy_vma(world: World, mm: Mm, vma: Vma, start: int, new_start: int, new_le
 def _move_page_tables(world: World, mm_id: int, mm: Mm, start: int, length: int,
                       new_start: int) -> None:
     """move_page_tables: MMU_NOTIFY_UNMAP over the old range (try_realign_addr may start it
-    at the PMD boundary below, where no VMA and so no mirrored page lies), then every PTE
-    moves as it is (move_ptes)."""
+    at the PMD boundary below, where no VMA and so no mirrored page lies), the PMD level
+    (remap_thp.move_page_tables: PMD mappings and PTE tables), then every PTE moves as it
+    is (move_ptes) or with its table (move_normal_pmd)."""
     cpu.invalidate(world, mm_id, start, start + length)
-    huge = remap_thp.move_huge_pmds(world, mm_id, mm, start, length, new_start)
+    keep = remap_thp.move_page_tables(world, mm_id, mm, start, length, new_start)
     moved = {vpn: pte for vpn, pte in mm.ptes.items() if start <= vpn < start + length}
-    if _pmd_move_may_keep_soft_dirty_clear(mm, moved, start, length, new_start, huge):
-        raise Unmodelled("mremap of a whole 2 MiB page table with soft-dirty bits clear",
-                         "move_normal_pmd moves the PTE table as it is (no "
-                         "move_soft_dirty_pte) when the target's PMD is empty, which "
-                         "depends on page tables the model does not keep")
     for vpn in moved:
         del mm.ptes[vpn]
     for vpn, pte in moved.items():
         # move_soft_dirty_pte: "Set soft dirty bit so we can notice in userspace when vma
-        # was moved"; move_soft_dirty_pmd marks a moved PMD mapping, but not a
-        # device-private one
-        soft_dirty = pte.soft_dirty if remap_thp.keeps_soft_dirty(huge, vpn) else True
-        mm.ptes[new_start + vpn - start] = replace(pte, soft_dirty=soft_dirty)
-    remap_thp.place_moved_pmds(mm, huge)
-    remap_thp.note_moved_tables(mm, start, length, new_start, huge)
-
-
-def _pmd_move_may_keep_soft_dirty_clear(mm: Mm, moved: dict, start: int, length: int,
-                                        new_start: int, huge: remap_thp.MovedPmds) -> bool:
-    """move_page_tables moves a whole PTE table (move_normal_pmd, CONFIG_HAVE_MOVE_PMD)
-    when old and new address are both PMD-aligned for a full PMD extent (get_extent;
-    try_realign_addr may align the first one down) and the new PMD is empty; its PTEs then
-    keep their soft-dirty bits instead of getting move_soft_dirty_pte's. That matters
-    only for a PTE without the bit once soft-dirty tracking is on somewhere (a VMA
-    without VM_SOFTDIRTY)."""
-    if (start - new_start) % cpu.PMD_PAGES or all(vma.softdirty for vma in mm.vmas):
-        return False
-    end = start + length
-    first = start - start % cpu.PMD_PAGES
-    for block in range(first, end, cpu.PMD_PAGES):
-        if block + cpu.PMD_PAGES > end:
-            break
-        if remap_thp.moved_whole(huge, block // cpu.PMD_PAGES):
-            continue   # move_huge_pmd, not move_normal_pmd
-        if any(not moved[vpn].soft_dirty for vpn in moved
-               if block <= vpn < block + cpu.PMD_PAGES):
-            return True
-    return False
+        # was moved"; not for a PTE table or a device-private PMD moved whole
+        kept = any(vpn in chunk for chunk in keep)
+        mm.ptes[new_start + vpn - start] = replace(pte, soft_dirty=pte.soft_dirty or not kept)
 
 
 def _dontunmap_complete(mm: Mm, start: int, length: int) -> None:

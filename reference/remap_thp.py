@@ -1,19 +1,30 @@
-"""mremap of PMD mappings (7.2 mm/mremap.c move_page_tables): a THP, the huge zero page
-and a device THP (device_thp.py) mapped by one PMD entry.
+"""The PMD level of mremap's move_page_tables (7.2 mm/mremap.c): PMD mappings (a THP, the
+huge zero page, a device THP's device-private PMD) and PTE tables.
 
-move_page_tables walks the source in extents that end at a PMD boundary of the source or
-of the target (get_extent). Where the source PMD is huge (pmd_is_huge: a present huge PMD
-or a non-present one, the device-private PMD of a device THP included):
+try_realign_addr first moves the start of both ranges down to their PMD boundary when
+they are equally aligned, the range reaches the next boundary, each starts its VMA and no
+VMA lies below it in that PMD (can_realign_addr). Then the walk goes in extents that end
+at a PMD boundary of the source or of the target (get_extent); per source PMD:
 
-- the extent is the whole 2 MiB (the source PMD lies inside the range and source and
-  target are equally aligned) and the target PMD is none: move_huge_pmd moves the entry as
-  it is, with its deposited table. move_soft_dirty_pmd sets the soft-dirty bit of a present
-  PMD (a THP, the huge zero page) but not of a device-private one: it marks only present
-  and migration entries, unlike move_soft_dirty_pte, which marks every non-present PTE;
-- otherwise split_huge_pmd (MMU_NOTIFY_CLEAR over the 2 MiB, inside move_page_tables'
-  MMU_NOTIFY_UNMAP): __split_huge_pmd_locked makes 512 PTEs of the PMD (device-private
-  PTEs for a device-private PMD), and move_ptes moves them like any other (soft-dirty set).
-  The folio stays one large folio, mapped by PTEs at the new address.
+- huge (pmd_is_huge: a present huge PMD or a non-present one, the device-private PMD of a
+  device THP included): a whole 2 MiB extent whose target PMD is none moves as it is
+  (move_huge_pmd, with its deposited table; the source PMD is none after). Its
+  move_soft_dirty_pmd sets the soft-dirty bit of a present PMD but not of a device-private
+  one: it marks only present and migration entries, unlike move_soft_dirty_pte, which
+  marks every non-present PTE. Otherwise split_huge_pmd (MMU_NOTIFY_CLEAR over the 2 MiB,
+  inside move_page_tables' MMU_NOTIFY_UNMAP; __split_huge_pmd_locked: 512 PTEs, device-
+  private ones for a device-private PMD) and move_ptes as below: the folio stays one large
+  folio, mapped by PTEs at the new address;
+- none: nothing (get_old_pmd finds no table, no target table is allocated);
+- a PTE table: a whole 2 MiB extent whose target PMD is none moves the table as it is
+  (move_normal_pmd, CONFIG_HAVE_MOVE_PMD; the source PMD is none after; its PTEs keep
+  their soft-dirty bits, refused where that shows); otherwise pte_alloc gives the target
+  PMD a table and move_ptes moves the PTEs (move_soft_dirty_pte marks each), the source
+  keeping its table.
+
+Where an earlier op left a PMD's table unknown (Mm.tables None) the outcome stays unknown,
+and is refused where it decides what a later op sees (a PMD mapping moving there, the
+soft-dirty bits of a table that may move whole).
 
 A large folio is followed only while all its pages lie at one place (its virtual start,
 `base`, is page 0's address): an mremap that moves some of a THP's mappings and not others
@@ -22,27 +33,11 @@ A large folio is followed only while all its pages lie at one place (its virtual
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from .mm import invalidate
 from .refuse import Unmodelled
 from .state import Kind, Mm, World
-from .thp import PMD_PAGES, Pmd, forget_tables, split_pmd_mapping
-from . import thp_split
-
-
-@dataclass
-class MovedPmds:
-    """The PMD entries move_huge_pmd carries from source PMD index to target PMD index."""
-
-    entries: dict[int, tuple[int, Pmd]] = field(default_factory=dict)
-    # the source PMD indices split_huge_pmd split
-    split: list[int] = field(default_factory=list)
-
-    def carried(self, old_vpn: int) -> Pmd | None:
-        """The PMD entry that carries page `old_vpn`, if a whole PMD moves it."""
-        moved = self.entries.get(old_vpn // PMD_PAGES)
-        return None if moved is None else moved[1]
+from .thp import PMD_PAGES, split_pmd_mapping
+from . import thp_split, vma as vmas
 
 
 def refuse_partial_folios(world: World, mm_id: int, mm: Mm, start: int, end: int) -> None:
@@ -58,75 +53,92 @@ def refuse_partial_folios(world: World, mm_id: int, mm: Mm, start: int, end: int
                                  "a large folio mapped at two places is not followed")
 
 
-def move_huge_pmds(world: World, mm_id: int, mm: Mm, start: int, length: int,
-                   new_start: int) -> MovedPmds:
-    """The PMD mappings in the source: the ones move_huge_pmd moves whole, after splitting
-    the others (module docstring). Called inside move_page_tables' notifier, before the
-    PTEs move."""
-    end = start + length
-    delta = new_start - start
-    moved = MovedPmds()
-    for index in sorted(i for i in mm.pmds if i * PMD_PAGES < end and start < (i + 1) * PMD_PAGES):
-        base = index * PMD_PAGES
-        whole = start <= base and base + PMD_PAGES <= end and delta % PMD_PAGES == 0
-        if whole and _target_pmd_none(mm, (base + delta) // PMD_PAGES):
-            moved.entries[index] = ((base + delta) // PMD_PAGES, mm.pmds.pop(index))
-            continue
-        # split_huge_pmd(pmc->old, old_pmd, pmc->old_addr)
-        invalidate(world, mm_id, base, base + PMD_PAGES)
-        split_pmd_mapping(mm, index)
-        moved.split.append(index)
-    return moved
+def move_page_tables(world: World, mm_id: int, mm: Mm, start: int, length: int,
+                     new_start: int) -> list[range]:
+    """The PMD level of move_page_tables of [start, start + length) to new_start, inside its
+    notifier and before the PTEs move (module docstring): PMD mappings moved or split, the
+    PTE tables noted. Returns the source ranges whose PTEs keep their soft-dirty bits
+    (move_normal_pmd, a device-private PMD); the others' are set."""
+    delta, end = new_start - start, start + length
+    old_addr = start - start % PMD_PAGES if _realigns(mm, start, length, new_start) else start
+    keep = []
+    while old_addr < end:
+        new_addr = old_addr + delta
+        extent = min(PMD_PAGES - old_addr % PMD_PAGES, end - old_addr,
+                     PMD_PAGES - new_addr % PMD_PAGES)
+        chunk = range(old_addr, old_addr + extent)
+        if _move_pmd(world, mm_id, mm, chunk, new_addr):
+            keep.append(chunk)
+        old_addr += extent
+    return keep
 
 
-def _target_pmd_none(mm: Mm, index: int) -> bool:
-    """move_huge_pmd: "The destination pmd shouldn't be established, free_pgtables()
-    should have released it"; if a PTE table is there, it returns false and the PMD is
-    split instead."""
-    if index not in mm.tables:
+def _move_pmd(world: World, mm_id: int, mm: Mm, chunk: range, new_addr: int) -> bool:
+    """One extent of move_page_tables' loop; True when its PTEs keep their bits."""
+    old, new = chunk.start // PMD_PAGES, new_addr // PMD_PAGES
+    whole = len(chunk) == PMD_PAGES
+    pmd = mm.pmds.get(old)
+    if pmd is not None:
+        if whole and _target_none(mm, new, "a PMD mapping"):
+            mm.pmds[new] = mm.pmds.pop(old)      # move_huge_pmd
+            mm.tables.pop(new, None)
+            return pmd.device                    # move_soft_dirty_pmd
+        invalidate(world, mm_id, old * PMD_PAGES, (old + 1) * PMD_PAGES)   # split_huge_pmd
+        split_pmd_mapping(mm, old)
+    elif old not in mm.tables:
+        return False                             # pmd_none: nothing to move
+    elif mm.tables[old] is None:
+        # maybe none, maybe an empty table (a PTE would have made it known): the target
+        # may get one (move_normal_pmd, pte_alloc)
+        if mm.tables.get(new) is not True:
+            mm.tables[new] = None
+        return False
+    elif whole and _target_none(mm, new, "a PTE table", chunk):
+        _refuse_kept_soft_dirty(mm, chunk)
+        del mm.tables[old]                       # move_normal_pmd
+        mm.tables[new] = True
         return True
-    if mm.tables[index] is None:
-        raise Unmodelled("mremap of a PMD mapping to a PMD that may or may not be none",
-                         "an earlier mremap may have moved a PTE table there")
+    mm.tables[new] = True                        # pte_alloc, then move_ptes
     return False
 
 
-def place_moved_pmds(mm: Mm, moved: MovedPmds) -> None:
-    """set_pmd_at of each moved entry at its target PMD (no PTE table there)."""
-    for new_index, pmd in moved.entries.values():
-        mm.pmds[new_index] = pmd
-        mm.tables.pop(new_index, None)
+def _target_none(mm: Mm, index: int, what: str, chunk: range | None = None) -> bool:
+    """move_huge_pmd and move_normal_pmd want the target PMD none ("free_pgtables() should
+    have released it"); with a PTE table there they return false (move_normal_pmd with a
+    WARN_ON_ONCE) and the PTEs move one by one."""
+    if index not in mm.tables:
+        return True
+    if mm.tables[index] is None:
+        if chunk is None:
+            raise Unmodelled(f"mremap of {what} to a PMD that may or may not be none",
+                             "an earlier mremap may have moved a PTE table there")
+        _refuse_kept_soft_dirty(mm, chunk)
+        mm.tables[chunk.start // PMD_PAGES] = None   # moved or not: unknown
+        return False
+    return False
 
 
-def note_moved_tables(mm: Mm, start: int, length: int, new_start: int,
-                      moved: MovedPmds) -> None:
-    """What move_page_tables leaves of the PTE tables: move_normal_pmd may have moved
-    whole tables, move_ptes allocates target tables (pte_alloc) and leaves the source's,
-    so whether those PMDs are none is unknown (the munmap of the source then frees what
-    free_pgtables frees); a source PMD move_huge_pmd moved is none (its deposited table
-    went with it), a target PMD it filled maps the THP. A source PMD split_huge_pmd split
-    keeps its PTE table (move_ptes empties it, frees nothing), and every target PMD its
-    PTEs went to got one (pte_alloc before move_ptes)."""
-    forget_tables(mm, start, start + length)
-    forget_tables(mm, new_start, new_start + length)
-    for index in moved.entries:
-        mm.tables.pop(index, None)
-    delta = new_start - start
-    for index in moved.split:
-        mm.tables[index] = True
-        first = max(start, index * PMD_PAGES) + delta
-        last = min(start + length, (index + 1) * PMD_PAGES) - 1 + delta
-        for target in range(first // PMD_PAGES, last // PMD_PAGES + 1):
-            mm.tables[target] = True
+def _refuse_kept_soft_dirty(mm: Mm, chunk: range) -> None:
+    """move_normal_pmd (maybe) moving a table whose PTEs would keep clear soft-dirty bits:
+    that matters only for a PTE without the bit where tracking is on (a VMA without
+    VM_SOFTDIRTY)."""
+    if all(vma.softdirty for vma in mm.vmas):
+        return
+    if any(not mm.ptes[vpn].soft_dirty for vpn in chunk if vpn in mm.ptes):
+        raise Unmodelled("mremap of a whole 2 MiB page table with soft-dirty bits clear",
+                         "move_normal_pmd moves the PTE table as it is (no "
+                         "move_soft_dirty_pte); 6.1 has no try_realign_addr, which decides "
+                         "it for a range starting inside a PMD, and no kernel showed it yet")
 
 
-def keeps_soft_dirty(moved: MovedPmds, old_vpn: int) -> bool:
-    """move_soft_dirty_pmd leaves the bit of a device-private PMD as it was."""
-    pmd = moved.carried(old_vpn)
-    return pmd is not None and pmd.device
-
-
-def moved_whole(moved: MovedPmds, index: int) -> bool:
-    """Whether the source PMD `index` moved as one PMD mapping."""
-    return index in moved.entries
-
+def _realigns(mm: Mm, start: int, length: int, new_start: int) -> bool:
+    """can_realign_addr(pmc, PMD_MASK)."""
+    align = start % PMD_PAGES
+    if not align or align != new_start % PMD_PAGES or length < PMD_PAGES - align:
+        return False
+    for addr in (start, new_start):
+        vma = mm.vma_at(addr)
+        # can_align_down: the VMA starts there and no VMA lies below it in its PMD
+        if vma is None or vma.start != addr or vmas.overlaps(mm, addr - align, addr):
+            return False
+    return True

@@ -141,15 +141,6 @@ def reclaim_empty_tables(mm: Mm, start: int, end: int) -> None:
         mm.tables.pop(index, None)
 
 
-def forget_tables(mm: Mm, start: int, end: int) -> None:
-    """An op the model does not follow at the page-table level (mremap's move_page_tables
-    may move whole PTE tables) touched [start, end): whether those PMDs are none is unknown,
-    except where a PMD mapping is."""
-    for index in range(pmd_of(start), pmd_of(end - 1) + 1):
-        if index not in mm.pmds:
-            mm.tables[index] = None
-
-
 def fork_pmds_and_tables(parent: Mm, child: Mm, copied: list[Vma]) -> None:
     """copy_pmd_range gives the child a PTE table wherever the parent has one in a VMA
     whose page tables are copied, and copies PMD mappings (copy_huge_pmd: the huge zero

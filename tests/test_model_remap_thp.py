@@ -209,3 +209,63 @@ def test_an_mremap_leaving_a_thp_mapped_at_two_places_is_refused():
     verdict = check(prog, trace(ok(), ok(), ok(), wrote(512), ok()))
     assert verdict.ok and verdict.unmodelled_from == 4
     assert "mremap of part of a THP's mappings" in str(verdict.unmodelled)
+
+
+def test_move_normal_pmd_leaves_the_source_pmd_none_and_move_ptes_leaves_its_table():
+    """A THP-eligible read of the source emptied by MREMAP_DONTUNMAP: the huge zero PMD
+    where move_normal_pmd moved the PTE table (whole aligned 2 MiB, target PMD none), a
+    small zero page where move_ptes left it (unaligned target)."""
+    prog = program("""
+        region a pages=1024
+        region b pages=2048
+        p0 open d0 dmirror0
+        p0 thp madvise madvise
+        p0 map a[0:512]
+        p0 write a[0:512] seed=1
+        p0 mremap a[0:512] b[0:512] dontunmap
+        p0 madvise a[0:512] hugepage
+        p0 read a[0:1]
+        p0 snapshot d0 a[0:1]
+        p0 mremap b[0:512] b[640:1152] dontunmap
+        p0 madvise b[0:512] hugepage
+        p0 read b[0:1]
+        p0 snapshot d0 b[0:1]
+    """)
+    results = [ok(), ok(), ok(), wrote(512), ok(), ok(), cpu(*zeros(1)), snap(R | PMD), ok(),
+               ok(), cpu(*zeros(1)), snap(ZERO | R)]
+    assert_accepts(prog, *results)
+    assert_rejects(prog, replaced(results, 7, snap(ZERO | R)), 7, "snapshot[0]")
+    assert_rejects(prog, replaced(results, 11, snap(R | PMD)), 11, "snapshot[0]")
+
+
+REALIGN = """
+    region a pages=1024
+    region b pages=2048
+    p0 open d0 dmirror0
+    p0 thp madvise madvise
+    p0 map a[100:700]
+    p0 write a[100:700] seed=1
+    p0 mremap a[100:700] b[100:700] dontunmap
+    p0 map a[0:100]
+    p0 madvise a[0:512] hugepage
+    p0 read a[0:1]
+    p0 snapshot d0 a[0:1]
+    p0 map b[0:100]
+    p0 madvise b[0:512] hugepage
+    p0 read b[0:1]
+    p0 snapshot d0 b[0:1]
+    p0 read b[100:101]
+"""
+
+
+def test_try_realign_addr_moves_the_first_table_whole():
+    """A range starting its VMA inside a PMD with nothing below it there, to an equally
+    aligned target: try_realign_addr starts at the PMD boundary and move_normal_pmd takes
+    the first table (7.2)."""
+    prog = program(REALIGN)
+    results = [ok(), ok(), ok(), wrote(600), ok(), ok(), ok(), cpu(*zeros(1)), snap(R | PMD),
+               ok(), ok(), cpu(*zeros(1)), snap(ZERO | R), cpu(pattern(prog, 1, "a", 100))]
+    assert_accepts(prog, *results)
+    assert_rejects(prog, replaced(results, 8, snap(ZERO | R)), 8, "snapshot[0]")
+    assert_rejects(prog, replaced(results, 12, snap(R | PMD)), 12, "snapshot[0]")
+

@@ -156,3 +156,60 @@ def test_migrate_to_dev_of_a_thp_left_pte_mapped_at_an_unaligned_address_splits_
     assert trace.results[8].cpages == 512
     assert trace.results[9].snapshot == bytes([LOCAL | W] * 2)
     assert not any(entry.flags & KPF["THP"] for entry in trace.results[12].pagemap)
+
+
+def test_move_normal_pmd_leaves_the_source_pmd_none_and_move_ptes_leaves_its_table(
+        kernel_session):
+    """After MREMAP_DONTUNMAP a THP-eligible read of the emptied source maps the huge zero
+    PMD where move_normal_pmd took the PTE table away (a whole aligned 2 MiB), a small
+    zero page where move_ptes left it (an unaligned target)."""
+    _, trace, _ = agrees(kernel_session, """
+        region a pages=1024
+        region b pages=2048
+        p0 open d0 dmirror0
+        p0 thp madvise madvise
+        p0 map a[0:512]
+        p0 write a[0:512] seed=1
+        p0 mremap a[0:512] b[0:512] dontunmap
+        p0 madvise a[0:512] hugepage
+        p0 read a[0:1]
+        p0 snapshot d0 a[0:1]
+        p0 mremap b[0:512] b[640:1152] dontunmap
+        p0 madvise b[0:512] hugepage
+        p0 read b[0:1]
+        p0 snapshot d0 b[0:1]
+    """)
+    assert trace.results[7].snapshot == bytes([R | PMD])
+    assert trace.results[11].snapshot == bytes([uapi.PROT_ZERO | R])
+
+
+
+REALIGN = """
+    region a pages=1024
+    region b pages=2048
+    p0 open d0 dmirror0
+    p0 thp madvise madvise
+    p0 map a[100:700]
+    p0 write a[100:700] seed=1
+    p0 mremap a[100:700] b[100:700] dontunmap
+    p0 map a[0:100]
+    p0 madvise a[0:512] hugepage
+    p0 read a[0:1]
+    p0 snapshot d0 a[0:1]
+    p0 map b[0:100]
+    p0 madvise b[0:512] hugepage
+    p0 read b[0:1]
+    p0 snapshot d0 b[0:1]
+    p0 read b[100:101]
+"""
+
+
+def test_try_realign_addr_moves_the_first_table_whole(kernel_session):
+    """The range starts its VMA inside a PMD, with nothing below it there, and the target
+    is equally aligned: try_realign_addr starts the move at the PMD boundary, so
+    move_normal_pmd takes the first PMD's table (the source PMD is none: a THP-eligible
+    read maps the huge zero PMD) and the target PMD has it (a small zero page)."""
+    _, trace, _ = agrees(kernel_session, REALIGN)
+    assert trace.results[8].snapshot == bytes([R | PMD])
+    assert trace.results[12].snapshot == bytes([uapi.PROT_ZERO | R])
+
