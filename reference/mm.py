@@ -153,8 +153,12 @@ def write_fault(world: World, mm_id: int, mm: Mm, vma: Vma, vpn: int) -> None:
         if mm.ptes[vpn].writable:
             reclaim.dirtied(world, mm, vpn)
             return
-    if vpn // PMD_PAGES in mm.pmds and thp.pmd_write_fault(world, mm_id, mm, vma, vpn):
-        return
+    if vpn // PMD_PAGES in mm.pmds:
+        # wp_huge_pmd: userfaultfd_huge_pmd_wp -> handle_userfault before
+        # do_huge_pmd_wp_page (and for the huge zero page before do_huge_zero_wp_pmd)
+        check_write(vma, mm.ptes.get(vpn), vpn)
+        if thp.pmd_write_fault(world, mm_id, mm, vma, vpn):
+            return
     pte = mm.ptes.get(vpn)
     back_writable = pte is not None and pte.kind is Kind.DEVICE and pte.writable
     _write_fault(world, mm_id, mm, vma, vpn)

@@ -40,7 +40,8 @@ from harness.prog.ops import (
     Advice, CheckExclusive, ClearSoftDirty, CloseDevice, Compact, CpuRead, CpuWrite,
     DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge, Madvise, Map,
     MigrateToDev, MigrateToSys, Mlock, MovePages, Mprotect, Mremap, Munlock, Munmap,
-    OpenDevice, Pagemap, Release, Smaps, Snapshot, Thp, ThpEnabled,
+    OpenDevice, Pagemap, Release, Smaps, Snapshot, Thp, ThpEnabled, UffdRegister,
+    UffdUnregister, UffdWriteprotect,
 )
 
 from .expect import done
@@ -395,6 +396,8 @@ def snapshot_byte(mm: Mm, vpn: int, byte: int) -> int:
 _THP_AWARE = (Map, Munmap, Mprotect, CpuRead, CpuWrite, Pagemap, Thp, OpenDevice,
               CloseDevice, Release, Flags, CheckExclusive, Exit, Mlock, Munlock,
               DevRead, DevWrite, Snapshot, Fork, Exclusive, Smaps,
+              # uffd.py: change_huge_pmd, or a split where the range cuts the PMD
+              UffdRegister, UffdUnregister, UffdWriteprotect,
               # device_thp.py: whole PMDs migrate as device THPs, partial pieces split
               MigrateToDev, MigrateToSys)
 _THP_AWARE_ADVICE = {Advice.DONTNEED, Advice.POPULATE_READ, Advice.POPULATE_WRITE,

@@ -112,6 +112,7 @@ def unregister(world: World, op: UffdUnregister, places: Places):
     for vma in vmas.overlaps(mm, start, end):
         if FLAG in vma.flags:
             # userfaultfd_clear_vma: uffd_wp_range(..., false) before the flags change
+            _split_cut_pmds(world, mm_id, mm, max(start, vma.start), min(end, vma.end))
             cpu.change_protection(world, mm_id, mm, max(start, vma.start),
                                   min(end, vma.end), uffd_wp=False)
             markers.drop_markers(mm, max(start, vma.start), min(end, vma.end))
@@ -140,6 +141,7 @@ def writeprotect(world: World, op: UffdWriteprotect, places: Places):
             break
         pieces.append((max(start, vma.start), min(end, vma.end)))
     for piece_start, piece_end in pieces:
+        _split_cut_pmds(world, mm_id, mm, piece_start, piece_end)
         cpu.change_protection(world, mm_id, mm, piece_start, piece_end, uffd_wp=enable)
         if enable:
             markers.protect_holes(mm, mm.vma_at(piece_start), piece_start, piece_end)
@@ -150,6 +152,20 @@ def writeprotect(world: World, op: UffdWriteprotect, places: Places):
                               "'s VMA is not registered for WP (userfaultfd_wp) -> -ENOENT "
                               "(the VMAs before it were done)"), world)]
     return [(done("mwriteprotect_range: every VMA of the range is registered for WP"), world)]
+
+
+def _split_cut_pmds(world: World, mm_id: int, mm, start: int, end: int) -> None:
+    """change_pmd_range: a huge PMD (a THP or the huge zero page) that [start, end) covers
+    in part is split first (__split_huge_pmd: MMU_NOTIFY_CLEAR over its 2 MiB, the PTEs
+    keeping the PMD's bits), and its PTEs in the range are then changed one by one; a PMD
+    covered whole is changed as one (change_huge_pmd: the uffd-wp bit, and write access
+    as for the PTEs of an exclusive folio, can_change_pmd_writable), which the model's
+    per-page entries of the PMD follow."""
+    for index in sorted({thp.pmd_of(start), thp.pmd_of(end - 1)}):
+        base = index * thp.PMD_PAGES
+        if index in mm.pmds and not (start <= base and base + thp.PMD_PAGES <= end):
+            cpu.invalidate(world, mm_id, base, base + thp.PMD_PAGES)
+            thp.split_pmd_mapping(mm, index)
 
 
 # ------------------------------------------------------------------ the guard
@@ -164,17 +180,9 @@ def armed(world: World) -> bool:
 # UFFD_FEATURE_EVENT_REMAP the new VMA loses its registration) and move_ptes clears the
 # bits for it; KSM's replace_page maps the KSM page with a fresh PTE: not followed yet.
 GUARDED = (Mremap, KsmMerge)
-# Stated for private anonymous order-0 folios only: THPs bring change_huge_pmd's uffd-wp
-# bit and userfaultfd_huge_pmd_wp (shmem and file mappings: uffd_shmem.py). smaps is stated
-# for THPs (smaps.py) but not for KSM pages (smaps' KSM accounting).
-ORDER_0_ONLY = (UffdRegister, UffdUnregister, UffdWriteprotect)
-
-
 def refuse_unfollowed(world: World, op, places: Places) -> None:
-    """Raise Unmodelled for an op the model has not followed with uffd-wp state (or THPs,
-    shmem and file mappings, KSM pages) around."""
-    if isinstance(op, ORDER_0_ONLY):
-        _refuse_beyond_anonymous_order_0(world, op, places)
+    """Raise Unmodelled for an op the model has not followed with uffd-wp state (or KSM
+    pages) around."""
     if isinstance(op, Smaps):
         _refuse_ksm_pages(world, op, places)
     if not armed(world):
@@ -186,14 +194,6 @@ def refuse_unfollowed(world: World, op, places: Places) -> None:
     if isinstance(op, Thp) and op.enabled is not ThpEnabled.NEVER:
         raise Unmodelled("thp with userfaultfd-wp registered memory",
                          "uffd-wp on THPs is not stated")
-
-
-def _refuse_beyond_anonymous_order_0(world: World, op, places: Places) -> None:
-    if world.thp[0] is not ThpEnabled.NEVER or world.thp[2] or any(
-            thp.has_huge(world, mm) for mm in world.mms.values() if mm.alive):
-        # (madvise collapse makes THPs whatever the mode)
-        raise Unmodelled(f"{op.keyword} with THP enabled in the program",
-                         "stated for order-0 folios only")
 
 
 def _refuse_ksm_pages(world: World, op: Smaps, places: Places) -> None:

@@ -298,12 +298,12 @@ def test_6_1_protects_only_within_one_vma_and_unprotects_read_only():
 def test_thp_and_ksm_cases_are_refused_by_name():
     prog = program("""
         region a pages=2
-        p0 thp always madvise
         p0 map a[0:2]
         p0 uffd_register a[0:2]
+        p0 thp always madvise
     """)
     assert check(prog, trace(ok(), ok(), ok())).unmodelled_op == \
-        "uffd_register with THP enabled in the program"
+        "thp with userfaultfd-wp registered memory"
     prog = program("""
         region a pages=2
         p0 map a[0:2]
@@ -336,3 +336,31 @@ def test_a_swap_cache_folio_paged_out_again_keeps_the_bit_in_its_swap_entry():
     assert expect.pagemap[0].flags & UFFD_WP and expect.pagemap[0].flags & SWAP
     (write,) = expected(prog, "7.2.13")[9]
     assert write.pages == (BUS,)
+
+
+def test_a_write_protected_thp_or_huge_zero_pmd_sigbus_and_a_partial_range_splits_it():
+    """change_huge_pmd puts the bit on a PMD the range covers whole and
+    userfaultfd_huge_pmd_wp sends its write faults to handle_userfault (SIGBUS), the huge
+    zero PMD's too; a range covering a PMD in part splits it first (change_pmd_range ->
+    __split_huge_pmd), and only the pages in the range get the bit."""
+    prog = program("""
+        region b pages=1024
+        p0 thp always madvise
+        p0 map b[0:1024]
+        p0 read b[0:2]
+        p0 uffd_register b[0:1024]
+        p0 uffd_wp b[0:512] on
+        p0 write b[1:2] seed=7
+        p0 uffd_wp b[0:512] off
+        p0 write b[1:2] seed=7
+        p0 uffd_wp b[0:100] on
+        p0 write b[99:101] seed=9
+        p0 snapshot d0 b[99:101]
+    """.replace("p0 thp", "p0 open d0 dmirror0\n        p0 thp"))
+    good = [ok(), ok(), ok(), cpu(*zeros(2)), ok(), ok(), cpu(BUS), ok(), wrote(1), ok(),
+            cpu(BUS, Page()), snap(R, W)]
+    assert_accepts(prog, *good)
+    # unsplit, the PMD would show in SNAPSHOT with the PMD flag, and the bit on b[100] too
+    assert_rejects(prog, good[:10] + [cpu(BUS, BUS)] + good[11:], 10, "pages[1]")
+    assert_rejects(prog, good[:11] + [snap(R | uapi.PROT_PMD, R | uapi.PROT_PMD)], 11,
+                   "snapshot[0]")

@@ -5,6 +5,7 @@ mprotect, unregister, fork (the child loses registration and bits), pagemap and 
 
 from __future__ import annotations
 
+import errno
 import signal
 
 import pytest
@@ -212,3 +213,56 @@ def test_clear_soft_dirty_keeps_the_bit(kernel_session):
         p0 write a[0:4] seed=3
         p0 pagemap a[0:4]
     """)
+
+
+def test_uffd_wp_over_thps_and_the_huge_zero_pmd(kernel_session):
+    """7.2: a whole PMD takes the bit as one (a store SIGBUSes, the device's write fault is
+    -EFAULT, a read is fine), a range cutting a PMD splits it first, unregistering part of
+    the range leaves the rest protected, a fork's child loses bits and registration."""
+    _, trace, _ = agrees(kernel_session, """
+        region a pages=1024
+        region b pages=1024
+        p0 open d0 dmirror0
+        p0 thp always madvise
+        p0 map a[0:1024]
+        p0 write a[0:512] seed=1
+        p0 uffd_register a[0:512]
+        p0 dev_read d0 a[0:4]
+        p0 uffd_wp a[0:512] on
+        p0 pagemap a[0:2]
+        p0 snapshot d0 a[0:2]
+        p0 write a[3:4] seed=2
+        p0 dev_write d0 a[5:6] seed=3
+        p0 uffd_wp a[0:512] off
+        p0 write a[3:4] seed=2
+        p0 uffd_wp a[100:200] on
+        p0 snapshot d0 a[99:101]
+        p0 write a[150:151] seed=4
+        p0 fork p1
+        p1 pagemap a[150:151]
+        p1 write a[150:151] seed=5
+        p1 exit
+        p0 uffd_unregister a[0:300]
+        p0 pagemap a[150:151]
+        p0 map b[0:1024]
+        p0 read b[0:2]
+        p0 uffd_register b[0:1024]
+        p0 uffd_wp b[0:512] on
+        p0 pagemap b[0:2]
+        p0 write b[1:2] seed=7
+        p0 uffd_wp b[0:512] off
+        p0 write b[1:2] seed=7
+        p0 uffd_wp b[0:100] on
+        p0 write b[99:101] seed=9
+        p0 uffd_unregister b[50:1024]
+        p0 write b[10:11] seed=9
+        p0 write b[99:101] seed=9
+        p0 pagemap b[9:11]
+    """)
+    sigbus = int(signal.SIGBUS)
+    assert trace.results[9].pages[0].signal == sigbus          # a store on the THP
+    assert trace.results[10].errno == errno.EFAULT             # the device's write fault
+    assert trace.results[14].snapshot == bytes([0x02, 0x01])  # split: no PMD flag; a[100] read-only
+    assert trace.results[27].pages[0].signal == sigbus         # the huge zero PMD
+    assert [p.signal for p in trace.results[31].pages] == [sigbus, 0]
+    assert trace.results[33].pages[0].signal == sigbus         # b[10] still protected
