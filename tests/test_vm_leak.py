@@ -38,14 +38,17 @@ def test_the_corpus_leaks_nothing(session):
 
 def test_a_program_that_touches_no_memory_balances_to_zero_give_or_take_the_noise(session):
     # the balance moves by a few dozen pages between any two readings (kernel threads,
-    # caches; calibration's spread), but it is centred on zero: no systematic drift
+    # caches; calibration's spread), but it is centred on zero: no systematic drift. What
+    # one run's window takes and the next one's gives back alternates in sign (6.12 showed
+    # 21, -16, 19, -17, 17, -17, ...), so the drift is the mean, where that cancels; a
+    # leak of k pages per run would make every balance, and the mean, k.
     program = parse_program("region a pages=1\np0 pagemap a[0:1]\n")
     balances = []
-    for _ in range(7):
+    for _ in range(8):
         trace = session.run(program)
         balances.append(leaked_pages(trace.memory))
     assert all(b is not None and abs(b) <= NOISE_PAGES for b in balances), balances
-    assert abs(statistics.median(balances)) <= 16, balances
+    assert abs(statistics.mean(balances)) <= 16, balances
 
 
 # The first read of a 2 MiB-aligned range under `thp always` maps the huge zero folio, which
