@@ -13,6 +13,7 @@ import pytest
 
 from harness.prog.observation import KPF
 from reference import uapi
+from test_model_remap_thp import REALIGN   # the program the model test pins
 from test_vm_model_support import agrees
 
 pytestmark = pytest.mark.vm
@@ -181,27 +182,6 @@ def test_move_normal_pmd_leaves_the_source_pmd_none_and_move_ptes_leaves_its_tab
     """)
     assert trace.results[7].snapshot == bytes([R | PMD])
     assert trace.results[11].snapshot == bytes([uapi.PROT_ZERO | R])
-
-
-
-REALIGN = """
-    region a pages=1024
-    region b pages=2048
-    p0 open d0 dmirror0
-    p0 thp madvise madvise
-    p0 map a[100:700]
-    p0 write a[100:700] seed=1
-    p0 mremap a[100:700] b[100:700] dontunmap
-    p0 map a[0:100]
-    p0 madvise a[0:512] hugepage
-    p0 read a[0:1]
-    p0 snapshot d0 a[0:1]
-    p0 map b[0:100]
-    p0 madvise b[0:512] hugepage
-    p0 read b[0:1]
-    p0 snapshot d0 b[0:1]
-    p0 read b[100:101]
-"""
 
 
 def test_try_realign_addr_moves_the_first_table_whole(kernel_session):
