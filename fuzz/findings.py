@@ -32,15 +32,9 @@ class FindingStore:
     def __init__(self, root: Path):
         self.root = root
 
-    def lookup(self, wanted: str) -> dict | None:
-        meta_path = self.root / _slug(wanted) / "finding.json"
-        return json.loads(meta_path.read_text()) if meta_path.exists() else None
-
-    def record(self, verdict: ProgramVerdict, reproduction: dict | None = None,
-               pending: bool = False) -> Recorded | None:
+    def record(self, verdict: ProgramVerdict, pending: bool = False) -> Recorded | None:
         """Count a hit of the verdict's signature; the first hit keeps the program, report
-        and console. `reproduction` ({"runs": n, "reproduced": k} on a fresh VM) decides
-        whether the finding is confirmed; `pending`: it is being reproduced now (`confirm`
+        and console. `pending`: a campaign reproduces it on a fresh VM now (`confirm`
         follows), so it is not confirmed yet but already on disk should the run stop."""
         wanted = signature(verdict)
         if wanted is None:
@@ -56,10 +50,7 @@ class FindingStore:
             (directory / "console.log").write_text(verdict.trace.console)
             meta = {"signature": wanted, "kernel": verdict.trace.kernel_release, "hits": 0,
                     "first_seen": now}
-            if reproduction is not None:
-                meta["reproduction"] = reproduction
-                meta["confirmed"] = reproduction["reproduced"] > 0
-            elif pending:
+            if pending:
                 meta["confirmed"] = False
         else:
             meta = json.loads(meta_path.read_text())
