@@ -211,26 +211,29 @@ def test_an_mremap_leaving_a_thp_mapped_at_two_places_is_refused():
     assert "mremap of part of a THP's mappings" in str(verdict.unmodelled)
 
 
+DONTUNMAP_SOURCE_READ = """
+    region a pages=1024
+    region b pages=2048
+    p0 open d0 dmirror0
+    p0 thp madvise madvise
+    p0 map a[0:512]
+    p0 write a[0:512] seed=1
+    p0 mremap a[0:512] b[0:512] dontunmap
+    p0 madvise a[0:512] hugepage
+    p0 read a[0:1]
+    p0 snapshot d0 a[0:1]
+    p0 mremap b[0:512] b[640:1152] dontunmap
+    p0 madvise b[0:512] hugepage
+    p0 read b[0:1]
+    p0 snapshot d0 b[0:1]
+"""
+
+
 def test_move_normal_pmd_leaves_the_source_pmd_none_and_move_ptes_leaves_its_table():
     """A THP-eligible read of the source emptied by MREMAP_DONTUNMAP: the huge zero PMD
     where move_normal_pmd moved the PTE table (whole aligned 2 MiB, target PMD none), a
     small zero page where move_ptes left it (unaligned target)."""
-    prog = program("""
-        region a pages=1024
-        region b pages=2048
-        p0 open d0 dmirror0
-        p0 thp madvise madvise
-        p0 map a[0:512]
-        p0 write a[0:512] seed=1
-        p0 mremap a[0:512] b[0:512] dontunmap
-        p0 madvise a[0:512] hugepage
-        p0 read a[0:1]
-        p0 snapshot d0 a[0:1]
-        p0 mremap b[0:512] b[640:1152] dontunmap
-        p0 madvise b[0:512] hugepage
-        p0 read b[0:1]
-        p0 snapshot d0 b[0:1]
-    """)
+    prog = program(DONTUNMAP_SOURCE_READ)
     results = [ok(), ok(), ok(), wrote(512), ok(), ok(), cpu(*zeros(1)), snap(R | PMD), ok(),
                ok(), cpu(*zeros(1)), snap(ZERO | R)]
     assert_accepts(prog, *results)

@@ -13,7 +13,9 @@ import pytest
 
 from harness.prog.observation import KPF
 from reference import uapi
-from test_model_remap_thp import REALIGN   # the program the model test pins
+from test_model_remap_thp import (   # the programs the model tests pin
+    DONTUNMAP_SOURCE_READ, REALIGN,
+)
 from test_vm_model_support import agrees
 
 pytestmark = pytest.mark.vm
@@ -164,22 +166,7 @@ def test_move_normal_pmd_leaves_the_source_pmd_none_and_move_ptes_leaves_its_tab
     """After MREMAP_DONTUNMAP a THP-eligible read of the emptied source maps the huge zero
     PMD where move_normal_pmd took the PTE table away (a whole aligned 2 MiB), a small
     zero page where move_ptes left it (an unaligned target)."""
-    _, trace, _ = agrees(kernel_session, """
-        region a pages=1024
-        region b pages=2048
-        p0 open d0 dmirror0
-        p0 thp madvise madvise
-        p0 map a[0:512]
-        p0 write a[0:512] seed=1
-        p0 mremap a[0:512] b[0:512] dontunmap
-        p0 madvise a[0:512] hugepage
-        p0 read a[0:1]
-        p0 snapshot d0 a[0:1]
-        p0 mremap b[0:512] b[640:1152] dontunmap
-        p0 madvise b[0:512] hugepage
-        p0 read b[0:1]
-        p0 snapshot d0 b[0:1]
-    """)
+    _, trace, _ = agrees(kernel_session, DONTUNMAP_SOURCE_READ)
     assert trace.results[7].snapshot == bytes([R | PMD])
     assert trace.results[11].snapshot == bytes([uapi.PROT_ZERO | R])
 
