@@ -109,8 +109,8 @@ def test_a_leak_is_a_finding_of_the_whole_program():
 
 
 def test_only_a_reading_that_looks_like_a_leak_is_read_again():
-    # The second reading costs every program a pause: the session asks for it only when
-    # the first balance is above the threshold, which is the only case it can change.
+    # The second reading costs a program a pause: the session asks for it only when the
+    # first balance is beyond the noise (harness.prog.NOISE_PAGES), never for a clean run.
     for _, record in list(records())[:50]:
         memory = check_of(record)
         first = dataclasses.replace(memory, again=None)

@@ -3,7 +3,7 @@ programs and their ops, their text form, page contents, and observations."""
 
 from .content import ZERO, Content, describe, digest
 from .observation import (
-    LEAK_THRESHOLD_PAGES, Ending, KsmScan, MemoryCheck, MemoryCounters, OpResult, Page, SmapsVma,
+    LEAK_THRESHOLD_PAGES, NOISE_PAGES, Ending, KsmScan, MemoryCheck, MemoryCounters, OpResult, Page, SmapsVma,
     Trace, errno_name,
 )
 from .ops import *  # noqa: F401,F403  (the op classes are the vocabulary)
