@@ -17,8 +17,9 @@ from .places import Places
 from .refuse import Unmodelled
 from .uapi import FAIL_ALLOC
 from .state import STALE, ZERO_FOLIO, Entry, Folio, Kind, Lazyfree, Mm, Pte, Tag, World
-from . import device_thp, rmap, vma as vmas
+from . import coherent, device_thp, rmap, vma as vmas
 from .hmm import STALE_READ_WHY, settle
+from .numa import migration_marks_soft_dirty
 
 Outcome = tuple[Expect, World]
 
@@ -50,7 +51,9 @@ def _back_to_system(world: World, mm: Mm, vpn: int, node: int,
     new folio with the device entry's write permission (a writable migration entry maps
     writable); RMAP_EXCLUSIVE unless the entry was a plain readable one, i.e.
     PageAnonExclusive carries over (remove_migration_pte). `others`: the other mappings
-    try_to_migrate() unmapped (after fork), remapped to the same new folio."""
+    try_to_migrate() unmapped (after fork), remapped to the same new folio. A coherent
+    page's present PTE gives the migration entry its dirty bit (migrate_vma_collect_pmd,
+    try_to_migrate_one: make_migration_entry_dirty), so the new PTE is as clean as it was."""
     pte = mm.ptes[vpn]
     old = world.folios[pte.folio]
     new = world.new_folio(old.content)
@@ -64,8 +67,11 @@ def _back_to_system(world: World, mm: Mm, vpn: int, node: int,
     # migration entry; remove_migration_pte: pte_mkuffd_wp).
     for where, page in [(mm, vpn), *others]:
         entry = where.ptes[page]
-        where.ptes[page] = Pte(Kind.PRESENT, new, entry.writable, clean=True,
-                               soft_dirty=entry.soft_dirty, uffd_wp=entry.uffd_wp)
+        clean = entry.clean if entry.kind is Kind.PRESENT else True
+        soft_dirty = entry.soft_dirty or (world.profile.migration_dirty_sets_soft_dirty
+                                          and migration_marks_soft_dirty(entry))
+        where.ptes[page] = Pte(Kind.PRESENT, new, entry.writable, clean=clean,
+                               soft_dirty=soft_dirty, uffd_wp=entry.uffd_wp)
     del world.folios[pte.folio]
 
 
@@ -190,6 +196,9 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
     mirror = world.mirrors[mirror_id]
     mm_id = mirror.mm
     ptes = mm.ptes
+    to_coherent = coherent.is_coherent_device(mirror.device)
+    if to_coherent:
+        coherent.refuse_compound(world, mm, vma, start, end)
     if device_thp.migrate_piece_to_dev(world, mirror_id, mm, vma, start, end):
         # the whole aligned 2 MiB as one entry (MIGRATE_VMA_SELECT_COMPOUND), device_thp.py;
         # otherwise the THPs the piece meets in part are split and it goes page by page
@@ -209,6 +218,11 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             # swapped page").
             continue
         if pte is not None and pte.kind is Kind.PRESENT:
+            if coherent.is_coherent_page(world, pte.folio):
+                # migrate_vma_collect_pmd selects a device-coherent page only under
+                # MIGRATE_VMA_SELECT_DEVICE_COHERENT with its own pgmap owner;
+                # dmirror_migrate_to_device asks for SELECT_SYSTEM: skipped.
+                continue
             folio = world.folios[pte.folio]
             if folio.ksm:
                 raise Unmodelled("migrate_to_dev of a KSM page",
@@ -258,17 +272,23 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             content, exclusive, writable = old.content, old.exclusive, pte.writable
         device_folio = world.new_id()
         others = shared.get(vpn, [])
-        # A lazyfree source: the dirty state through migration is not followed.
-        lazyfree = Lazyfree.UNKNOWN if old is not None and old.lazyfree is not None else None
+        # A lazyfree source: the dirty state through migration is not followed. (A
+        # coherent page is never on the LRU, so nothing reclaims it as lazyfree.)
+        lazyfree = (Lazyfree.UNKNOWN if old is not None and old.lazyfree is not None
+                    and not to_coherent else None)
         world.folios[device_folio] = Folio(content, 1 + len(others), exclusive,
                                            mirror.device, mirror_id, lazyfree=lazyfree)
         # migrate_vma_collect_pmd carries a present page's soft-dirty and uffd-wp bits into
         # the entry (the migration entry's pte_swp_mkuffd_wp, then remove_migration_pte);
         # migrate_vma_insert_page (pte_none, zero page) makes a fresh entry without either,
         # writable iff VM_WRITE even where the zero page was uffd-wp (docs/findings.md #13).
-        ptes[vpn] = Pte(Kind.DEVICE, device_folio, writable,
-                        soft_dirty=old is not None and pte.soft_dirty,
-                        uffd_wp=old is not None and pte.uffd_wp)
+        if to_coherent:
+            ptes[vpn] = _coherent_pte(world, device_folio, writable, vma,
+                                      pte if old is not None else None)
+        else:
+            ptes[vpn] = Pte(Kind.DEVICE, device_folio, writable,
+                            soft_dirty=old is not None and pte.soft_dirty,
+                            uffd_wp=old is not None and pte.uffd_wp)
         for other_id, other_vpn in others:
             # remove_migration_ptes: every other mapping try_to_migrate_one replaced gets a
             # device-private entry for the same device page, with its own bits (a folio
@@ -276,8 +296,9 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             # the device folio is not exclusive either: RMAP_EXCLUSIVE needs an exclusive
             # migration entry).
             other = world.mms[other_id].ptes[other_vpn]
-            world.mms[other_id].ptes[other_vpn] = replace(other, kind=Kind.DEVICE,
-                                                          folio=device_folio, clean=False)
+            world.mms[other_id].ptes[other_vpn] = (
+                _coherent_pte(world, device_folio, other.writable, vma, other) if to_coherent
+                else replace(other, kind=Kind.DEVICE, folio=device_folio, clean=False))
         if old is not None:
             # The source folio is freed: dmirrors of this device (which ignored the
             # notifier) other than this one keep a pointer to it.
@@ -287,11 +308,26 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
         mirror.table[vpn] = Entry(device_folio, Tag.WRITE if write else Tag.READ)
 
 
+def _coherent_pte(world: World, folio: int, writable: bool, vma, source: Pte | None) -> Pte:
+    """The present PTE of a page migrated to device-coherent memory. From pte_none or the
+    zero page, migrate_vma_insert_page: mk_pte(vm_page_prot), pte_mkwrite(pte_mkdirty())
+    when VM_WRITE (pte_mkdirty sets the soft-dirty bit too on x86). From a present page,
+    remove_migration_pte: the source PTE's write, soft-dirty, uffd-wp and dirty state
+    through the migration entry (6.1 sets soft-dirty for a dirty one: numa.py)."""
+    if source is None:
+        return Pte(Kind.PRESENT, folio, writable, clean=not vma.prot.writable,
+                   soft_dirty=vma.prot.writable)
+    soft_dirty = source.soft_dirty or (world.profile.migration_dirty_sets_soft_dirty
+                                       and migration_marks_soft_dirty(source))
+    return Pte(Kind.PRESENT, folio, source.writable, clean=source.clean,
+               soft_dirty=soft_dirty, uffd_wp=source.uffd_wp)
+
+
 def _collects_shared(world: World, pte: Pte | None) -> bool:
     """A present folio mapped several times (after fork; a page-cache folio also by several
     mappings of its object), which migrate_vma_collect_pmd collects (KSM and swap-cache
-    folios are refused by the caller)."""
-    if pte is None or pte.kind is not Kind.PRESENT:
+    folios are refused by the caller; device-coherent pages are not selected)."""
+    if pte is None or pte.kind is not Kind.PRESENT or coherent.is_coherent_page(world, pte.folio):
         return False
     folio = world.folios[pte.folio]
     return folio.mapcount > 1 and not folio.ksm and folio.swap_slot is None
@@ -321,11 +357,8 @@ def migrate_to_sys(world: World, op, places: Places) -> list[Outcome]:
             continue
         for vpn in range(addr, nxt):
             pte = mm.ptes.get(vpn)
-            if pte is None or pte.kind is not Kind.DEVICE:
-                continue  # only device-private entries are selected (and holes, unused)
-            folio = world.folios[pte.folio]
-            if folio.device != mirror.device:
-                continue  # pgmap->owner != migrate->pgmap_owner
+            if not _selected_for_sys(world, mirror, pte):
+                continue
             # migrate_device_unmap: try_to_migrate() of a page shared after fork; it comes
             # back in every process mapping it, to one new folio (_back_to_system).
             others = _unmap_shared(world, mirror.mm, vpn, pte.folio,
@@ -349,6 +382,16 @@ def migrate_to_sys(world: World, op, places: Places) -> list[Outcome]:
         "pages": "the runner reports no pages for migrate_to_sys"}), world)]
 
 
+def _selected_for_sys(world: World, mirror, pte: Pte | None) -> bool:
+    """migrate_vma_collect_pmd under dmirror_select_device(): a device-private dmirror
+    selects device-private entries (MIGRATE_VMA_SELECT_DEVICE_PRIVATE), a coherent one
+    present device-coherent pages (MIGRATE_VMA_SELECT_DEVICE_COHERENT), in both cases only
+    pages whose pgmap owner is this device (holes are collected, but unused)."""
+    kind = Kind.PRESENT if coherent.is_coherent_device(mirror.device) else Kind.DEVICE
+    return (pte is not None and pte.kind is kind
+            and world.folios[pte.folio].device == mirror.device)
+
+
 # ------------------------------------------------------------------ eviction
 
 def evict_device(world: World, device: str) -> None:
@@ -363,7 +406,7 @@ def evict_device(world: World, device: str) -> None:
     pages = sorted({pte.folio: (mm_id, vpn)
                     for mm_id, mm in world.mms.items() if mm.alive
                     for vpn, pte in mm.ptes.items()
-                    if pte.kind is Kind.DEVICE
+                    if pte.kind in (Kind.DEVICE, Kind.PRESENT)
                     and world.folios[pte.folio].device == device}.items())
     for folio_id, (mm_id, vpn) in pages:
         mapped = rmap.mappings(world, folio_id)

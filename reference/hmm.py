@@ -334,7 +334,14 @@ def _snapshot_byte(world: World, mirror: Dmirror, vma, pte: Pte | None) -> int:
         return uapi.PROT_NONE
     if pte.kind is Kind.ZERO:
         return uapi.PROT_ZERO | uapi.PROT_READ
-    return uapi.PROT_WRITE if pte.writable else uapi.PROT_READ
+    access = uapi.PROT_WRITE if pte.writable else uapi.PROT_READ
+    device = world.folios[pte.folio].device
+    if device is not None:
+        # dmirror_mkentry: is_device_coherent_page(), LOCAL when the page's pgmap owner is
+        # this dmirror's device, REMOTE for any other (a device-private one too)
+        return access | (uapi.PROT_DEV_COHERENT_LOCAL if device == mirror.device
+                         else uapi.PROT_DEV_COHERENT_REMOTE)
+    return access
 
 
 # ------------------------------------------------------------------ EXCLUSIVE

@@ -17,7 +17,8 @@ pte_to_pagemap_entry for the others. What the model states, per page:
   folios never share a PFN. A softleaf entry holds swp_type | offset << 5, where the type is
   the kernel's constant for the entry kind (profile) and the offset the PFN of the page
   (device-exclusive: the folio's own PFN, the one it showed while present).
-- kpagecount (only for present pages with a PFN): the page's mapcount; 0 for the zero page.
+- kpagecount (only for present pages with a PFN): the page's mapcount; 0 for the zero page
+  and for a device-coherent page (no online page at a ZONE_DEVICE PFN: kpageflags 0 too).
 - kpageflags: only KPF_ANON, KPF_ZERO_PAGE, KPF_KSM (a KSM folio, ksm.py; every anonymous
   page on 6.12, profile.kpf_ksm_on_every_anon_page) and bit 34 (KPF_OWNER_2, which shows
   PG_owner_2 = PG_anon_exclusive: PageAnonExclusive) are compared; LRU, ACTIVE, REFERENCED, DIRTY,
@@ -159,6 +160,19 @@ def pagemap(world: World, op, places: Places) -> list[tuple[Expect, World]]:
                                   count=folio.mapcount, kflags=0,
                                   why=f"{name} maps a shmem page-cache folio mapped "
                                       f"{folio.mapcount} time(s)"))
+            continue
+        if pte.kind is Kind.PRESENT and folio.device is not None:
+            key = ("pfn", pte.folio)
+            flags = PM_PRESENT | sd
+            if folio.mapcount == 1:
+                flags |= PM_MMAP_EXCLUSIVE
+            # kpage_read: pfn_to_online_page() is NULL for a ZONE_DEVICE PFN ("The presence
+            # of a pgmap indicates ZONE_DEVICE offline pfn"), which reads 0 for both files.
+            specs.append(PageSpec(flags, "pfn", key, known=world.pfns.get(key), count=0,
+                                  kflags=0,
+                                  why=f"{name} maps a device-coherent page of {folio.device} "
+                                      f"mapped {folio.mapcount} time(s); kpagecount and "
+                                      "kpageflags find no online page at its PFN"))
             continue
         if pte.kind is Kind.PRESENT:
             key = ("pfn", pte.folio)

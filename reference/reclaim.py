@@ -39,7 +39,8 @@ def _isolated(world: World, mm: Mm, vpn: int) -> int | None:
     pte = mm.ptes.get(vpn)
     if pte is None or pte.kind is not Kind.PRESENT:
         return None
-    if world.folios[pte.folio].mapcount != 1:
+    folio = world.folios[pte.folio]
+    if folio.mapcount != 1 or folio.device is not None:
         return None
     return pte.folio
 
@@ -282,6 +283,8 @@ def mark_lazyfree(world: World, mm: Mm, start: int, end: int) -> None:
         if pte.kind is not Kind.PRESENT:
             continue   # zero page (vm_normal_folio NULL), device-exclusive entries
         folio = world.folios[pte.folio]
+        if folio.device is not None:
+            continue   # a device-coherent page: "if (!folio || folio_is_zone_device(folio))"
         if folio.swap_slot is not None:
             # folio_test_swapcache: "if (folio_test_swapcache(folio) &&
             # !folio_free_swap(folio)) continue" -- other swap entries hold the slot.

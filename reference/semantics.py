@@ -14,13 +14,13 @@ from harness.prog import (
     Mprotect, Munmap, Op, OpenDevice, Snapshot,
 )
 from harness.prog.ops import (
-    COHERENT_DEVICES, Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev,
+    Advice, CloseDevice, Exit, Flags, Madvise, MapKind, MigrateToDev,
     ClearSoftDirty, Compact, KsmMerge, Mbind, MigrateToSys, Mlock, MovePages, Mremap, Munlock,
     Pagemap, Release, Smaps, Thp, UffdRegister, UffdUnregister, UffdWriteprotect,
 )
 
 from . import (
-    collapse, device, device_thp, hmm, ksm, mm as cpu, numa, pagemap, reclaim, remap, rmap,
+    coherent, collapse, device, device_thp, hmm, ksm, mm as cpu, numa, pagemap, reclaim, remap, rmap,
     shmem, smaps, thp, thp_split, uffd, uffd_shmem, vma as vmas,
 )
 from .expect import EEXIST, EINVAL, ENOMEM, SEGV, SIGBUS, WRITTEN, Expect, done, fail, read_page
@@ -144,8 +144,6 @@ def _fork(world: World, op: Fork, places: Places) -> list[Outcome]:
 
 
 def _open(world: World, op: OpenDevice, places: Places) -> list[Outcome]:
-    if op.device in COHERENT_DEVICES:
-        raise Unmodelled(f"open {op.device}", "device-coherent memory (MEMORY_DEVICE_COHERENT)")
     mirror_id = world.new_id()
     world.mirrors[mirror_id] = Dmirror(op.device, world.procs[op.proc])
     world.fds[(op.proc, op.fd)] = mirror_id
@@ -521,6 +519,7 @@ def step(world: World, op: Op, places: Places) -> list[Outcome]:
     if function is None:
         raise Unmodelled(op.keyword)
     device_thp.guard(world, op, places)
+    coherent.guard(world, op, places)
     thp.guard(world, op, places)
     uffd.refuse_unfollowed(world, op, places)
     thp.note_tables(world)

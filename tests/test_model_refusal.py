@@ -9,9 +9,9 @@ from reference import Simulation, check, expected
 
 PROG = """
     region a pages=3
-    p0 map a[0:2]
+    p0 map a[0:2] file
     p0 write a[0:2] seed=1
-    p0 open d dmirror2
+    p0 mbind a[0:2] 1
     p0 read a[0:1]
 """
 
@@ -21,13 +21,13 @@ def test_an_unmodelled_op_stops_the_check_there_and_says_which():
     verdict = check(prog, trace(ok(), wrote(2), ok(), cpu(pattern(prog, 1, "a", 0))))
     assert verdict.ok
     assert verdict.unmodelled_from == 2
-    assert verdict.unmodelled_op == "open dmirror2"
-    assert verdict.unmodelled == "open dmirror2 is not modelled"
+    assert verdict.unmodelled_op == "mbind of a private file mapping"
+    assert verdict.unmodelled == "mbind of a private file mapping is not modelled"
     assert verdict.checked == 2
     assert verdict.describe(1) == "ok"
-    assert verdict.describe(2) == "unchecked: open dmirror2 is not modelled"
+    assert verdict.describe(2) == "unchecked: mbind of a private file mapping is not modelled"
     assert verdict.describe(3) == "unchecked"
-    assert "op 2 and later unchecked: open dmirror2 is not modelled" in str(verdict)
+    assert "op 2 and later unchecked: mbind of a private file mapping is not modelled" in str(verdict)
 
 
 def test_nothing_after_the_unmodelled_op_is_judged_even_a_wrong_value():
@@ -70,7 +70,7 @@ def test_the_verdict_lines_say_unchecked_and_the_status_is_not_a_divergence():
     verdict = judge(prog, trace(ok(), wrote(2), ok(), cpu(pattern(prog, 1, "a", 0))))
     assert verdict.status is Status.OK
     lines = verdict.lines()
-    assert lines[2].endswith("unchecked: open dmirror2 is not modelled")
+    assert lines[2].endswith("unchecked: mbind of a private file mapping is not modelled")
     assert lines[3].endswith("unchecked") and "not modelled" not in lines[3]
 
 
@@ -102,7 +102,7 @@ def test_a_simulation_refuses_what_the_check_would_refuse_and_stays_where_it_was
 
 def test_a_simulation_of_a_program_stops_at_its_first_refused_op():
     simulation = Simulation(program(PROG))
-    assert simulation.refused == "open dmirror2"
+    assert simulation.refused == "mbind of a private file mapping"
     assert len(simulation.program.ops) == len(simulation.allowed) == 2
 
 

@@ -21,10 +21,11 @@ MAX_REGIONS = 16
 MAX_REGION_PAGES = 8192  # 32 MiB: enough for several PMD-sized (2 MiB) folios
 MAX_PROCESSES = 4
 MAX_SEED = 0xFFFF
-DEVICES = ("dmirror0", "dmirror1")
-# Device-coherent dmirrors (test_hmm with spm_addr_dev0/1 set): a program may name
-# them; campaigns draw from DEVICES only, and the model refuses them.
+# The test device's dmirrors: two with device-private memory, and two with device-coherent
+# memory (test_hmm with spm_addr_dev0/1 set: the guest reserves RAM for them).
+PRIVATE_DEVICES = ("dmirror0", "dmirror1")
 COHERENT_DEVICES = ("dmirror2", "dmirror3")
+DEVICES = PRIVATE_DEVICES + COHERENT_DEVICES
 MAX_FLAGS = 0xFFFF  # HMM_DMIRROR_FLAGS values a program may set (bit 0: FAIL_ALLOC)
 # NUMA nodes a program may name: the guest has nodes 0 and 1; 2 and 3 do not exist, so a
 # program can also ask for a node that is not there (the kernel answers ENODEV/EINVAL).

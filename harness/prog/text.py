@@ -45,7 +45,7 @@ from pathlib import Path
 from enum import Enum
 
 from .ops import (
-    COHERENT_DEVICES, DEVICES, MAX_FLAGS, MAX_NODE, MAX_PROCESSES, MAX_REGION_PAGES,
+    DEVICES, MAX_FLAGS, MAX_NODE, MAX_PROCESSES, MAX_REGION_PAGES,
     MAX_REGIONS, MAX_SEED, OP_BY_KEYWORD, Advice, Blank, CloseDevice, Comment, Exit, Fork,
     Located, Map, MapKind, MovePages, Mremap, Op, OpenDevice, PageRange, Program, Prot, Region,
     Switch, ThpDefrag, ThpEnabled,
@@ -272,9 +272,9 @@ class _LineParser:
                 self.fail(f"{word!r}: expected flags as a number 0..{MAX_FLAGS}")
             return int(match.group(1))
         if f.name == "device":
-            if word not in DEVICES + COHERENT_DEVICES:
+            if word not in DEVICES:
                 self.fail(f"{word!r}: expected a device, one of "
-                          f"{', '.join(DEVICES + COHERENT_DEVICES)}")
+                          f"{', '.join(DEVICES)}")
             return word
         if f.name == "child":
             if not PROC.match(word):
