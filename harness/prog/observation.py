@@ -227,7 +227,7 @@ class MemoryCounters:
     memmap: int | None   # nr_memmap_pages (6.8+): struct pages of hotplugged memory
     anon: int            # nr_anon_pages
     file: int            # nr_file_pages
-    device_chunks: int   # device memory chunks the test device holds
+    device_chunks: int   # changes when the test device adds or removes a memory chunk
     vmalloc_kb: int      # /proc/meminfo VmallocUsed
     percpu_kb: int       # /proc/meminfo Percpu
 
