@@ -27,9 +27,10 @@ page (guard below); each is named in docs/model.md.
 from __future__ import annotations
 
 from harness.prog.ops import (
-    COHERENT_DEVICES, Advice, CheckExclusive, CloseDevice, ClearSoftDirty, CpuRead, CpuWrite,
-    DevRead, DevWrite, Exit, Flags, Fork, Madvise, Map, MigrateToDev, MigrateToSys, Mprotect,
-    Mremap, Munmap, OpenDevice, Pagemap, Release, Snapshot,
+    COHERENT_DEVICES, Advice, CheckExclusive, CloseDevice, ClearSoftDirty, Compact, CpuRead,
+    CpuWrite, DevRead, DevWrite, Exit, Flags, Fork, KsmMerge, Madvise, Map, MigrateToDev,
+    MigrateToSys, Mlock, Mprotect, Mremap, Munlock, Munmap, OpenDevice, Pagemap, Release,
+    Smaps, Snapshot, Thp, UffdRegister, UffdUnregister, UffdWriteprotect,
 )
 
 from .refuse import Unmodelled, op_name
@@ -38,7 +39,16 @@ from .state import Kind, Mm, World
 # Ops stated for coherent pages (the module docstring says how).
 _STATED = (Map, Munmap, Mprotect, CpuWrite, CpuRead, Fork, OpenDevice, DevRead, DevWrite,
            Snapshot, CheckExclusive, MigrateToDev, MigrateToSys, Release, Flags, CloseDevice,
-           Exit, Mremap, ClearSoftDirty, Pagemap)
+           Exit, Mremap, ClearSoftDirty, Pagemap,
+           # generic paths: mlock_pte_range skips zone-device folios (nothing observable),
+           # populate is GUP without FOLL_LONGTERM; smaps_pte_entry accounts a coherent
+           # page as any anonymous page (vm_normal_page finds it); uffd-wp changes present
+           # PTEs the same way (change_pte_range skips zone-device folios for prot_numa
+           # only); a THP mode change touches no page (khugepaged's start scan is refused
+           # by collapse.py wherever a PMD has entries)
+           Mlock, Munlock, Smaps, UffdRegister, UffdUnregister, UffdWriteprotect, Thp,
+           # compaction and ksmd skip zone-device folios (semantics._compact, ksm.py)
+           Compact, KsmMerge)
 _STATED_ADVICE = {
     Advice.DONTNEED,                          # zap_pte_range: as for any anonymous folio
     Advice.COLD, Advice.PAGEOUT, Advice.FREE,  # skip zone-device folios (reclaim.py)
@@ -46,8 +56,10 @@ _STATED_ADVICE = {
     # GUP without FOLL_LONGTERM (faultin_page_range): a present page needs no fault, a
     # read-only one a write fault (COW) as for any anonymous folio
     Advice.POPULATE_READ, Advice.POPULATE_WRITE,
-    # flags only (madvise_update_vma)
+    # flags only (madvise_update_vma; ksm_madvise, hugepage_madvise); UNMERGEABLE breaks
+    # KSM pages only, and a coherent page is never one
     Advice.DONTFORK, Advice.DOFORK, Advice.WIPEONFORK, Advice.KEEPONFORK, Advice.NOHUGEPAGE,
+    Advice.HUGEPAGE, Advice.MERGEABLE, Advice.UNMERGEABLE,
 }
 
 

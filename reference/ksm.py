@@ -183,8 +183,12 @@ def _candidates(world: World, scanned: list[int]) -> dict[tuple, list[_Mapping]]
                 continue
             for vpn in sorted(v for v in mm.ptes if vma.start <= v < vma.end):
                 pte = mm.ptes[vpn]
-                if pte.kind is not Kind.PRESENT or world.folios[pte.folio].page_cache:
-                    continue  # a page-cache folio of a private file mapping is not anon
+                folio = world.folios.get(pte.folio) if pte.kind is Kind.PRESENT else None
+                if folio is None or folio.page_cache or folio.device is not None:
+                    # a page-cache folio of a private file mapping is not anon; ksmd skips
+                    # device-coherent pages ("folio_is_zone_device(folio) ||
+                    # !folio_test_anon(folio)" in ksm_next_page_pmd_entry)
+                    continue
                 key = _content_key(world.content(pte.folio))
                 groups.setdefault(key, []).append(_Mapping(mm_id, vpn, vma.softdirty))
     return groups

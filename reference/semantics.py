@@ -399,7 +399,9 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
     every mm mapping it, erasing the mirror's entry (and, by the dmirror_do_update quirk,
     the next page's). So for every present folio: its PFN is forgotten and those entries
     are marked as maybe gone (resolved by the ops that read them, hmm.settle). The zero
-    page, swap and device-private entries do not move."""
+    page, swap and device-private entries do not move, nor do device-coherent pages: they
+    are in ZONE_DEVICE, which has no present pages, so compact_node skips it
+    (populated_zone), and they are never on the LRU isolate_migratepages_block takes."""
     # (6.x: an entry compaction cannot take, see profile.exclusive_entry_unmapped)
     exclusive = [] if world.profile.exclusive_entry_unmapped else _exclusive_entries(world)
     if len(exclusive) > MAX_EXCLUSIVE_BRANCHES:
@@ -416,7 +418,7 @@ def _compact(world: World, op, places: Places) -> list[Outcome]:
                          "whether compaction moves each decides its soft-dirty bit")
     for mm_id, mm in world.mms.items():
         for vpn, pte in list(mm.ptes.items()):
-            if pte.kind is not Kind.PRESENT:
+            if not _movable(world, pte):
                 continue
             world.pfns.pop(("pfn", pte.folio), None)
             # the rmap walk of a folio that moves: its mappings and maybe other VMAs
@@ -475,7 +477,13 @@ def _soft_dirty_if_moved(world: World) -> set[int]:
     return {pte.folio for mm in world.mms.values()
             if not all(vma.softdirty for vma in mm.vmas)
             for vpn, pte in mm.ptes.items()
-            if numa.migration_marks_soft_dirty(pte) and not mm.vma_at(vpn).softdirty}
+            if _movable(world, pte) and numa.migration_marks_soft_dirty(pte)
+            and not mm.vma_at(vpn).softdirty}
+
+
+def _movable(world: World, pte: Pte) -> bool:
+    """A page compaction may migrate: a present folio, not a device-coherent one."""
+    return pte.kind is Kind.PRESENT and world.folios[pte.folio].device is None
 
 
 def _moved_soft_dirty(world: World, folio_id: int) -> World:

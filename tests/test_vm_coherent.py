@@ -10,11 +10,14 @@ when one of its fds is closed). Expectations below cite the 7.2 source; 6.1.192 
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from harness.prog import Content, Ending, digest, parse_program
+from harness.prog.observation import KPF
 from harness.prog.device import (
-    PROT_DEV_COHERENT_LOCAL, PROT_DEV_COHERENT_REMOTE, PROT_WRITE, describe_snapshot,
+    PROT_DEV_COHERENT_LOCAL, PROT_DEV_COHERENT_REMOTE, PROT_READ, PROT_WRITE, describe_snapshot,
 )
 from harness.vm.console import find_reports
 from harness.vm.qemu import MachineConfig, memory_layout
@@ -156,3 +159,46 @@ p0 read a[0:2]
                    for entry in pagemap.pagemap)
     assert [(p.crc, p.first_word) for p in read.pages] == [content(program, 0),
                                                           content(program, 1)]
+
+
+def test_ksm_and_compaction_leave_coherent_pages_where_they_are(session):
+    program, (_, before, _, _, after_merge, _, after_compact, read) = run(session, """\
+p0 pagemap a[0:4]
+p0 madvise a[0:4] mergeable
+p0 ksm_merge
+p0 pagemap a[0:4]
+p0 compact
+p0 pagemap a[0:4]
+p0 read a[0:4]
+""")
+    # ksmd skips zone-device folios (ksm_next_page_pmd_entry); compaction never sees
+    # ZONE_DEVICE (no present pages, not on the LRU): the coherent PFNs stay.
+    coherent = [entry.pfn for entry in before.pagemap[:2]]
+    assert [entry.pfn for entry in after_merge.pagemap[:2]] == coherent
+    assert [entry.pfn for entry in after_compact.pagemap[:2]] == coherent
+    assert all(pfn in LAYOUT.coherent_pfns(2) for pfn in coherent)
+    # kpagecount/kpageflags: pfn_to_online_page() is NULL at a ZONE_DEVICE PFN; 7.2's
+    # kpage_read writes 0 then, 6.x kpageflags_read stable_page_flags(NULL): KPF_NOPAGE
+    nothing = (0, KPF["NOPAGE"] if session.hello.release.startswith("6.") else 0)
+    assert [(entry.count, entry.flags) for entry in before.pagemap[:2]] == [nothing] * 2
+    assert [(p.crc, p.first_word) for p in read.pages] == [content(program, i)
+                                                          for i in range(4)]
+
+
+def test_a_uffd_write_protected_coherent_page_stays_in_device_memory_read_only(session):
+    program, (_, register, protect, snap3, write, unprotect, write_again, snap3_after) = \
+        run(session, """\
+p0 uffd_register a[0:4]
+p0 uffd_wp a[0:4] on
+p0 snapshot d3 a[0:4]
+p0 write a[0:1] seed=6
+p0 uffd_wp a[0:1] off
+p0 write a[0:1] seed=6
+p0 snapshot d3 a[0:4]
+""")
+    READ_REMOTE = PROT_DEV_COHERENT_REMOTE | PROT_READ
+    assert list(snap3.snapshot) == [READ_REMOTE, READ_REMOTE, PROT_READ, PROT_READ]
+    # the write fault meets the uffd-wp bit: handle_userfault, no handler -> SIGBUS
+    assert write.pages[0].signal == signal.SIGBUS
+    assert write_again.pages[0].signal == 0
+    assert list(snap3_after.snapshot) == [REMOTE, READ_REMOTE, PROT_READ, PROT_READ]
