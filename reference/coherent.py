@@ -29,8 +29,8 @@ from __future__ import annotations
 from harness.prog.ops import (
     COHERENT_DEVICES, Advice, CheckExclusive, CloseDevice, ClearSoftDirty, Compact, CpuRead,
     CpuWrite, DevRead, DevWrite, Exit, Flags, Fork, KsmMerge, Madvise, Map, MigrateToDev,
-    MigrateToSys, Mlock, Mprotect, Mremap, Munlock, Munmap, OpenDevice, Pagemap, Release,
-    Smaps, Snapshot, Thp, UffdRegister, UffdUnregister, UffdWriteprotect,
+    MigrateToSys, Mbind, Mlock, MovePages, Mprotect, Mremap, Munlock, Munmap, OpenDevice,
+    Pagemap, Release, Smaps, Snapshot, Thp, UffdRegister, UffdUnregister, UffdWriteprotect,
 )
 
 from .refuse import Unmodelled, op_name
@@ -47,8 +47,9 @@ _STATED = (Map, Munmap, Mprotect, CpuWrite, CpuRead, Fork, OpenDevice, DevRead, 
            # only); a THP mode change touches no page (khugepaged's start scan is refused
            # by collapse.py wherever a PMD has entries)
            Mlock, Munlock, Smaps, UffdRegister, UffdUnregister, UffdWriteprotect, Thp,
-           # compaction and ksmd skip zone-device folios (semantics._compact, ksm.py)
-           Compact, KsmMerge)
+           # compaction and ksmd skip zone-device folios (semantics._compact, ksm.py);
+           # move_pages answers -ENOENT for them, mbind does not queue them (numa.py)
+           Compact, KsmMerge, MovePages, Mbind)
 _STATED_ADVICE = {
     Advice.DONTNEED,                          # zap_pte_range: as for any anonymous folio
     Advice.COLD, Advice.PAGEOUT, Advice.FREE,  # skip zone-device folios (reclaim.py)

@@ -77,6 +77,10 @@ def _lookup(world: World, mm: Mm, vpn: int) -> tuple[int | None, str, int | None
         return -ENOENT, (f"a {pte.kind.value} entry is not present: no folio -> -ENOENT"), None
     if pte.kind is Kind.ZERO:
         return -EFAULT, "the zero page (is_zero_folio / FOLL_DUMP) -> -EFAULT", None
+    if world.folios[pte.folio].device is not None:
+        # do_pages_stat_array and __add_folio_for_migration (6.1: add_page_for_migration):
+        # "folio_is_zone_device(folio)" -> -ENOENT
+        return -ENOENT, "a device-coherent page (folio_is_zone_device) -> -ENOENT", None
     return None, "", pte.folio
 
 
@@ -259,4 +263,4 @@ def _queued(world: World, mm: Mm, vpn: int, node: int) -> bool:
     if pte is None or pte.kind is not Kind.PRESENT:
         return False
     folio = world.folios[pte.folio]
-    return folio.node != node and folio.mapcount == 1
+    return folio.node != node and folio.mapcount == 1 and folio.device is None

@@ -202,3 +202,21 @@ p0 snapshot d3 a[0:4]
     assert write.pages[0].signal == signal.SIGBUS
     assert write_again.pages[0].signal == 0
     assert list(snap3_after.snapshot) == [REMOTE, READ_REMOTE, PROT_READ, PROT_READ]
+
+
+def test_move_pages_and_mbind_leave_coherent_pages_in_device_memory(session):
+    program, (_, query, move, mbind, again, snap2) = run(session, """\
+p0 move_pages a[0:4]
+p0 move_pages a[0:4] 1
+p0 mbind a[0:4] 0
+p0 move_pages a[0:4]
+p0 snapshot d2 a[0:4]
+""")
+    # do_pages_stat_array / __add_folio_for_migration: folio_is_zone_device -> -ENOENT;
+    # queue_folios_pte_range skips it, and mbind reports nothing
+    ENOENT = -2
+    assert list(query.node_status) == [ENOENT, ENOENT, 0, 0]
+    assert list(move.node_status) == [ENOENT, ENOENT, 1, 1]
+    assert mbind.errno == 0
+    assert list(again.node_status) == [ENOENT, ENOENT, 0, 0]
+    assert list(snap2.snapshot) == [LOCAL, LOCAL, SYSTEM, SYSTEM], codes(snap2)
