@@ -33,7 +33,7 @@ from harness.prog.ops import (
     Pagemap, Release, Smaps, Snapshot, Thp, UffdRegister, UffdUnregister, UffdWriteprotect,
 )
 
-from .refuse import Unmodelled, op_name
+from .refuse import Unmodelled, op_meets, op_name
 from .state import Kind, Mm, World
 
 # Ops stated for coherent pages (the module docstring says how).
@@ -87,16 +87,7 @@ def guard(world: World, op, places) -> None:
     if not any(folio.device is not None and is_coherent_device(folio.device)
                for folio in world.folios.values()):
         return
-    page_range = getattr(op, "range", None)
-    if page_range is None:
-        meets = any(_meets(world, mm, None, None) for mm in world.mms.values() if mm.alive)
-    else:
-        mm = world.acting_mm(op)
-        if mm is None:
-            return
-        start, end = places.vpns(page_range)
-        meets = _meets(world, mm, start, end)
-    if meets:
+    if op_meets(world, op, places, _meets):
         raise Unmodelled(f"{op_name(op)} on a device-coherent page",
                          "its ZONE_DEVICE path is not followed yet")
 

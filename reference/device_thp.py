@@ -39,7 +39,7 @@ from harness.prog.ops import (
 )
 
 from .mm import invalidate
-from .refuse import Unmodelled, op_name
+from .refuse import Unmodelled, op_meets, op_name
 from .state import Entry, Folio, Kind, Mm, Pte, Tag, World
 from .thp import PMD_PAGES, Pmd, pmd_of, pmd_range, split_pmd_mapping
 from .uapi import FAIL_ALLOC, PROT_ERROR
@@ -462,16 +462,5 @@ def guard(world: World, op, places) -> None:
         return    # zap_huge_pmd / __split_huge_pmd of a device-private PMD, as for a THP
     if isinstance(op, Madvise) and op.advice in thp_split.LRU_ADVICE:
         return    # they leave device-private entries alone (thp_split.before_advice)
-    page_range = getattr(op, "range", None)
-    if page_range is None:
-        meets = any(_meets(world, mm, None, None) for mm in world.mms.values() if mm.alive)
-        name = op.keyword
-    else:
-        mm = world.acting_mm(op)
-        if mm is None:
-            return
-        start, end = places.vpns(page_range)
-        meets = _meets(world, mm, start, end)
-        name = op_name(op)
-    if meets:
-        raise Unmodelled(f"{name} on a device THP", "not stated for device THPs yet")
+    if op_meets(world, op, places, _meets):
+        raise Unmodelled(f"{op_name(op)} on a device THP", "not stated for device THPs yet")
