@@ -189,8 +189,8 @@ def refuse_unfollowed(world: World, op, places: Places) -> None:
         return
     if isinstance(op, GUARDED):
         raise Unmodelled(f"{op.keyword} with userfaultfd-wp registered memory",
-                         "mremap_userfaultfd_prep, move_ptes and replace_page are not "
-                         "followed")
+                         "mremap_userfaultfd_prep and move_ptes are not followed; ksmd's "
+                         "replace_page drops the uffd-wp bit (docs/findings.md #23)")
 
 
 def _refuse_ksm_pages(world: World, op: Smaps, places: Places) -> None:
