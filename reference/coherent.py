@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from harness.prog.ops import (
     COHERENT_DEVICES, Advice, CheckExclusive, CloseDevice, ClearSoftDirty, Compact, CpuRead,
-    CpuWrite, DevRead, DevWrite, Exit, Flags, Fork, KsmMerge, Madvise, Map, MigrateToDev,
+    CpuWrite, DevRead, DevWrite, Exclusive, Exit, Flags, Fork, KsmMerge, Madvise, Map, MigrateToDev,
     MigrateToSys, Mbind, Mlock, MovePages, Mprotect, Mremap, Munlock, Munmap, OpenDevice,
     Pagemap, Release, Smaps, Snapshot, Thp, UffdRegister, UffdUnregister, UffdWriteprotect,
 )
@@ -49,7 +49,11 @@ _STATED = (Map, Munmap, Mprotect, CpuWrite, CpuRead, Fork, OpenDevice, DevRead, 
            Mlock, Munlock, Smaps, UffdRegister, UffdUnregister, UffdWriteprotect, Thp,
            # compaction and ksmd skip zone-device folios (semantics._compact, ksm.py);
            # move_pages answers -ENOENT for them, mbind does not queue them (numa.py)
-           Compact, KsmMerge, MovePages, Mbind)
+           Compact, KsmMerge, MovePages, Mbind,
+           # make_device_exclusive takes any anonymous page: a device-exclusive entry of the
+           # coherent page, which migrate_to_sys skips (not device-private) and eviction
+           # takes back read-only (device.py; 6.x cannot: docs/findings.md #21)
+           Exclusive)
 _STATED_ADVICE = {
     Advice.DONTNEED,                          # zap_pte_range: as for any anonymous folio
     Advice.COLD, Advice.PAGEOUT, Advice.FREE,  # skip zone-device folios (reclaim.py)

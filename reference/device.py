@@ -53,7 +53,10 @@ def _back_to_system(world: World, mm: Mm, vpn: int, node: int,
     PageAnonExclusive carries over (remove_migration_pte). `others`: the other mappings
     try_to_migrate() unmapped (after fork), remapped to the same new folio. A coherent
     page's present PTE gives the migration entry its dirty bit (migrate_vma_collect_pmd,
-    try_to_migrate_one: make_migration_entry_dirty), so the new PTE is as clean as it was."""
+    try_to_migrate_one: make_migration_entry_dirty), so the new PTE is as clean as it was;
+    a device-exclusive entry of a coherent page (eviction only) gives a readable migration
+    entry (try_to_migrate_one: softleaf_is_device_private_write is false for it), exclusive
+    if the page is PageAnonExclusive, not dirty: the page comes back read-only and clean."""
     pte = mm.ptes[vpn]
     old = world.folios[pte.folio]
     new = world.new_folio(old.content)
@@ -70,7 +73,8 @@ def _back_to_system(world: World, mm: Mm, vpn: int, node: int,
         clean = entry.clean if entry.kind is Kind.PRESENT else True
         soft_dirty = entry.soft_dirty or (world.profile.migration_dirty_sets_soft_dirty
                                           and migration_marks_soft_dirty(entry))
-        where.ptes[page] = Pte(Kind.PRESENT, new, entry.writable, clean=clean,
+        writable = entry.writable and entry.kind is not Kind.EXCLUSIVE
+        where.ptes[page] = Pte(Kind.PRESENT, new, writable, clean=clean,
                                soft_dirty=soft_dirty, uffd_wp=entry.uffd_wp)
     del world.folios[pte.folio]
 
@@ -406,9 +410,15 @@ def evict_device(world: World, device: str) -> None:
     pages = sorted({pte.folio: (mm_id, vpn)
                     for mm_id, mm in world.mms.items() if mm.alive
                     for vpn, pte in mm.ptes.items()
-                    if pte.kind in (Kind.DEVICE, Kind.PRESENT)
+                    if pte.kind in (Kind.DEVICE, Kind.PRESENT, Kind.EXCLUSIVE)
                     and world.folios[pte.folio].device == device}.items())
     for folio_id, (mm_id, vpn) in pages:
+        if world.profile.exclusive_entry_unmapped and any(
+                world.mms[m].ptes[v].kind is Kind.EXCLUSIVE
+                for m, v in rmap.mappings(world, folio_id)):
+            raise Unmodelled("evicting a device-coherent page behind a device-exclusive entry "
+                             "on 6.x", "try_to_migrate cannot unmap it: the page stays, and "
+                             "RELEASE hangs in memunmap_pages (docs/findings.md #21)")
         mapped = rmap.mappings(world, folio_id)
         if len(mapped) != world.folios[folio_id].mapcount:
             raise Unmodelled("evicting a device page mapped where the model does not find it")

@@ -443,8 +443,11 @@ MAX_EXCLUSIVE_BRANCHES = 3
 
 
 def _exclusive_entries(world: World) -> list[tuple[int, int]]:
+    """The device-exclusive entries compaction may take: not those of device-coherent pages
+    (ZONE_DEVICE is never compacted)."""
     return [(mm_id, vpn) for mm_id, mm in sorted(world.mms.items())
-            for vpn, pte in sorted(mm.ptes.items()) if pte.kind is Kind.EXCLUSIVE]
+            for vpn, pte in sorted(mm.ptes.items())
+            if pte.kind is Kind.EXCLUSIVE and world.folios[pte.folio].device is None]
 
 
 def _exclusive_taken(world: World, mm_id: int, vpn: int) -> World:

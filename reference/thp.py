@@ -393,6 +393,38 @@ def snapshot_byte(mm: Mm, vpn: int, byte: int) -> int:
 # ------------------------------------------------------------------ what is not stated yet
 
 # Ops stated for THPs (their functions call the hooks above).
+def _refuse_batched_soft_dirty(world: World, op, places) -> None:
+    """7.2's change_pte_range changes a batch of PTEs mapping consecutive pages of one large
+    folio at once (mprotect_folio_pte_batch: same write and soft-dirty bits, dirty and
+    young may differ); modify_prot_start_ptes collects the batch's dirty bits with
+    pte_mkdirty, which on x86 sets _PAGE_SOFT_DIRTY as well, and the result is written to
+    every PTE of the batch: after clear_soft_dirty, mprotect or uffd_wp of a PTE-mapped THP
+    marks all of a batch soft-dirty when a page after its first is dirty
+    (docs/findings.md #22). The model does not follow the hardware dirty bit, so it
+    refuses such a batch where the bit would show (the VMA lacks VM_SOFTDIRTY)."""
+    mm = world.mms[world.procs[op.proc]]
+    start, end = places.vpns(op.range)
+    for vpn in range(start, end - 1):
+        first, second = mm.ptes.get(vpn), mm.ptes.get(vpn + 1)
+        if not (_pte_mapped_thp_page(world, mm, vpn, first)
+                and _pte_mapped_thp_page(world, mm, vpn + 1, second)):
+            continue
+        a, b = world.folios[first.folio], world.folios[second.folio]
+        vma = mm.vma_at(vpn)
+        if (a.thp == b.thp and b.thp_index == a.thp_index + 1 and pmd_of(vpn) == pmd_of(vpn + 1)
+                and vma is mm.vma_at(vpn + 1) and not vma.softdirty
+                and not first.soft_dirty and not second.soft_dirty
+                and first.writable == second.writable and not second.clean):
+            raise Unmodelled(f"{op_name(op)} of a PTE-mapped THP whose soft-dirty bits are clear",
+                             "the batch's dirty bits set soft-dirty on every PTE of it: "
+                             "docs/findings.md #22")
+
+
+def _pte_mapped_thp_page(world: World, mm: Mm, vpn: int, pte: Pte | None) -> bool:
+    return (pte is not None and pte.kind is Kind.PRESENT and pmd_of(vpn) not in mm.pmds
+            and world.folios[pte.folio].thp is not None)
+
+
 _THP_AWARE = (Map, Munmap, Mprotect, CpuRead, CpuWrite, Pagemap, Thp, OpenDevice,
               CloseDevice, Release, Flags, CheckExclusive, Exit, Mlock, Munlock,
               DevRead, DevWrite, Snapshot, Fork, Exclusive, Smaps,
@@ -432,6 +464,8 @@ def has_huge(world: World, mm: Mm, start: int | None = None, end: int | None = N
 def guard(world: World, op, places) -> None:
     """Refuse an op the model does not state for THPs yet when it meets one (or, for ops
     that fault pages in, when a fault may map one)."""
+    if isinstance(op, (Mprotect, UffdWriteprotect)):
+        _refuse_batched_soft_dirty(world, op, places)
     if isinstance(op, _THP_AWARE):
         return
     if isinstance(op, Madvise) and op.advice in _THP_AWARE_ADVICE:

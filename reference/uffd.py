@@ -48,7 +48,7 @@ page where the op's error is not stated (madvise populate_write, mlock's populat
 from __future__ import annotations
 
 from harness.prog.ops import (
-    KsmMerge, Mremap, Smaps, Switch, Thp, ThpEnabled, UffdRegister, UffdUnregister,
+    KsmMerge, Mremap, Smaps, Switch, UffdRegister, UffdUnregister,
     UffdWriteprotect,
 )
 
@@ -189,11 +189,8 @@ def refuse_unfollowed(world: World, op, places: Places) -> None:
         return
     if isinstance(op, GUARDED):
         raise Unmodelled(f"{op.keyword} with userfaultfd-wp registered memory",
-                         "mremap_userfaultfd_prep, move_ptes and replace_page are not "
-                         "followed")
-    if isinstance(op, Thp) and op.enabled is not ThpEnabled.NEVER:
-        raise Unmodelled("thp with userfaultfd-wp registered memory",
-                         "uffd-wp on THPs is not stated")
+                         "mremap_userfaultfd_prep and move_ptes are not followed; ksmd's "
+                         "replace_page drops the uffd-wp bit (docs/findings.md #23)")
 
 
 def _refuse_ksm_pages(world: World, op: Smaps, places: Places) -> None:

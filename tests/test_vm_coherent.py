@@ -220,3 +220,24 @@ p0 snapshot d2 a[0:4]
     assert mbind.errno == 0
     assert list(again.node_status) == [ENOENT, ENOENT, 0, 0]
     assert list(snap2.snapshot) == [LOCAL, LOCAL, SYSTEM, SYSTEM], codes(snap2)
+
+
+def test_a_coherent_page_behind_an_exclusive_entry_is_evicted_read_only_on_7_2(session):
+    program = parse_program(MIGRATED + """\
+p0 exclusive d3 a[0:1]
+p0 close d2
+p0 snapshot d3 a[0:4]
+p0 read a[0:4]
+""", "coherent")
+    trace = session.run(program)
+    assert trace.ending is Ending.COMPLETED, trace.console
+    verdict = check(program, trace)
+    close = len(program.ops) - 3
+    if session.hello.release.startswith("6."):
+        # 6.x try_to_migrate cannot unmap a device-exclusive entry (docs/findings.md #21):
+        # the model stops there
+        assert verdict.ok and verdict.unmodelled_from == close, str(verdict)
+        return
+    assert verdict.ok and verdict.checked == len(program.ops), str(verdict)
+    # try_to_migrate_one: a readable (exclusive) migration entry for a device-exclusive one
+    assert list(trace.results[close + 1].snapshot) == [PROT_READ, SYSTEM, SYSTEM, SYSTEM]

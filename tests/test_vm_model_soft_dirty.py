@@ -121,3 +121,31 @@ def test_what_older_kernels_do_differently(each_kernel):
     assert restored[0].soft_dirty == (not release.startswith("7."))
     # 6.1 remove_migration_pte: pte_mkdirty after the entry's soft-dirty bit
     assert migrated[0].soft_dirty == release.startswith("6.1.")
+
+
+def test_mprotect_of_a_pte_mapped_thp_marks_its_batch_soft_dirty_on_7_2(each_kernel):
+    """docs/findings.md #22: 7.2's change_pte_range collects the dirty bits of a batch of
+    PTEs of one large folio with pte_mkdirty, which sets soft-dirty on x86, and writes the
+    result to every PTE of the batch. The model refuses that mprotect; the kernel's answer
+    is pinned here so that a fix shows."""
+    _, trace, verdict = agrees(each_kernel, """
+        region a pages=1024
+        p0 thp always never
+        p0 map a[0:1024]
+        p0 write a[0:512] seed=3
+        p0 munmap a[7:10]
+        p0 clear_soft_dirty
+        p0 pagemap a[0:7]
+        p0 mprotect a[0:1024] r
+        p0 pagemap a[0:7]
+    """, fully_modelled=False)
+    before, after = trace.results[5].pagemap, trace.results[7].pagemap
+    assert not any(entry.soft_dirty for entry in before)
+    if trace.kernel_release.startswith("7."):
+        # a PTE-mapped THP (the munmap split its PMD), every page dirty since the write
+        assert all(entry.soft_dirty for entry in after)
+        assert verdict.unmodelled_op == \
+            "mprotect of a PTE-mapped THP whose soft-dirty bits are clear"
+    else:
+        # change_pte_range goes PTE by PTE (ptep_modify_prot_start/commit): no bit set
+        assert not any(entry.soft_dirty for entry in after)

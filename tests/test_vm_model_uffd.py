@@ -266,3 +266,36 @@ def test_uffd_wp_over_thps_and_the_huge_zero_pmd(kernel_session):
     assert trace.results[27].pages[0].signal == sigbus         # the huge zero PMD
     assert [p.signal for p in trace.results[31].pages] == [sigbus, 0]
     assert trace.results[33].pages[0].signal == sigbus         # b[10] still protected
+
+
+def test_ksm_merge_drops_the_uffd_wp_bit_of_the_pages_it_replaces(each_kernel):
+    """docs/findings.md #23: ksmd's replace_page maps the KSM page with a new PTE
+    (mk_pte(kpage, vm_page_prot)) that does not carry the uffd-wp bit, so a write to a page
+    write-protected through userfaultfd goes through, without a fault to the handler (here
+    none: SIGBUS). The model refuses ksm_merge with uffd-wp registered memory; the kernel's
+    answer is pinned here so that a fix shows."""
+    _, trace, verdict = agrees(each_kernel, """
+        region a pages=4
+        p0 map a[0:4]
+        p0 open d dmirror0
+        p0 migrate_to_dev d a[0:4]
+        p0 migrate_to_sys d a[0:4]
+        p0 uffd_register a[0:4]
+        p0 uffd_wp a[0:4] on
+        p0 pagemap a[0:4]
+        p0 madvise a[0:4] mergeable
+        p0 ksm_merge
+        p0 pagemap a[0:4]
+        p0 write a[0:4] seed=1
+    """, fully_modelled=False)
+    assert verdict.unmodelled_op == "ksm_merge with userfaultfd-wp registered memory"
+    protected, merged, write = (trace.results[i] for i in (6, 9, 10))
+    # four zero-filled pages (back from device memory), all write-protected
+    assert all(entry.uffd_wp for entry in protected.pagemap)
+    # merged into one KSM page: the page that became it kept its PTE (write_protect_page
+    # keeps the bit); the three replaced PTEs lost it, and their writes go through
+    assert trace.results[8].ksm.pages_shared == 1 and trace.results[8].ksm.pages_sharing == 3
+    assert sum(entry.uffd_wp for entry in merged.pagemap) == 1
+    signals = [page.signal for page in write.pages]
+    assert sorted(signals) == [0, 0, 0, signal.SIGBUS]
+    assert [entry.uffd_wp for entry in merged.pagemap] == [s == signal.SIGBUS for s in signals]
