@@ -417,8 +417,9 @@ def evict_device(world: World, device: str) -> None:
                 world.mms[m].ptes[v].kind is Kind.EXCLUSIVE
                 for m, v in rmap.mappings(world, folio_id)):
             raise Unmodelled("evicting a device-coherent page behind a device-exclusive entry "
-                             "on 6.x", "try_to_migrate cannot unmap it: the page stays, and "
-                             "RELEASE hangs in memunmap_pages (docs/findings.md #21)")
+                             "on 6.x", "6.x make_device_exclusive dropped the rmap, so "
+                             "migrate_vma_check_page refuses the page: it stays, and RELEASE "
+                             "hangs in memunmap_pages (docs/findings.md #21)")
         mapped = rmap.mappings(world, folio_id)
         if len(mapped) != world.folios[folio_id].mapcount:
             raise Unmodelled("evicting a device page mapped where the model does not find it")

@@ -208,8 +208,8 @@ def test_a_coherent_page_made_exclusive_stays_until_eviction_takes_it_back_read_
 
 
 def test_on_6_x_the_eviction_of_a_coherent_page_behind_an_exclusive_entry_is_refused():
-    # 6.x try_to_migrate cannot unmap a device-exclusive entry: RELEASE hangs in
-    # memunmap_pages (docs/findings.md #21)
+    # 6.x page_make_device_exclusive_one dropped the rmap but kept the reference, so the
+    # eviction gives the page up and RELEASE hangs in memunmap_pages (docs/findings.md #21)
     prog = program(EXCLUSIVE)
     verdict = check(prog, trace(*exclusive_results(prog)[:10], release="6.12.117"))
     assert verdict.ok and verdict.unmodelled_from == 9

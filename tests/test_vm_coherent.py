@@ -234,8 +234,8 @@ p0 read a[0:4]
     verdict = check(program, trace)
     close = len(program.ops) - 3
     if session.hello.release.startswith("6."):
-        # 6.x try_to_migrate cannot unmap a device-exclusive entry (docs/findings.md #21):
-        # the model stops there
+        # 6.x cannot evict a coherent page behind a device-exclusive entry
+        # (docs/findings.md #21): the model stops there
         assert verdict.ok and verdict.unmodelled_from == close, str(verdict)
         return
     assert verdict.ok and verdict.checked == len(program.ops), str(verdict)
