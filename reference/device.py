@@ -253,9 +253,12 @@ def _migrate_piece_to_dev(world: World, mirror_id: int, mm: Mm, vma, start: int,
             # migrate_vma_collect_hole: "Only allow populating anonymous memory."
             continue
         # pte_none and the zero page are collected without a page (MIGRATE_PFN_MIGRATE
-        # only, no MIGRATE_PFN_WRITE); a present anonymous folio with MIGRATE_PFN_WRITE
-        # iff its PTE is writable.
+        # only, no MIGRATE_PFN_WRITE; 6.x's driver adds it for a VM_WRITE VMA:
+        # profile.hole_mirrored_writable); a present anonymous folio with
+        # MIGRATE_PFN_WRITE iff its PTE is writable.
         write = pte is not None and pte.kind is Kind.PRESENT and pte.writable
+        if pte is None or pte.kind is Kind.ZERO:
+            write = world.profile.hole_mirrored_writable and vma.prot.writable
         if mirror.flags & FAIL_ALLOC:
             # dmirror_migrate_alloc_and_copy: the flag is cleared and this page gets no
             # device page (order 0: goto next); migrate_vma_finalize restores the PTE (of a

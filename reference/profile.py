@@ -153,6 +153,12 @@ class Profile:
     # (docs/findings.md #14, fixed in 6.2 by "mm/userfaultfd: rely on vma->vm_page_prot in
     # uffd_wp_range()"); the model follows it so that 6.1 stays checked.
     uffd_unprotect_ignores_writenotify: bool = False
+    # 6.1/6.12 dmirror_migrate_alloc_and_copy gives a page migrated without a source page
+    # (pte_none, the zero page) MIGRATE_PFN_WRITE when the VMA has VM_WRITE
+    # ("!spage && args->vma->vm_flags & VM_WRITE"), so dmirror_migrate_finalize_and_map
+    # mirrors it WRITE; 7.2's driver passes only the source's bit (a READ entry, although
+    # the PTE it maps is writable: the next device write faults once).
+    hole_mirrored_writable: bool = False
 
 
 NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False,
@@ -160,7 +166,8 @@ NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False,
                  device_thp=True)
 V6_12 = Profile("6.12", 64, 64, True, False, False, False, 27, 28, 29, False,
                 swapin_skips_swapcache=True, mremap_moves_one_vma=True, ksm_merge=True,
-                kpf_ksm_on_every_anon_page=True, exclusive_entry_unmapped=True)
+                kpf_ksm_on_every_anon_page=True, exclusive_entry_unmapped=True,
+               hole_mirrored_writable=True)
 V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,
                swapin_skips_swapcache=True, mprotect_writable_needs_dirty=True,
                swapin_read_maps_writable=False, move_pages_follow_page=True,
@@ -169,7 +176,7 @@ V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,
                ksm_unmerge_write_fault=True, smaps_exclusive_entry_private=True,
                uffd_wp_single_vma=True, uffd_unprotect_read_only=True,
                exclusive_entry_unmapped=True, populate_walks_vmas=True, swp_pte_marker=30,
-               uffd_unprotect_ignores_writenotify=True)
+               uffd_unprotect_ignores_writenotify=True, hole_mirrored_writable=True)
 
 
 def profile_for(kernel_release: str) -> Profile:

@@ -246,3 +246,25 @@ def test_a_compound_migration_to_coherent_memory_is_refused_on_7_2_for_its_warni
     # 6.x drivers allocate page by page: no compound allocation, no warning
     older = check(prog, trace(ok(), ok(), dev(512, 0, zeros(512)), release="6.12.117"))
     assert older.ok and older.checked == 3
+
+
+HOLE = """
+    region b pages=2
+    p0 map b[0:2]
+    p0 open d0 dmirror3
+    p0 migrate_to_dev d0 b[0:1]
+    p0 dev_write d0 b[0:1] seed=2
+"""
+
+
+def test_a_migrated_hole_is_mirrored_writable_by_6_x_drivers_only():
+    # profile.hole_mirrored_writable: 6.x dmirror_migrate_alloc_and_copy sets
+    # MIGRATE_PFN_WRITE for a page without a source in a VM_WRITE VMA; 7.2 mirrors it
+    # READ, so its device write faults once (a coherent page needs no CPU fault for it)
+    prog = program(HOLE)
+    head = [ok(), ok(), dev(1, 0, zeros(1))]
+    assert_accepts(prog, *head, dev(1, 1))
+    assert_rejects(prog, head + [dev(1, 0)], 3, "faults")
+    for release in ("6.12.117", "6.1.192"):
+        assert check(prog, trace(*head, dev(1, 0), release=release)).ok
+        assert not check(prog, trace(*head, dev(1, 1), release=release)).ok
