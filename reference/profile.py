@@ -159,6 +159,11 @@ class Profile:
     # mirrors it WRITE; 7.2's driver passes only the source's bit (a READ entry, although
     # the PTE it maps is writable: the next device write faults once).
     hole_mirrored_writable: bool = False
+    # mprotect_fixup making an anonymous VMA without anon_vma read-only drops VM_ACCOUNT
+    # (vm_unacct_memory; 6.12 and 7.2: "except in the anonymous case where no anon_vma has
+    # yet to be assigned"); 6.1 keeps it, so such a VMA still shares an anon_vma
+    # (anon_vma_compatible) and merges with an accounted neighbour later.
+    mprotect_unaccounts_read_only: bool = True
 
 
 NEWEST = Profile("newest", 32, 0, False, True, False, True, 28, 29, 30, False,
@@ -176,7 +181,8 @@ V6_1 = Profile("6.1", 64, 64, True, False, True, False, 26, 27, 28, True,
                ksm_unmerge_write_fault=True, smaps_exclusive_entry_private=True,
                uffd_wp_single_vma=True, uffd_unprotect_read_only=True,
                exclusive_entry_unmapped=True, populate_walks_vmas=True, swp_pte_marker=30,
-               uffd_unprotect_ignores_writenotify=True, hole_mirrored_writable=True)
+               uffd_unprotect_ignores_writenotify=True, hole_mirrored_writable=True,
+               mprotect_unaccounts_read_only=False)
 
 
 def profile_for(kernel_release: str) -> Profile:

@@ -231,8 +231,9 @@ def mprotect(mm: Mm, start: int, end: int, prot: Prot,
         elif prot.writable:
             # A private mapping turning writable is charged and gets VM_ACCOUNT.
             account = True
-        elif vma.obj is not None:
-            # Only an anonymous VMA (vma_is_anonymous) without anon_vma drops VM_ACCOUNT.
+        elif vma.obj is not None or not profile.mprotect_unaccounts_read_only:
+            # Only an anonymous VMA (vma_is_anonymous) without anon_vma drops VM_ACCOUNT,
+            # and 6.1's mprotect_fixup never does.
             account = vma.account
         else:
             # "...except in the anonymous case where no anon_vma has yet to be assigned":

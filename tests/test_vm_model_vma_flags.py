@@ -129,3 +129,29 @@ def test_populate_stops_where_it_cannot_fault(each_kernel):
         p0 madvise b[0:4] populate_write
         p0 pagemap b[0:4]
     """)
+
+
+def test_a_read_only_vma_without_anon_vma_keeps_vm_account_on_6_1_only(each_kernel):
+    # profile.mprotect_unaccounts_read_only: 6.12 and 7.2 mprotect_fixup drop VM_ACCOUNT of
+    # an anonymous VMA without anon_vma made read-only; 6.1 keeps it, so the read-only
+    # middle VMA shares the first VMA's anon_vma when a migration faults it in, and the
+    # three merge once all is read-write again (the last VMA, without anon_vma, does not
+    # on 6.x: profile.merge_into_vma_without_anon)
+    _, trace, _ = agrees(each_kernel, """
+        region a pages=16
+        p0 map a[0:16]
+        p0 open d0 dmirror0
+        p0 mprotect a[1:13] r
+        p0 migrate_to_dev d0 a[0:2]
+        p0 mprotect a[0:16] rw
+        p0 smaps a[0:16]
+    """)
+    vmas = [(vma.start, vma.end) for vma in trace.results[5].smaps]
+    base = vmas[0][0]
+    pages = [((start - base) >> 12, (end - base) >> 12) for start, end in vmas]
+    if trace.kernel_release.startswith("6.1."):
+        assert pages == [(0, 13), (13, 16)]
+    elif trace.kernel_release.startswith("6.12."):
+        assert pages == [(0, 1), (1, 13), (13, 16)]
+    else:
+        assert pages[0] == (0, 1)
