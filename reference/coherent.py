@@ -77,10 +77,14 @@ def is_coherent_page(world: World, folio_id: int) -> bool:
     return folio is not None and folio.device is not None and is_coherent_device(folio.device)
 
 
+def _entries(mm: Mm, start: int, end: int):
+    return (mm.ptes[vpn] for vpn in range(start, end) if vpn in mm.ptes)
+
+
 def _meets(world: World, mm: Mm, start: int | None, end: int | None) -> bool:
+    entries = mm.ptes.values() if start is None else _entries(mm, start, end)
     return any(pte.kind in (Kind.PRESENT, Kind.EXCLUSIVE) and is_coherent_page(world, pte.folio)
-               for vpn, pte in mm.ptes.items()
-               if start is None or start <= vpn < end)
+               for pte in entries)
 
 
 def guard(world: World, op, places) -> None:
@@ -110,9 +114,8 @@ def refuse_compound(world: World, mm: Mm, vma, start: int, end: int) -> None:
     whole = start % PMD_PAGES == 0 and end - start == PMD_PAGES
     has_table = mm.tables.get(first) is True and first not in mm.pmds
     meets_thp = any(index in mm.pmds for index in range(first, last + 1)) or any(
-        pte.kind is Kind.PRESENT and world.folios.get(pte.folio) is not None
-        and world.folios[pte.folio].thp is not None
-        for vpn, pte in mm.ptes.items() if start <= vpn < end)
+        pte.kind is Kind.PRESENT and world.folios[pte.folio].thp is not None
+        for pte in _entries(mm, start, end))
     if (whole and not has_table) or meets_thp:
         raise Unmodelled("migrate_to_dev of a 2 MiB piece or a THP to device-coherent memory "
                          "(a WARN on 7.2: docs/findings.md #18)")
